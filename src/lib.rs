@@ -1,0 +1,2 @@
+//! rtpproxy: an RTP/RTCP media relay driven by SIP proxies over the classic
+//! rtpproxy control protocol.
