@@ -1,1 +1,588 @@
-fn main() {}
+//! rtpproxy: start-up (options, sockets, daemon life) and the poll loop.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use getopts::Options;
+use rtpproxy::rtpp_log;
+
+use rtpproxy::rtpp_command::exec::{end_session, execute, show, Context, EndReason};
+use rtpproxy::rtpp_command::{parse, unknown_modifiers, Reply};
+use rtpproxy::rtpp_control::Control;
+use rtpproxy::rtpp_defines::{
+    BindMode, Config, ControlSpec, CPROTOVER, MAX_PACKET, NOTIFY_CAP, PROTO_CAPS, TIMETICK,
+};
+use rtpproxy::rtpp_log::Level;
+
+use rtpproxy::rtpp_network::{resolve_host, PortTable};
+use rtpproxy::rtpp_proc::drain_slot;
+use rtpproxy::rtpp_session::{Owner, Sessions};
+use rtpproxy::rtpp_util::{drop_privileges, resolve_run_as, Random, RunAs};
+
+/// What the command line asks for.
+enum Action {
+    Run(Box<Config>),
+    Version,
+    Help,
+}
+
+fn options() -> Options {
+    let mut o = Options::new();
+    o.optflag("f", "", "stay in the foreground, log to stderr");
+    o.optflag("v", "", "print the protocol version and extensions, exit");
+    o.optflag("2", "", "send packets shorter than 128 bytes twice");
+    o.optflag("F", "", "allow root in UDP control mode without -u");
+    o.optflag("i", "", "idle timeout per direction");
+    o.optflag("P", "", "record in PCAP format");
+    o.optflag("a", "", "record every session");
+    o.optflag("R", "", "do not record RTCP");
+    o.optflag("h", "", "print this help");
+    o.optflag("?", "", "print this help");
+    o.optopt("l", "", "IPv4 listen address(es)", "addr[/addr]");
+    o.optopt("6", "", "IPv6 listen address(es)", "addr[/addr]");
+    o.optopt(
+        "s",
+        "",
+        "control socket",
+        "unix:PATH|udp:ADDR[:PORT]|udp6:ADDR[:PORT]",
+    );
+    o.optopt("t", "", "TOS of media packets (-1 = leave alone)", "tos");
+    o.optopt("r", "", "recording directory", "dir");
+    o.optopt("S", "", "spool directory", "dir");
+    o.optopt("p", "", "pidfile", "file");
+    o.optopt("T", "", "session idle timeout in seconds", "ttl");
+    o.optopt("L", "", "open files limit", "nofile");
+    o.optopt("m", "", "lowest media port", "port");
+    o.optopt("M", "", "highest media port", "port");
+    o.optopt("u", "", "user (and group) to run as", "user[:group]");
+    o.optopt("n", "", "timeout notification socket", "unix:PATH");
+    o.optopt("d", "", "log level and syslog facility", "level[:facility]");
+    o
+}
+
+fn usage() -> String {
+    "usage: rtpproxy [-2fvFiPaR] [-l addr1[/addr2]] [-6 addr1[/addr2]] [-s path]\n\
+     \x20 [-t tos] [-r rdir [-S sdir]] [-T ttl] [-L nofile] [-m port_min]\n\
+     \x20 [-M port_max] [-u uname[:gname]] [-n timeout_socket] [-d log_level[:log_facility]]\n\
+     \x20 [-p pid_file]\n"
+        .to_string()
+}
+
+fn parse_args(args: &[String]) -> Result<Action, String> {
+    let m = options().parse(args).map_err(|e| e.to_string())?;
+    if let Some(extra) = m.free.first() {
+        return Err(format!("unexpected argument: {extra}"));
+    }
+    if m.opt_present("h") || m.opt_present("?") {
+        return Ok(Action::Help);
+    }
+    if m.opt_present("v") {
+        return Ok(Action::Version);
+    }
+    let mut cfg = Config {
+        foreground: m.opt_present("f"),
+        double_small: m.opt_present("2"),
+        allow_root_udp: m.opt_present("F"),
+        independent_ttl: m.opt_present("i"),
+        record_pcap: m.opt_present("P"),
+        record_all: m.opt_present("a"),
+        record_rtcp: !m.opt_present("R"),
+        ..Config::default()
+    };
+    cfg.bind = parse_bind(m.opt_str("l").as_deref(), m.opt_str("6").as_deref())?;
+    if let Some(s) = m.opt_str("s") {
+        cfg.control = rtpproxy::rtpp_network::parse_control_spec(&s)
+            .map_err(|e| format!("invalid value for -s: {e}"))?;
+    }
+    if let Some(t) = m.opt_str("t") {
+        cfg.tos = parse_tos(&t).ok_or_else(|| format!("invalid value for -t: {t}"))?;
+    }
+    if let Some(t) = m.opt_str("T") {
+        cfg.max_ttl = match t.parse::<u32>() {
+            Ok(v) if v > 0 => v,
+            _ => return Err(format!("invalid value for -T: {t}")),
+        };
+    }
+    if let Some(l) = m.opt_str("L") {
+        cfg.nofile = match l.parse::<u64>() {
+            Ok(v) if v > 0 => Some(v),
+            _ => return Err(format!("invalid value for -L: {l}")),
+        };
+    }
+    for (flag, slot) in [("m", &mut cfg.port_min), ("M", &mut cfg.port_max)] {
+        if let Some(v) = m.opt_str(flag) {
+            *slot = match v.parse::<u16>() {
+                Ok(p) if p >= 1 => p,
+                _ => return Err(format!("invalid value for -{flag}: {v}")),
+            };
+        }
+    }
+    if cfg.port_min + (cfg.port_min % 2) >= cfg.port_max {
+        return Err(format!(
+            "invalid port range -m {} -M {}: no RTP/RTCP pair fits",
+            cfg.port_min, cfg.port_max
+        ));
+    }
+    cfg.record_dir = dir_option(&m, "r")?;
+    cfg.spool_dir = dir_option(&m, "S")?;
+    if cfg.spool_dir.is_some() && cfg.record_dir.is_none() {
+        return Err("-S requires -r".into());
+    }
+    if let Some(p) = m.opt_str("p") {
+        cfg.pid_file = PathBuf::from(p);
+    }
+    if let Some(u) = m.opt_str("u") {
+        let (user, group) = match u.split_once(':') {
+            Some((u, g)) => (u.to_string(), Some(g.to_string())),
+            None => (u.clone(), None),
+        };
+        if user.is_empty() || group.as_deref() == Some("") {
+            return Err(format!("invalid value for -u: {u}"));
+        }
+        cfg.run_user = Some(user);
+        cfg.run_group = group;
+    }
+    if let Some(n) = m.opt_str("n") {
+        let path = n.strip_prefix("unix:").unwrap_or(&n);
+        if path.is_empty() || n.starts_with("udp:") || n.starts_with("udp6:") {
+            return Err(format!(
+                "invalid value for -n: {n} (a unix socket path is required)"
+            ));
+        }
+        cfg.notify_socket = Some(PathBuf::from(path));
+    }
+    if let Some(d) = m.opt_str("d") {
+        let (level, facility) = match d.split_once(':') {
+            Some((l, f)) => (l, Some(f)),
+            None => (d.as_str(), None),
+        };
+        cfg.log_level =
+            Some(Level::parse(level).ok_or_else(|| format!("invalid log level for -d: {level}"))?);
+        if let Some(f) = facility {
+            if rtpp_log::parse_facility(f).is_none() {
+                return Err(format!("invalid log facility for -d: {f}"));
+            }
+            cfg.log_facility = Some(f.to_string());
+        }
+    }
+    Ok(Action::Run(Box::new(cfg)))
+}
+
+fn dir_option(m: &getopts::Matches, flag: &str) -> Result<Option<PathBuf>, String> {
+    let Some(d) = m.opt_str(flag) else {
+        return Ok(None);
+    };
+    if !Path::new(&d).is_dir() {
+        return Err(format!("invalid value for -{flag}: {d} is not a directory"));
+    }
+    Ok(Some(PathBuf::from(d)))
+}
+
+fn parse_tos(t: &str) -> Option<Option<u8>> {
+    if t == "-1" {
+        return Some(None);
+    }
+    let v = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u8::from_str_radix(hex, 16).ok()?,
+        None => t.parse::<u8>().ok()?,
+    };
+    Some(Some(v))
+}
+
+/// Builds the listen addresses from `-l` and `-6`. A `/` in either means
+/// bridge mode, where each of the two interfaces is IPv4 or IPv6, not both.
+fn parse_bind(l: Option<&str>, six: Option<&str>) -> Result<BindMode, String> {
+    let split = |s: Option<&str>| -> (Option<String>, Option<String>, bool) {
+        match s {
+            None => (None, None, false),
+            Some(s) => match s.split_once('/') {
+                Some((a, b)) => (non_empty(a), non_empty(b), true),
+                None => (non_empty(s), None, false),
+            },
+        }
+    };
+    let (l0, l1, lb) = split(l);
+    let (s0, s1, sb) = split(six);
+    let v4 = |h: &Option<String>| -> Result<Option<std::net::IpAddr>, String> {
+        h.as_deref()
+            .map(|h| resolve_host(h, false).map_err(|e| format!("invalid value for -l: {e}")))
+            .transpose()
+    };
+    let v6 = |h: &Option<String>| -> Result<Option<std::net::IpAddr>, String> {
+        h.as_deref()
+            .map(|h| resolve_host(h, true).map_err(|e| format!("invalid value for -6: {e}")))
+            .transpose()
+    };
+    let (l0, l1, s0, s1) = (v4(&l0)?, v4(&l1)?, v6(&s0)?, v6(&s1)?);
+    if lb || sb {
+        let pick = |a: Option<std::net::IpAddr>, b: Option<std::net::IpAddr>, which: &str| {
+            match (a, b) {
+            (Some(_), Some(_)) => Err(format!(
+                "either IPv4 or IPv6 should be configured for the {which} interface in bridging mode, not both"
+            )),
+            (None, None) => Err(format!(
+                "the {which} interface should be either IPv4 or IPv6 in bridging mode"
+            )),
+            (Some(x), None) | (None, Some(x)) => Ok(x),
+        }
+        };
+        let first = pick(l0, s0, "first")?;
+        let second = pick(l1, s1, "second")?;
+        return Ok(BindMode::Bridge([first, second]));
+    }
+    if l0.is_none() && s0.is_none() {
+        if l.is_some() || six.is_some() {
+            return Err("empty listen address".into());
+        }
+        return Ok(BindMode::Single {
+            v4: Some(std::net::IpAddr::from([0, 0, 0, 0])),
+            v6: None,
+        });
+    }
+    Ok(BindMode::Single { v4: l0, v6: s0 })
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cfg = match parse_args(&args) {
+        Ok(Action::Run(cfg)) => cfg,
+        Ok(Action::Help) => {
+            print!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Version) => {
+            println!("Basic version: {CPROTOVER}");
+            for (stamp, what) in PROTO_CAPS {
+                let note = if *stamp == NOTIFY_CAP {
+                    " (with -n)"
+                } else {
+                    ""
+                };
+                println!("Extension {stamp}: {what}{note}");
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("rtpproxy: {e}");
+            eprint!("{}", usage());
+            return ExitCode::from(1);
+        }
+    };
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rtpproxy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Start-up in the classic order, then the loop until a signal ends it.
+fn run(cfg: &Config) -> Result<(), String> {
+    let run_as = match &cfg.run_user {
+        Some(u) => Some(resolve_run_as(u, cfg.run_group.as_deref())?),
+        None => None,
+    };
+    let is_root = nix::unistd::geteuid().is_root();
+    if is_root && run_as.is_none() {
+        match cfg.control {
+            ControlSpec::Udp(_) if !cfg.allow_root_udp => {
+                return Err(
+                    "running as root in UDP control mode is refused: give -u user or -F".into(),
+                )
+            }
+            _ => eprintln!("rtpproxy: WARNING: running as root without -u"),
+        }
+    }
+    if let Some(n) = cfg.nofile {
+        raise_nofile(n)?;
+    }
+    let mut control = Control::open(&cfg.control)
+        .map_err(|e| format!("can't open control socket {:?}: {e}", cfg.control))?;
+
+    let level = cfg.log_level.unwrap_or(if cfg.foreground {
+        Level::Dbug
+    } else {
+        Level::Warn
+    });
+    if cfg.foreground {
+        rtpp_log::open_stderr(level);
+    } else {
+        daemonize()?;
+        let facility = cfg
+            .log_facility
+            .as_deref()
+            .and_then(rtpp_log::parse_facility)
+            .unwrap_or(syslog::Facility::LOG_DAEMON);
+        rtpp_log::open_syslog(level, facility);
+    }
+    write_pidfile(&cfg.pid_file);
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| format!("can't install signal handler: {e}"))?;
+    }
+    if let Some(run_as) = &run_as {
+        give_away(&control, cfg, run_as);
+        drop_privileges(run_as)?;
+    }
+
+    let mut rng = Random::new();
+    let ports = PortTable::new(cfg.port_min, cfg.port_max, &mut rng);
+    let mut sessions = Sessions::new(ports);
+    control.register(&mut sessions.polls);
+    rtpp_log!(Info, "rtpproxy started, pid {}", std::process::id());
+
+    run_loop(cfg, &mut control, &mut sessions, &stop);
+
+    for id in sessions.ids() {
+        end_session(&mut sessions, id, EndReason::Shutdown);
+    }
+    let _ = std::fs::remove_file(&cfg.pid_file);
+    drop(control);
+    rtpp_log!(Info, "rtpproxy ended");
+    Ok(())
+}
+
+/// The poll loop: relay what is ready, run the once-a-second timers, then
+/// serve control commands. Relaying comes first so media never waits
+/// behind a burst of commands, and commands are bounded per pass so they
+/// cannot starve media either.
+fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, stop: &AtomicBool) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let mut next_tick = Instant::now() + TIMETICK;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wake = control
+            .next_deadline()
+            .map_or(next_tick, |d| d.min(next_tick));
+        let timeout = wake.saturating_duration_since(now);
+        // Round up so a wake-up is never early and spinning.
+        let timeout_ms = timeout.as_micros().div_ceil(1000).min(1000) as i32;
+        let ready = match sessions.polls.poll(timeout_ms) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        if ready > 0 {
+            relay_ready(cfg, sessions, now, &mut buf, ready);
+        }
+        if now >= next_tick {
+            expire_sessions(cfg, sessions, now);
+            next_tick += TIMETICK;
+            if next_tick <= now {
+                next_tick = now + TIMETICK;
+            }
+        }
+        control.serve(sessions, now, |sessions, raw| {
+            run_command(cfg, sessions, raw, now)
+        });
+    }
+}
+
+fn relay_ready(cfg: &Config, sessions: &mut Sessions, now: Instant, buf: &mut [u8], ready: usize) {
+    let mut seen = 0;
+    let mut slot = 0;
+    while slot < sessions.polls.len() && seen < ready {
+        if sessions.polls.ready(slot) {
+            seen += 1;
+            if let Some(Owner::Media { .. }) = sessions.polls.owner(slot) {
+                drain_slot(sessions, slot, cfg.double_small, now, buf);
+            }
+        }
+        slot += 1;
+    }
+}
+
+fn expire_sessions(cfg: &Config, sessions: &mut Sessions, now: Instant) {
+    for id in sessions.ids() {
+        let expired = sessions.get(id).is_some_and(|s| {
+            s.expires_in(cfg.max_ttl, cfg.independent_ttl, now)
+                .is_zero()
+        });
+        if expired {
+            end_session(sessions, id, EndReason::Timeout);
+        }
+    }
+}
+
+fn run_command(cfg: &Config, sessions: &mut Sessions, raw: &[u8], now: Instant) -> Reply {
+    rtpp_log!(Dbug, "received command \"{}\"", show(raw).trim());
+    let reply = match parse(raw) {
+        Ok(cmd) => {
+            if let Some(verb) = raw.iter().find(|c| !c.is_ascii_whitespace()) {
+                if matches!(verb.to_ascii_uppercase(), b'U' | b'L') {
+                    let mods = raw
+                        .split(|c| c.is_ascii_whitespace())
+                        .find(|t| !t.is_empty())
+                        .map_or(&[][..], |t| &t[1..]);
+                    for c in unknown_modifiers(mods) {
+                        rtpp_log!(Warn, "unknown command modifier `{c}'");
+                    }
+                }
+            }
+            let mut ctx = Context { cfg, sessions, now };
+            execute(&cmd, &mut ctx)
+        }
+        Err(e) => {
+            rtpp_log!(Err, "command syntax error (E{})", e.0);
+            Reply::Error(e)
+        }
+    };
+    if rtpp_log::enabled(Level::Dbug) {
+        let mut out = Vec::new();
+        reply.format(None, &mut out);
+        rtpp_log!(Dbug, "sending reply \"{}\"", show(&out).trim_end());
+    }
+    reply
+}
+
+fn raise_nofile(n: u64) -> Result<(), String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit: {e}"))?;
+    if setrlimit(Resource::RLIMIT_NOFILE, n, n).is_err() {
+        let granted = hard.min(n);
+        setrlimit(Resource::RLIMIT_NOFILE, granted, hard)
+            .map_err(|e| format!("can't raise the open files limit (-L {n}): {e}"))?;
+        eprintln!("rtpproxy: WARNING: open files limit raised to {granted} only, not {n}");
+    }
+    Ok(())
+}
+
+/// Forks to the background. The parent returns to the shell only once the
+/// child is detached; the control socket is already open by then, so a
+/// zero exit means the daemon is reachable.
+fn daemonize() -> Result<(), String> {
+    match daemonize::Daemonize::new().working_directory("/").execute() {
+        daemonize::Outcome::Parent(Ok(_)) => std::process::exit(0),
+        daemonize::Outcome::Parent(Err(e)) => Err(format!("can't daemonize: {e}")),
+        daemonize::Outcome::Child(Ok(_)) => Ok(()),
+        daemonize::Outcome::Child(Err(e)) => Err(format!("can't daemonize: {e}")),
+    }
+}
+
+fn write_pidfile(path: &Path) {
+    let written =
+        std::fs::File::create(path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
+    if let Err(e) = written {
+        rtpp_log!(Err, "can't write pidfile {}: {e}", path.display());
+    }
+}
+
+/// Hands the control socket and pidfile to the account we are about to
+/// become, so it can still use and remove them.
+fn give_away(control: &Control, cfg: &Config, run_as: &RunAs) {
+    use nix::unistd::chown;
+    for path in control
+        .unix_path()
+        .into_iter()
+        .chain([cfg.pid_file.as_path()])
+    {
+        if let Err(e) = chown(path, Some(run_as.uid), Some(run_as.gid)) {
+            rtpp_log!(
+                Err,
+                "can't chown {} to {}: {e}",
+                path.display(),
+                run_as.user
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn cfg(s: &str) -> Config {
+        match parse_args(&args(s)) {
+            Ok(Action::Run(c)) => *c,
+            Ok(_) => panic!("not a run"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn bad(s: &str) -> String {
+        match parse_args(&args(s)) {
+            Err(e) => e,
+            Ok(_) => panic!("{s} accepted"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg("-f");
+        assert_eq!(c.max_ttl, 60);
+        assert_eq!(c.tos, Some(0xb8));
+        assert_eq!((c.port_min, c.port_max), (35000, 65000));
+        assert_eq!(
+            c.control,
+            ControlSpec::Unix("/var/run/rtpproxy.sock".into())
+        );
+    }
+
+    #[test]
+    fn bind_modes() {
+        assert_eq!(
+            cfg("-l 127.0.0.1").bind,
+            BindMode::Single {
+                v4: Some("127.0.0.1".parse().unwrap()),
+                v6: None
+            }
+        );
+        assert_eq!(
+            cfg("-l 127.0.0.1/127.0.0.2").bind,
+            BindMode::Bridge(["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()])
+        );
+        assert_eq!(
+            cfg("-l 127.0.0.1 -6 /::1").bind,
+            BindMode::Bridge(["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()])
+        );
+        assert!(bad("-l 127.0.0.1/ ").contains("second"));
+        assert!(bad("-l 127.0.0.1/127.0.0.2 -6 ::1").contains("not both"));
+        assert!(bad("-l ::1").contains("-l"));
+        assert!(bad("-6 127.0.0.1").contains("-6"));
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        assert!(bad("-T 0").contains("-T"));
+        assert!(bad("-T x").contains("-T"));
+        assert!(bad("-t 300").contains("-t"));
+        assert!(bad("-m 0").contains("-m"));
+        assert!(bad("-M 70000").contains("-M"));
+        assert!(bad("-m 4000 -M 4000").contains("port range"));
+        assert!(bad("-L -5").contains("-L"));
+        assert!(bad("-d LOUD").contains("-d"));
+        assert!(bad("-d INFO:LOG_NOPE").contains("-d"));
+        assert!(bad("-s udp:1.2.3.4:0").contains("-s"));
+        assert!(bad("-r /nonexistent/dir").contains("-r"));
+        assert!(bad("-S /tmp").contains("-S requires -r"));
+        assert!(bad("-u :grp").contains("-u"));
+        assert!(bad("-n udp:1.2.3.4:5").contains("-n"));
+        assert!(bad("-Z").contains('Z'));
+        assert!(bad("-f stray").contains("stray"));
+    }
+
+    #[test]
+    fn tos_values() {
+        assert_eq!(cfg("-t -1").tos, None);
+        assert_eq!(cfg("-t 0x10").tos, Some(16));
+        assert_eq!(cfg("-t 184").tos, Some(184));
+    }
+}

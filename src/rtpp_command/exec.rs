@@ -1,0 +1,378 @@
+//! Executing a parsed command against the session table.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use super::{Command, ErrorCode, Modifiers, Reply, StreamIds};
+use crate::rtpp_defines::{BindMode, Config, NOTIFY_CAP, PROTO_CAPS};
+use crate::rtpp_log;
+use crate::rtpp_network::parse_remote;
+use crate::rtpp_session::{Session, Sessions, CALLEE, CALLER, RTCP, RTP};
+
+/// Why a session ended, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Deleted,
+    DeletedAll,
+    Timeout,
+    Shutdown,
+}
+
+/// What a command runs against.
+pub struct Context<'a> {
+    pub cfg: &'a Config,
+    pub sessions: &'a mut Sessions,
+    pub now: Instant,
+}
+
+/// Runs one command and says what to answer.
+pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
+    match cmd {
+        Command::Version => Reply::version(),
+        Command::VersionFeature(stamp) => Reply::Number(u64::from(supports(ctx.cfg, stamp))),
+        Command::Update {
+            mods,
+            ids,
+            addr,
+            port,
+            notify,
+        } => {
+            if let Some(n) = notify {
+                check_notify(ctx.cfg, n.socket);
+            }
+            update_or_lookup(ctx, false, mods, ids, addr, port)
+        }
+        Command::Lookup {
+            mods,
+            ids,
+            addr,
+            port,
+        } => update_or_lookup(ctx, true, mods, ids, addr, port),
+        Command::Delete(ids) => delete(ctx, ids),
+        Command::Record(ids) => {
+            if ctx.sessions.find_all(ids).is_empty() {
+                return not_found("record", ids);
+            }
+            rtpp_log!(Info, "record requested for {}", show(ids.call_id));
+            Reply::Ok
+        }
+        Command::Copy { ids, .. } | Command::Stop(ids) => match ctx.sessions.find(ids) {
+            Some(_) => Reply::Ok,
+            None => not_found("copy/noplay", ids),
+        },
+        Command::Play { ids, .. } => match ctx.sessions.find(ids) {
+            Some(_) => Reply::Error(ErrorCode::NO_PLAYER),
+            None => not_found("play", ids),
+        },
+        Command::Query(ids) => query(ctx, ids),
+        Command::Info => info(ctx),
+        Command::DeleteAll => {
+            rtpp_log!(Info, "deleting all active sessions");
+            for id in ctx.sessions.ids() {
+                end_session(ctx.sessions, id, EndReason::DeletedAll);
+            }
+            Reply::Ok
+        }
+    }
+}
+
+/// Whether `VF` answers 1 for a datestamp.
+pub fn supports(cfg: &Config, stamp: &[u8]) -> bool {
+    if stamp == NOTIFY_CAP.as_bytes() {
+        return cfg.notify_socket.is_some();
+    }
+    PROTO_CAPS.iter().any(|(s, _)| s.as_bytes() == stamp)
+}
+
+fn check_notify(cfg: &Config, socket: &[u8]) {
+    let name = socket.strip_prefix(b"unix:").unwrap_or(socket);
+    match &cfg.notify_socket {
+        None => rtpp_log!(Err, "must permit notification socket with -n"),
+        Some(p) if p.as_os_str().as_encoded_bytes() != name => {
+            rtpp_log!(Err, "invalid socket name {}", show(socket))
+        }
+        Some(_) => {}
+    }
+}
+
+/// Removes a session and logs why; the one place sessions end.
+pub fn end_session(sessions: &mut Sessions, id: u32, why: EndReason) {
+    if let Some(s) = sessions.remove(id) {
+        rtpp_log!(
+            Info,
+            "session {}/{} ended ({:?}), ports {}/{}, rtp {}/{}/{}/{}",
+            show(&s.call_id),
+            show(&s.tag),
+            why,
+            s.port(CALLER),
+            s.port(CALLEE),
+            s.streams[RTP].parties[CALLER].packets,
+            s.streams[RTP].parties[CALLEE].packets,
+            s.streams[RTP].relayed,
+            s.streams[RTP].dropped
+        );
+    }
+}
+
+fn update_or_lookup(
+    ctx: &mut Context<'_>,
+    lookup: bool,
+    mods: &Modifiers<'_>,
+    ids: &StreamIds<'_>,
+    addr: &[u8],
+    port: &[u8],
+) -> Reply {
+    let cfg = ctx.cfg;
+    let bridge = match &cfg.bind {
+        BindMode::Bridge(ips) => Some(*ips),
+        BindMode::Single { .. } => None,
+    };
+    if bridge.is_none() && mods.ifaces.contains(&Some(1)) {
+        rtpp_log!(Err, "command syntax error: 'e' given outside bridge mode");
+        return ErrorCode::SYNTAX.into();
+    }
+    let (id, who, created) = match ctx.sessions.find(ids) {
+        // U from the caller signals the caller; L on the reply signals the
+        // callee. The leg answered is always the other party's.
+        Some((id, from_matched)) => {
+            let named = if from_matched { CALLER } else { CALLEE };
+            (id, if lookup { 1 - named } else { named }, false)
+        }
+        None if lookup => {
+            rtpp_log!(
+                Info,
+                "lookup request failed: session {}, tags {}/{} not found",
+                show(ids.call_id),
+                show(ids.from_tag),
+                ids.to_tag.map_or("NONE".into(), show)
+            );
+            return Reply::Port {
+                port: 0,
+                addr: Some(default_ip(cfg, mods)),
+            };
+        }
+        None => {
+            let ips = leg_ips(cfg, mods);
+            let id = ctx.sessions.create(ids.call_id, ids.from_tag, ips, ctx.now);
+            rtpp_log!(
+                Info,
+                "new session {}, tag {} requested, type {}",
+                show(ids.call_id),
+                show(ids.from_tag),
+                if mods.weak { "weak" } else { "strong" }
+            );
+            (id, CALLER, true)
+        }
+    };
+    let answered = 1 - who;
+    let Some(lport) = ctx.sessions.ensure_leg(id, answered, cfg.tos) else {
+        rtpp_log!(Err, "can't create listener for {}", show(ids.call_id));
+        if created {
+            ctx.sessions.remove(id);
+            return ErrorCode::NO_PORT.into();
+        }
+        return ErrorCode::NO_PORT_SECOND_LEG.into();
+    };
+    let Some(s) = ctx.sessions.get_mut(id) else {
+        return ErrorCode::NOT_FOUND.into();
+    };
+    if mods.weak {
+        s.weak[who] = true;
+    } else if !lookup {
+        s.strong = true;
+    }
+    s.last_rx = [ctx.now; 2];
+    let remote = parse_remote(addr, port, mods.ipv6);
+    let remote = match remote {
+        Some(r) if r.is_ipv6() != s.leg_ips[who].is_ipv6() => {
+            rtpp_log!(
+                Warn,
+                "address {} does not match the leg's family, not pre-filled",
+                r
+            );
+            None
+        }
+        Some(r) => Some(r),
+        None => {
+            if !(addr == b"0.0.0.0" || addr == b"::" || port == b"0") {
+                rtpp_log!(
+                    Warn,
+                    "can't parse address {}:{}, not pre-filled",
+                    show(addr),
+                    show(port)
+                );
+            }
+            None
+        }
+    };
+    let asymmetric = mods.asymmetric.unwrap_or(bridge.is_some());
+    let rtcp_remote =
+        remote.and_then(|r| r.port().checked_add(1).map(|p| SocketAddr::new(r.ip(), p)));
+    s.streams[RTP].parties[who].signal(remote, asymmetric, ctx.now);
+    s.streams[RTCP].parties[who].signal(rtcp_remote, asymmetric, ctx.now);
+    s.codecs[who] = mods.codecs.map(Into::into);
+    let ip = s.legs[answered]
+        .as_ref()
+        .map_or(s.leg_ips[answered], |l| l.ip);
+    rtpp_log!(
+        Info,
+        "{} {}/{}: {} leg port {}, {} {}",
+        if lookup { "lookup" } else { "update" },
+        show(ids.call_id),
+        show(&s.tag),
+        if answered == CALLER {
+            "caller"
+        } else {
+            "callee"
+        },
+        lport,
+        if who == CALLER { "caller" } else { "callee" },
+        remote.map_or("unknown".into(), |r| r.to_string())
+    );
+    Reply::Port {
+        port: lport,
+        addr: Some(ip),
+    }
+}
+
+/// The local addresses of the two legs of a new session. In bridge mode
+/// the first `i`/`e` picks the caller-facing leg, the second the
+/// callee-facing leg (the port `U` answers); otherwise both legs use the
+/// family of the command's address.
+fn leg_ips(cfg: &Config, mods: &Modifiers<'_>) -> [IpAddr; 2] {
+    match &cfg.bind {
+        BindMode::Bridge(ips) => [0, 1].map(|i| ips[usize::from(mods.ifaces[i].unwrap_or(0))]),
+        BindMode::Single { .. } => {
+            let ip = default_ip(cfg, mods);
+            [ip, ip]
+        }
+    }
+}
+
+fn default_ip(cfg: &Config, mods: &Modifiers<'_>) -> IpAddr {
+    match &cfg.bind {
+        BindMode::Bridge(ips) => ips[0],
+        BindMode::Single { v4, v6 } => {
+            let (first, second) = if mods.ipv6 { (v6, v4) } else { (v4, v6) };
+            first.or(*second).unwrap_or(IpAddr::from([0, 0, 0, 0]))
+        }
+    }
+}
+
+fn delete(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
+    let found = ctx.sessions.find_all(ids);
+    if found.is_empty() {
+        return not_found("delete", ids);
+    }
+    for (id, _) in found {
+        let Some(s) = ctx.sessions.get_mut(id) else {
+            continue;
+        };
+        s.strong = false;
+        if s.weak[0] || s.weak[1] {
+            rtpp_log!(
+                Info,
+                "delete {}/{}: strong hold dropped, weak holders keep it",
+                show(ids.call_id),
+                show(&s.tag)
+            );
+            continue;
+        }
+        end_session(ctx.sessions, id, EndReason::Deleted);
+    }
+    Reply::Ok
+}
+
+fn query(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
+    let Some((id, from_matched)) = ctx.sessions.find(ids) else {
+        return not_found("query", ids);
+    };
+    let Some(s) = ctx.sessions.get(id) else {
+        return not_found("query", ids);
+    };
+    let named = if from_matched { CALLER } else { CALLEE };
+    let rtp = &s.streams[RTP];
+    let ttl = s
+        .expires_in(ctx.cfg.max_ttl, ctx.cfg.independent_ttl, ctx.now)
+        .as_secs();
+    Reply::Text(format!(
+        "{} {} {} {} {}",
+        ttl,
+        rtp.parties[named].packets,
+        rtp.parties[1 - named].packets,
+        rtp.relayed,
+        rtp.dropped
+    ))
+}
+
+fn info(ctx: &mut Context<'_>) -> Reply {
+    let sessions = &*ctx.sessions;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "sessions created: {}\nactive sessions: {}\nactive streams: {}",
+        sessions.created_total,
+        sessions.active(),
+        sessions.active() * 2
+    );
+    for id in sessions.ids() {
+        let Some(s) = sessions.get(id) else { continue };
+        let ttl = s.ttl_left(ctx.cfg.max_ttl, ctx.now);
+        for kind in [RTP, RTCP] {
+            out.push('\n');
+            out.push('\t');
+            if kind == RTCP {
+                out.push_str("C ");
+            }
+            info_line(&mut out, s, kind, ttl);
+        }
+    }
+    Reply::Text(out)
+}
+
+fn info_line(out: &mut String, s: &Session, kind: usize, ttl: [u64; 2]) {
+    let local = |party: usize| match &s.legs[party] {
+        Some(l) => format!("{}:{}", l.ip, l.port + kind as u16),
+        None => "NONE".into(),
+    };
+    let remote = |party: usize| {
+        s.streams[kind].parties[party]
+            .addr
+            .map_or("NONE".into(), |a| format!("{}:{}", a.ip(), a.port()))
+    };
+    let st = &s.streams[kind];
+    let _ = write!(
+        out,
+        "{}/{}: caller = {}/{}, callee = {}/{}, stats = {}/{}/{}/{}, ttl = {}/{}",
+        show(&s.call_id),
+        show(&s.tag),
+        local(CALLER),
+        remote(CALLER),
+        local(CALLEE),
+        remote(CALLEE),
+        st.parties[CALLER].packets,
+        st.parties[CALLEE].packets,
+        st.relayed,
+        st.dropped,
+        ttl[CALLER],
+        ttl[CALLEE]
+    );
+}
+
+fn not_found(what: &str, ids: &StreamIds<'_>) -> Reply {
+    rtpp_log!(
+        Info,
+        "{} request failed: session {}, tags {}/{} not found",
+        what,
+        show(ids.call_id),
+        show(ids.from_tag),
+        ids.to_tag.map_or("NONE".into(), show)
+    );
+    ErrorCode::NOT_FOUND.into()
+}
+
+/// Bytes from the wire as printable text for logs and replies.
+pub fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

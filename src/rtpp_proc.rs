@@ -1,0 +1,107 @@
+//! The packet path: drain a ready media socket, latch, forward.
+//!
+//! Nothing here allocates: the receive buffer is the caller's and every
+//! decision is a few field updates on the session.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::rtpp_defines::{DRAIN_BATCH, LBR_THRS};
+use crate::rtpp_log;
+use crate::rtpp_session::{Owner, Session, Sessions, Verdict, RTCP, RTP};
+
+/// Reads up to [`DRAIN_BATCH`] packets from the socket in `slot` and
+/// relays each to the other party.
+pub fn drain_slot(
+    sessions: &mut Sessions,
+    slot: usize,
+    double_small: bool,
+    now: Instant,
+    buf: &mut [u8],
+) {
+    let Some(Owner::Media {
+        session,
+        party,
+        kind,
+    }) = sessions.polls.owner(slot)
+    else {
+        return;
+    };
+    let (party, kind) = (usize::from(party), usize::from(kind));
+    let Some(s) = sessions.get_mut(session) else {
+        return;
+    };
+    for _ in 0..DRAIN_BATCH {
+        let Some(leg) = &s.legs[party] else {
+            return;
+        };
+        let (len, src) = match leg.sockets[kind].recv_from(buf) {
+            Ok(got) => got,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            // WouldBlock: drained. Anything else was a queued socket error,
+            // now consumed; poll will report the socket again if needed.
+            Err(_) => return,
+        };
+        let Some(packet) = buf.get(..len) else {
+            return;
+        };
+        relay_packet(s, party, kind, src, packet, double_small, now);
+    }
+}
+
+/// Latches and forwards one packet that arrived from `party`.
+pub fn relay_packet(
+    s: &mut Session,
+    party: usize,
+    kind: usize,
+    src: SocketAddr,
+    packet: &[u8],
+    double_small: bool,
+    now: Instant,
+) {
+    let other = 1 - party;
+    let stream = &mut s.streams[kind];
+    match stream.parties[party].accept(src, now) {
+        Verdict::Reject => {
+            stream.dropped += 1;
+            return;
+        }
+        Verdict::Latched => {
+            rtpp_log!(
+                Info,
+                "{}'s address filled in: {} ({})",
+                if party == 0 { "caller" } else { "callee" },
+                src,
+                if kind == RTP { "RTP" } else { "RTCP" }
+            );
+            if kind == RTP {
+                if let Some(port) = src.port().checked_add(1) {
+                    s.streams[RTCP].parties[party].guess(SocketAddr::new(src.ip(), port));
+                }
+            }
+        }
+        Verdict::Accept => {}
+    }
+    let stream = &mut s.streams[kind];
+    let from = &mut stream.parties[party];
+    from.packets += 1;
+    from.bytes += packet.len() as u64;
+    if kind == RTP {
+        s.last_rx[party] = now;
+    }
+    let (Some(dst), Some(leg)) = (stream.parties[other].addr, &s.legs[other]) else {
+        stream.dropped += 1;
+        return;
+    };
+    let sock = &leg.sockets[kind];
+    // A failed send (no route, ICMP-refused peer) loses this packet only.
+    if sock.send_to(packet, dst).is_ok() {
+        stream.relayed += 1;
+        if double_small && packet.len() < LBR_THRS {
+            let _ = sock.send_to(packet, dst);
+        }
+    } else {
+        stream.dropped += 1;
+    }
+}
