@@ -42,25 +42,25 @@ fn options() -> Options {
     o.optflag("R", "", "do not record RTCP");
     o.optflag("h", "", "print this help");
     o.optflag("?", "", "print this help");
-    o.optopt("l", "", "IPv4 listen address(es)", "addr[/addr]");
-    o.optopt("6", "", "IPv6 listen address(es)", "addr[/addr]");
-    o.optopt(
+    o.optmulti("l", "", "IPv4 listen address(es)", "addr[/addr]");
+    o.optmulti("6", "", "IPv6 listen address(es)", "addr[/addr]");
+    o.optmulti(
         "s",
         "",
         "control socket",
         "unix:PATH|udp:ADDR[:PORT]|udp6:ADDR[:PORT]",
     );
-    o.optopt("t", "", "TOS of media packets (-1 = leave alone)", "tos");
-    o.optopt("r", "", "recording directory", "dir");
-    o.optopt("S", "", "spool directory", "dir");
-    o.optopt("p", "", "pidfile", "file");
-    o.optopt("T", "", "session idle timeout in seconds", "ttl");
-    o.optopt("L", "", "open files limit", "nofile");
-    o.optopt("m", "", "lowest media port", "port");
-    o.optopt("M", "", "highest media port", "port");
-    o.optopt("u", "", "user (and group) to run as", "user[:group]");
-    o.optopt("n", "", "timeout notification socket", "unix:PATH");
-    o.optopt("d", "", "log level and syslog facility", "level[:facility]");
+    o.optmulti("t", "", "TOS of media packets (-1 = leave alone)", "tos");
+    o.optmulti("r", "", "recording directory", "dir");
+    o.optmulti("S", "", "spool directory", "dir");
+    o.optmulti("p", "", "pidfile", "file");
+    o.optmulti("T", "", "session idle timeout in seconds", "ttl");
+    o.optmulti("L", "", "open files limit", "nofile");
+    o.optmulti("m", "", "lowest media port", "port");
+    o.optmulti("M", "", "highest media port", "port");
+    o.optmulti("u", "", "user (and group) to run as", "user[:group]");
+    o.optmulti("n", "", "timeout notification socket", "unix:PATH");
+    o.optmulti("d", "", "log level and syslog facility", "level[:facility]");
     o
 }
 
@@ -74,6 +74,8 @@ fn usage() -> String {
 
 fn parse_args(args: &[String]) -> Result<Action, String> {
     let m = options().parse(args).map_err(|e| e.to_string())?;
+    // Like getopt(3): a repeated option's last value wins.
+    let last = |flag: &str| m.opt_strs(flag).pop();
     if let Some(extra) = m.free.first() {
         return Err(format!("unexpected argument: {extra}"));
     }
@@ -93,28 +95,28 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
         record_rtcp: !m.opt_present("R"),
         ..Config::default()
     };
-    cfg.bind = parse_bind(m.opt_str("l").as_deref(), m.opt_str("6").as_deref())?;
-    if let Some(s) = m.opt_str("s") {
+    cfg.bind = parse_bind(last("l").as_deref(), last("6").as_deref())?;
+    if let Some(s) = last("s") {
         cfg.control = rtpproxy::rtpp_network::parse_control_spec(&s)
             .map_err(|e| format!("invalid value for -s: {e}"))?;
     }
-    if let Some(t) = m.opt_str("t") {
+    if let Some(t) = last("t") {
         cfg.tos = parse_tos(&t).ok_or_else(|| format!("invalid value for -t: {t}"))?;
     }
-    if let Some(t) = m.opt_str("T") {
+    if let Some(t) = last("T") {
         cfg.max_ttl = match t.parse::<u32>() {
             Ok(v) if v > 0 => v,
             _ => return Err(format!("invalid value for -T: {t}")),
         };
     }
-    if let Some(l) = m.opt_str("L") {
+    if let Some(l) = last("L") {
         cfg.nofile = match l.parse::<u64>() {
             Ok(v) if v > 0 => Some(v),
             _ => return Err(format!("invalid value for -L: {l}")),
         };
     }
     for (flag, slot) in [("m", &mut cfg.port_min), ("M", &mut cfg.port_max)] {
-        if let Some(v) = m.opt_str(flag) {
+        if let Some(v) = m.opt_strs(flag).pop() {
             *slot = match v.parse::<u16>() {
                 Ok(p) if p >= 1 => p,
                 _ => return Err(format!("invalid value for -{flag}: {v}")),
@@ -132,10 +134,10 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
     if cfg.spool_dir.is_some() && cfg.record_dir.is_none() {
         return Err("-S requires -r".into());
     }
-    if let Some(p) = m.opt_str("p") {
+    if let Some(p) = last("p") {
         cfg.pid_file = PathBuf::from(p);
     }
-    if let Some(u) = m.opt_str("u") {
+    if let Some(u) = last("u") {
         let (user, group) = match u.split_once(':') {
             Some((u, g)) => (u.to_string(), Some(g.to_string())),
             None => (u.clone(), None),
@@ -146,7 +148,7 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
         cfg.run_user = Some(user);
         cfg.run_group = group;
     }
-    if let Some(n) = m.opt_str("n") {
+    if let Some(n) = last("n") {
         let path = n.strip_prefix("unix:").unwrap_or(&n);
         if path.is_empty() || n.starts_with("udp:") || n.starts_with("udp6:") {
             return Err(format!(
@@ -155,7 +157,7 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
         }
         cfg.notify_socket = Some(PathBuf::from(path));
     }
-    if let Some(d) = m.opt_str("d") {
+    if let Some(d) = last("d") {
         let (level, facility) = match d.split_once(':') {
             Some((l, f)) => (l, Some(f)),
             None => (d.as_str(), None),
@@ -173,7 +175,7 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
 }
 
 fn dir_option(m: &getopts::Matches, flag: &str) -> Result<Option<PathBuf>, String> {
-    let Some(d) = m.opt_str(flag) else {
+    let Some(d) = m.opt_strs(flag).pop() else {
         return Ok(None);
     };
     if !Path::new(&d).is_dir() {

@@ -293,9 +293,12 @@ fn query(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
     };
     let named = if from_matched { CALLER } else { CALLEE };
     let rtp = &s.streams[RTP];
-    let ttl = s
-        .expires_in(ctx.cfg.max_ttl, ctx.cfg.independent_ttl, ctx.now)
-        .as_secs();
+    let left = s.ttl_left(ctx.cfg.max_ttl, ctx.now);
+    let ttl = if ctx.cfg.independent_ttl {
+        left[0].min(left[1])
+    } else {
+        left[0].max(left[1])
+    };
     Reply::Text(format!(
         "{} {} {} {} {}",
         ttl,
