@@ -451,7 +451,7 @@ fn double_sends_small_packets_with_2() {
     call.caller
         .send(call.to_caller_leg, b"\x80\x00\x00\x01small");
     assert_eq!(call.callee.drain(300), 2, "small packet sent twice");
-    call.caller.send(call.to_caller_leg, &vec![0x80u8; 200]);
+    call.caller.send(call.to_caller_leg, &[0x80u8; 200]);
     assert_eq!(call.callee.drain(300), 1, "large packet once");
 }
 
@@ -461,7 +461,7 @@ fn junk_packets_are_relayed_or_dropped_never_fatal() {
     let call = setup_call(&rp, "junk", "");
     call.caller.send(call.to_caller_leg, b"");
     call.caller.send(call.to_caller_leg, b"x");
-    call.caller.send(call.to_caller_leg, &vec![0xffu8; 65000]);
+    call.caller.send(call.to_caller_leg, &[0xffu8; 65000]);
     assert_eq!(call.callee.drain(300), 3, "the relay is payload-agnostic");
     // Packets on a port of a deleted session go nowhere.
     rp.command("D junk ftag");
@@ -619,7 +619,7 @@ fn unix_socket_control_and_silent_client() {
 
 #[test]
 fn udp_cookie_and_empty_command() {
-    let rp = udp(22426, (15500, 15599), &[]);
+    let _rp = udp(22426, (15500, 15599), &[]);
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = [0u8; 1024];

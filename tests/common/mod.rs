@@ -337,7 +337,7 @@ impl Peer {
 
 /// A 172-byte G.711-shaped RTP packet with a sequence number.
 pub fn rtp_packet(seq: u16, marker: u8) -> Vec<u8> {
-    let mut p = vec![0x80, 0x00 | (marker << 7), (seq >> 8) as u8, seq as u8];
+    let mut p = vec![0x80, marker << 7, (seq >> 8) as u8, seq as u8];
     p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
     p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
     p.extend((0..160).map(|i| (i as u8).wrapping_add(seq as u8)));
