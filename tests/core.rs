@@ -178,13 +178,13 @@ fn info_lists_streams_and_rtcp_twins() {
     assert_eq!(lines[0], "sessions created: 1");
     assert_eq!(lines[1], "active sessions: 1");
     assert_eq!(lines[2], "active streams: 2");
-    assert_eq!(
-        lines[3],
-        format!(
-            "\tinfo1/ft: caller = NONE/127.0.0.1:{}, callee = 127.0.0.1:{port}/NONE, stats = 0/0/0/0, ttl = 60/60",
-            caller.port()
-        )
+    // The TTL may have ticked once on a loaded machine.
+    let want = format!(
+        "\tinfo1/ft: caller = NONE/127.0.0.1:{}, callee = 127.0.0.1:{port}/NONE, stats = 0/0/0/0, ttl = ",
+        caller.port()
     );
+    assert!(lines[3].starts_with(&want), "{}", lines[3]);
+    assert!(lines[3].ends_with("60/60") || lines[3].ends_with("59/59"), "{}", lines[3]);
     assert!(
         lines[4].starts_with("\tC info1/ft: caller = NONE/127.0.0.1:"),
         "{}",
