@@ -184,7 +184,11 @@ fn info_lists_streams_and_rtcp_twins() {
         caller.port()
     );
     assert!(lines[3].starts_with(&want), "{}", lines[3]);
-    assert!(lines[3].ends_with("60/60") || lines[3].ends_with("59/59"), "{}", lines[3]);
+    assert!(
+        lines[3].ends_with("60/60") || lines[3].ends_with("59/59"),
+        "{}",
+        lines[3]
+    );
     assert!(
         lines[4].starts_with("\tC info1/ft: caller = NONE/127.0.0.1:"),
         "{}",

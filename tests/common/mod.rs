@@ -117,7 +117,10 @@ impl Rtpproxy {
                     r.log()
                 ));
             }
-            if r.try_command("V").as_deref() == Some("20040107") {
+            if r.try_command_within(b"V", Duration::from_millis(100))
+                .as_deref()
+                == Some("20040107")
+            {
                 return Ok(r);
             }
             if Instant::now() > deadline {
@@ -144,12 +147,12 @@ impl Rtpproxy {
         }
     }
 
-    fn try_command(&self, cmd: &str) -> Option<String> {
-        self.try_command_bytes(cmd.as_bytes())
+    fn try_command_bytes(&self, cmd: &[u8]) -> Option<String> {
+        self.try_command_within(cmd, Duration::from_secs(3))
     }
 
-    fn try_command_bytes(&self, cmd: &[u8]) -> Option<String> {
-        let timeout = Some(Duration::from_secs(3));
+    fn try_command_within(&self, cmd: &[u8], timeout: Duration) -> Option<String> {
+        let timeout = Some(timeout);
         match &self.ctrl {
             Ctrl::Unix(path) => {
                 let mut s = UnixStream::connect(path).ok()?;
