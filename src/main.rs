@@ -408,8 +408,16 @@ fn relay_ready(cfg: &Config, sessions: &mut Sessions, now: Instant, buf: &mut [u
     }
 }
 
+/// The 1-second timer: idle sessions end, recordings reach the disk.
 fn expire_sessions(cfg: &Config, sessions: &mut Sessions, now: Instant) {
     for id in sessions.ids() {
+        if let Some(s) = sessions.get_mut(id) {
+            for rec in s.recorders.iter_mut().flatten().flatten() {
+                if let Err(e) = rec.flush() {
+                    rtpp_log!(Err, "{e}");
+                }
+            }
+        }
         let expired = sessions.get(id).is_some_and(|s| {
             s.expires_in(cfg.max_ttl, cfg.independent_ttl, now)
                 .is_zero()

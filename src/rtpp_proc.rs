@@ -5,7 +5,7 @@
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::rtpp_defines::{DRAIN_BATCH, LBR_THRS};
 use crate::rtpp_log;
@@ -90,6 +90,8 @@ pub fn relay_packet(
     if kind == RTP {
         s.last_rx[party] = now;
     }
+    record(s, party, kind, src, packet);
+    let stream = &mut s.streams[kind];
     let (Some(dst), Some(leg)) = (stream.parties[other].addr, &s.legs[other]) else {
         stream.dropped += 1;
         return;
@@ -103,5 +105,19 @@ pub fn relay_packet(
         }
     } else {
         stream.dropped += 1;
+    }
+}
+
+/// Hands an accepted packet to the session's recording and copy channels.
+fn record(s: &mut Session, party: usize, kind: usize, src: SocketAddr, packet: &[u8]) {
+    if let Some(copy) = &s.copies[party] {
+        copy.send(packet, kind == RTCP);
+    }
+    let (Some(rec), Some(leg)) = (&mut s.recorders[kind][party], &s.legs[party]) else {
+        return;
+    };
+    let local = SocketAddr::new(leg.ip, leg.port + kind as u16);
+    if let Err(e) = rec.write_packet(src, local, SystemTime::now(), packet) {
+        rtpp_log!(Err, "{e}");
     }
 }

@@ -133,8 +133,8 @@ const IPPROTO_UDP: u8 = 17;
 const SYNTH_TTL: u8 = 127;
 /// Longest PCAP per-packet header: record header, family, IPv6, UDP.
 const MAX_HEADER_LEN: usize = PCAP_RECORD_HEADER_LEN + 4 + IPV6_HEADER_LEN + UDP_HEADER_LEN;
-/// Size of the per-channel write buffer.
-const BUFFER_SIZE: usize = 64 * 1024;
+/// Size of the per-channel write buffer unless the caller picks another.
+pub const BUFFER_SIZE: usize = 64 * 1024;
 /// How many numeric suffixes are tried before giving up on a name.
 const MAX_NAME_SUFFIX: u32 = 1000;
 /// Longest file name most file systems accept (`NAME_MAX`).
@@ -195,6 +195,19 @@ impl RecordFile {
         file_name: &str,
         format: RecordFormat,
     ) -> io::Result<Self> {
+        Self::create_sized(final_dir, spool_dir, file_name, format, BUFFER_SIZE)
+    }
+
+    /// Like [`RecordFile::create`] with a write buffer of `capacity` bytes,
+    /// so thousands of mostly idle channels (RTCP) need not hold 64 KiB each.
+    pub fn create_sized(
+        final_dir: &Path,
+        spool_dir: Option<&Path>,
+        file_name: &str,
+        format: RecordFormat,
+        capacity: usize,
+    ) -> io::Result<Self> {
+        let capacity = capacity.max(MAX_HEADER_LEN + 2048);
         if !is_single_component(file_name) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -203,7 +216,7 @@ impl RecordFile {
         }
         let dir = spool_dir.unwrap_or(final_dir);
         let (file, path) = create_unique(dir, file_name)?;
-        let mut buf = Vec::with_capacity(BUFFER_SIZE);
+        let mut buf = Vec::with_capacity(capacity);
         if format == RecordFormat::Pcap {
             buf.extend_from_slice(&pcap_file_header());
         }
@@ -253,13 +266,14 @@ impl RecordFile {
         };
         let header = &header[..header_len];
         let record_len = header_len + packet.len();
-        if self.buf.len() + record_len > BUFFER_SIZE {
+        let capacity = self.buf.capacity();
+        if self.buf.len() + record_len > capacity {
             self.flush()?;
             if self.file.is_none() {
                 return Ok(());
             }
         }
-        if record_len > BUFFER_SIZE {
+        if record_len > capacity {
             // Only a near-64 KiB datagram gets here: written straight through
             // so the buffer never grows past what was allocated up front.
             let result = match self.file.as_mut() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::rtpp_command::{match_tag, StreamIds, TagMatch};
 use crate::rtpp_defines::UPDATE_WINDOW;
 use crate::rtpp_network::{PollSet, PortTable};
+use crate::rtpp_record::{RecordFile, RemoteCopy};
 
 /// Index of the RTP stream / socket of a leg.
 pub const RTP: usize = 0;
@@ -164,6 +165,10 @@ pub struct Session {
     /// Last RTP packet (or signalling) from each party, for the idle timeout.
     pub last_rx: [Instant; 2],
     pub created: Instant,
+    /// What each party sends, recorded: `recorders[kind][party]`.
+    pub recorders: [[Option<RecordFile>; 2]; 2],
+    /// `C ... udp:HOST:PORT`: copies of what each party sends.
+    pub copies: [Option<RemoteCopy>; 2],
 }
 
 impl Session {
@@ -318,6 +323,8 @@ impl Sessions {
             codecs: [None, None],
             last_rx: [now; 2],
             created: now,
+            recorders: Default::default(),
+            copies: [None, None],
         };
         let id = match self.free_ids.pop() {
             Some(id) => {

@@ -8,6 +8,9 @@ use super::{Command, ErrorCode, Modifiers, Reply, StreamIds};
 use crate::rtpp_defines::{BindMode, Config, NOTIFY_CAP, PROTO_CAPS};
 use crate::rtpp_log;
 use crate::rtpp_network::parse_remote;
+use crate::rtpp_record::{
+    copy_file_name, parse_remote_target, record_file_name, RecordFile, RecordFormat, RemoteCopy,
+};
 use crate::rtpp_session::{Session, Sessions, CALLEE, CALLER, RTCP, RTP};
 
 /// Why a session ended, for the log.
@@ -51,15 +54,21 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
         } => update_or_lookup(ctx, true, mods, ids, addr, port),
         Command::Delete(ids) => delete(ctx, ids),
         Command::Record(ids) => {
-            if ctx.sessions.find_all(ids).is_empty() {
+            let found = ctx.sessions.find_all(ids);
+            if found.is_empty() {
                 return not_found("record", ids);
             }
-            rtpp_log!(Info, "record requested for {}", show(ids.call_id));
+            for (id, _) in found {
+                if let Some(s) = ctx.sessions.get_mut(id) {
+                    start_recording(ctx.cfg, s);
+                }
+            }
             Reply::Ok
         }
-        Command::Copy { ids, .. } | Command::Stop(ids) => match ctx.sessions.find(ids) {
+        Command::Copy { target, ids } => copy(ctx, target, ids),
+        Command::Stop(ids) => match ctx.sessions.find(ids) {
             Some(_) => Reply::Ok,
-            None => not_found("copy/noplay", ids),
+            None => not_found("noplay", ids),
         },
         Command::Play { ids, .. } => match ctx.sessions.find(ids) {
             Some(_) => Reply::Error(ErrorCode::NO_PLAYER),
@@ -98,7 +107,8 @@ fn check_notify(cfg: &Config, socket: &[u8]) {
 
 /// Removes a session and logs why; the one place sessions end.
 pub fn end_session(sessions: &mut Sessions, id: u32, why: EndReason) {
-    if let Some(s) = sessions.remove(id) {
+    if let Some(mut s) = sessions.remove(id) {
+        finish_recordings(&mut s);
         rtpp_log!(
             Info,
             "session {}/{} ended ({:?}), ports {}/{}, rtp {}/{}/{}/{}",
@@ -113,6 +123,130 @@ pub fn end_session(sessions: &mut Sessions, id: u32, why: EndReason) {
             s.streams[RTP].dropped
         );
     }
+}
+
+/// Records both directions of a session's RTP (and RTCP unless `-R`) into
+/// `CALLID=TAG.{o,a}.{rtp,rtcp}`; channels already open are kept.
+pub fn start_recording(cfg: &Config, s: &mut Session) {
+    let Some(dir) = &cfg.record_dir else {
+        rtpp_log!(
+            Err,
+            "can't record {}/{}: no recording directory (-r) given",
+            show(&s.call_id),
+            show(&s.tag)
+        );
+        return;
+    };
+    for kind in [RTP, RTCP] {
+        if kind == RTCP && !cfg.record_rtcp {
+            continue;
+        }
+        for party in [CALLER, CALLEE] {
+            if s.recorders[kind][party].is_some() {
+                continue;
+            }
+            let suffix = format!(
+                "{}.{}",
+                if party == CALLER { "o" } else { "a" },
+                if kind == RTP { "rtp" } else { "rtcp" }
+            );
+            let name = record_file_name(&s.call_id, &s.tag, &suffix);
+            s.recorders[kind][party] = open_recording(cfg, dir, &name, kind);
+        }
+    }
+}
+
+fn open_recording(
+    cfg: &Config,
+    dir: &std::path::Path,
+    name: &str,
+    kind: usize,
+) -> Option<RecordFile> {
+    let format = if cfg.record_pcap {
+        RecordFormat::Pcap
+    } else {
+        RecordFormat::Adhoc
+    };
+    // A second of G.711 fits the RTP buffer, and the 1-second timer
+    // flushes it; RTCP needs little.
+    let capacity = if kind == RTP { 16 * 1024 } else { 4 * 1024 };
+    match RecordFile::create_sized(dir, cfg.spool_dir.as_deref(), name, format, capacity) {
+        Ok(f) => {
+            rtpp_log!(Info, "recording to {}", f.path().display());
+            Some(f)
+        }
+        Err(e) => {
+            rtpp_log!(
+                Err,
+                "can't create recording {name} in {}: {e}",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// Flushes, closes and moves out of the spool every recording of a session.
+pub fn finish_recordings(s: &mut Session) {
+    for rec in s.recorders.iter_mut().flatten() {
+        if let Some(f) = rec.take() {
+            match f.finish() {
+                Ok(path) => rtpp_log!(Info, "recording {} finished", path.display()),
+                Err(e) => rtpp_log!(Err, "finishing recording: {e}"),
+            }
+        }
+    }
+}
+
+/// `C`: copies what the FROMTAG party sends to a UDP target or a file.
+fn copy(ctx: &mut Context<'_>, target: &[u8], ids: &StreamIds<'_>) -> Reply {
+    let Some((id, from_matched)) = ctx.sessions.find(ids) else {
+        return not_found("copy", ids);
+    };
+    let Some(s) = ctx.sessions.get_mut(id) else {
+        return not_found("copy", ids);
+    };
+    let party = if from_matched { CALLER } else { CALLEE };
+    let text = String::from_utf8_lossy(target);
+    if text.starts_with("udp:") || text.starts_with("udp6:") {
+        match parse_remote_target(&text).map(RemoteCopy::new) {
+            Some(Ok(c)) => {
+                rtpp_log!(
+                    Info,
+                    "copying {}/{} to {}",
+                    show(&s.call_id),
+                    show(&s.tag),
+                    c.target()
+                );
+                s.copies[party] = Some(c);
+            }
+            Some(Err(e)) => rtpp_log!(Err, "can't open copy socket for {text}: {e}"),
+            None => rtpp_log!(Err, "invalid copy target {text}"),
+        }
+        return Reply::Ok;
+    }
+    let Some(dir) = &ctx.cfg.record_dir else {
+        rtpp_log!(
+            Err,
+            "can't copy to {text}: no recording directory (-r) given"
+        );
+        return Reply::Ok;
+    };
+    let Some(base) = copy_file_name(target) else {
+        rtpp_log!(Err, "invalid copy file name {text}");
+        return Reply::Ok;
+    };
+    for kind in [RTP, RTCP] {
+        if kind == RTCP && !ctx.cfg.record_rtcp {
+            continue;
+        }
+        let name = format!("{base}.{}", if kind == RTP { "rtp" } else { "rtcp" });
+        if let Some(old) = s.recorders[kind][party].take() {
+            let _ = old.finish();
+        }
+        s.recorders[kind][party] = open_recording(ctx.cfg, dir, &name, kind);
+    }
+    Reply::Ok
 }
 
 fn update_or_lookup(
@@ -162,6 +296,11 @@ fn update_or_lookup(
                 show(ids.from_tag),
                 if mods.weak { "weak" } else { "strong" }
             );
+            if cfg.record_all {
+                if let Some(s) = ctx.sessions.get_mut(id) {
+                    start_recording(cfg, s);
+                }
+            }
             (id, CALLER, true)
         }
     };
