@@ -169,6 +169,9 @@ pub struct Session {
     pub recorders: [[Option<RecordFile>; 2]; 2],
     /// `C ... udp:HOST:PORT`: copies of what each party sends.
     pub copies: [Option<RemoteCopy>; 2],
+    /// Timeout notification armed by `U ... NOTIFY_SOCKET [NOTIFY_TAG]`:
+    /// `Some(None)` sends the ports, `Some(Some(tag))` the tag.
+    pub notify: Option<Option<Box<[u8]>>>,
 }
 
 impl Session {
@@ -325,6 +328,7 @@ impl Sessions {
             created: now,
             recorders: Default::default(),
             copies: [None, None],
+            notify: None,
         };
         let id = match self.free_ids.pop() {
             Some(id) => {

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::{Command, ErrorCode, Modifiers, Reply, StreamIds};
+use super::{Command, ErrorCode, Modifiers, Notify, Reply, StreamIds};
 use crate::rtpp_defines::{BindMode, Config, NOTIFY_CAP, PROTO_CAPS};
 use crate::rtpp_log;
 use crate::rtpp_network::parse_remote;
@@ -41,10 +41,13 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
             port,
             notify,
         } => {
-            if let Some(n) = notify {
-                check_notify(ctx.cfg, n.socket);
+            let reply = update_or_lookup(ctx, false, mods, ids, addr, port);
+            if let (Reply::Port { .. }, Some((id, _))) = (&reply, ctx.sessions.find(ids)) {
+                if let Some(s) = ctx.sessions.get_mut(id) {
+                    arm_notify(ctx.cfg, s, notify.as_ref());
+                }
             }
-            update_or_lookup(ctx, false, mods, ids, addr, port)
+            reply
         }
         Command::Lookup {
             mods,
@@ -94,35 +97,47 @@ pub fn supports(cfg: &Config, stamp: &[u8]) -> bool {
     PROTO_CAPS.iter().any(|(s, _)| s.as_bytes() == stamp)
 }
 
-fn check_notify(cfg: &Config, socket: &[u8]) {
-    let name = socket.strip_prefix(b"unix:").unwrap_or(socket);
+/// Arms (or, when `U` names no socket, disarms) the timeout notification.
+/// A socket other than the `-n` one is refused; the session stays as is.
+fn arm_notify(cfg: &Config, s: &mut Session, notify: Option<&Notify<'_>>) {
+    let Some(n) = notify else {
+        if s.notify.take().is_some() {
+            rtpp_log!(Info, "{}: disabling timeout notification", show(&s.call_id));
+        }
+        return;
+    };
+    let name = n.socket.strip_prefix(b"unix:").unwrap_or(n.socket);
     match &cfg.notify_socket {
         None => rtpp_log!(Err, "must permit notification socket with -n"),
         Some(p) if p.as_os_str().as_encoded_bytes() != name => {
-            rtpp_log!(Err, "invalid socket name {}", show(socket))
+            rtpp_log!(Err, "invalid socket name {}", show(n.socket))
         }
-        Some(_) => {}
+        Some(_) => {
+            rtpp_log!(Info, "{}: setting timeout notification", show(&s.call_id));
+            s.notify = Some(n.tag.as_deref().map(Into::into));
+        }
     }
 }
 
-/// Removes a session and logs why; the one place sessions end.
-pub fn end_session(sessions: &mut Sessions, id: u32, why: EndReason) {
-    if let Some(mut s) = sessions.remove(id) {
-        finish_recordings(&mut s);
-        rtpp_log!(
-            Info,
-            "session {}/{} ended ({:?}), ports {}/{}, rtp {}/{}/{}/{}",
-            show(&s.call_id),
-            show(&s.tag),
-            why,
-            s.port(CALLER),
-            s.port(CALLEE),
-            s.streams[RTP].parties[CALLER].packets,
-            s.streams[RTP].parties[CALLEE].packets,
-            s.streams[RTP].relayed,
-            s.streams[RTP].dropped
-        );
-    }
+/// Removes a session and logs why; the one place sessions end. Returns it
+/// for what the caller still owes it (a timeout notification).
+pub fn end_session(sessions: &mut Sessions, id: u32, why: EndReason) -> Option<Session> {
+    let mut s = sessions.remove(id)?;
+    finish_recordings(&mut s);
+    rtpp_log!(
+        Info,
+        "session {}/{} ended ({:?}), ports {}/{}, rtp {}/{}/{}/{}",
+        show(&s.call_id),
+        show(&s.tag),
+        why,
+        s.port(CALLER),
+        s.port(CALLEE),
+        s.streams[RTP].parties[CALLER].packets,
+        s.streams[RTP].parties[CALLEE].packets,
+        s.streams[RTP].relayed,
+        s.streams[RTP].dropped
+    );
+    Some(s)
 }
 
 /// Records both directions of a session's RTP (and RTCP unless `-R`) into
