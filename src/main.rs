@@ -19,7 +19,7 @@ use rtpproxy::rtpp_defines::{
 use rtpproxy::rtpp_log::Level;
 
 use rtpproxy::rtpp_network::{resolve_host, PortTable};
-use rtpproxy::rtpp_proc::drain_slot;
+use rtpproxy::rtpp_proc::{drain_slot, next_timer, run_timers};
 use rtpproxy::rtpp_session::{Owner, Sessions};
 use rtpproxy::rtpp_util::{drop_privileges, resolve_run_as, Random, RunAs};
 
@@ -367,9 +367,10 @@ fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, stop: 
     let mut next_tick = Instant::now() + TIMETICK;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let wake = control
-            .next_deadline()
-            .map_or(next_tick, |d| d.min(next_tick));
+        let wake = [control.next_deadline(), next_timer(sessions)]
+            .into_iter()
+            .flatten()
+            .fold(next_tick, Instant::min);
         let timeout = wake.saturating_duration_since(now);
         // Round up so a wake-up is never early and spinning.
         let timeout_ms = timeout.as_micros().div_ceil(1000).min(1000) as i32;
@@ -381,6 +382,7 @@ fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, stop: 
         if ready > 0 {
             relay_ready(cfg, sessions, now, &mut buf, ready);
         }
+        run_timers(sessions, now, &mut buf, cfg.double_small);
         if now >= next_tick {
             expire_sessions(cfg, sessions, now);
             next_tick += TIMETICK;

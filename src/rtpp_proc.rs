@@ -7,6 +7,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
+use crate::rtp_server::Next;
 use crate::rtpp_defines::{DRAIN_BATCH, LBR_THRS};
 use crate::rtpp_log;
 use crate::rtpp_session::{Owner, Session, Sessions, Verdict, RTCP, RTP};
@@ -92,6 +93,11 @@ pub fn relay_packet(
     }
     record(s, party, kind, src, packet);
     let stream = &mut s.streams[kind];
+    if kind == RTP && s.players[other].is_some() {
+        // A prompt is playing to the other party: its media waits.
+        stream.dropped += 1;
+        return;
+    }
     let (Some(dst), Some(leg)) = (stream.parties[other].addr, &s.legs[other]) else {
         stream.dropped += 1;
         return;
@@ -119,5 +125,69 @@ fn record(s: &mut Session, party: usize, kind: usize, src: SocketAddr, packet: &
     let local = SocketAddr::new(leg.ip, leg.port + kind as u16);
     if let Err(e) = rec.write_packet(src, local, SystemTime::now(), packet) {
         rtpp_log!(Err, "{e}");
+    }
+}
+
+/// Serves everything on the clock: prompt packets that are due.
+pub fn run_timers(sessions: &mut Sessions, now: Instant, buf: &mut [u8], double_small: bool) {
+    let mut i = 0;
+    while i < sessions.timed.len() {
+        let id = sessions.timed[i];
+        let keep = match sessions.get_mut(id) {
+            Some(s) => {
+                play_due(s, now, buf, double_small);
+                s.is_timed()
+            }
+            None => false,
+        };
+        if keep {
+            i += 1;
+        } else {
+            sessions.timed.swap_remove(i);
+        }
+    }
+}
+
+/// When the loop must wake next for something on the clock.
+pub fn next_timer(sessions: &Sessions) -> Option<Instant> {
+    sessions
+        .timed
+        .iter()
+        .filter_map(|&id| sessions.get(id))
+        .flat_map(|s| s.players.iter().flatten().filter_map(|p| p.next_due()))
+        .min()
+}
+
+fn play_due(s: &mut Session, now: Instant, buf: &mut [u8], double_small: bool) {
+    for party in 0..2 {
+        // A player yields one packet per call; after a stall it re-anchors
+        // instead of bursting, so a handful of calls always suffices.
+        for _ in 0..4 {
+            let Some(player) = &mut s.players[party] else {
+                break;
+            };
+            match player.next_packet(now, buf) {
+                Next::Packet(len) => {
+                    let (Some(dst), Some(leg), Some(packet)) = (
+                        s.streams[RTP].parties[party].addr,
+                        &s.legs[party],
+                        buf.get(..len),
+                    ) else {
+                        continue;
+                    };
+                    let sock = &leg.sockets[RTP];
+                    let _ = sock.send_to(packet, dst);
+                    if double_small && len < LBR_THRS {
+                        let _ = sock.send_to(packet, dst);
+                    }
+                }
+                Next::NotYet => break,
+                Next::Finished => {
+                    rtpp_log!(Info, "prompt finished at port {}", s.port(party));
+                    s.players[party] = None;
+                    break;
+                }
+            }
+        }
     }
 }
