@@ -23,6 +23,7 @@ pub mod rtpp_command;
 pub mod rtpp_control;
 pub mod rtpp_defines;
 pub mod rtpp_network;
+pub mod rtpp_notify;
 pub mod rtpp_proc;
 pub mod rtpp_record;
 pub mod rtpp_session;
