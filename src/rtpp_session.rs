@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
 use crate::rtpp_command::{match_tag, StreamIds, TagMatch};
 use crate::rtpp_defines::UPDATE_WINDOW;
@@ -176,12 +177,27 @@ pub struct Session {
     pub notify: Option<Option<Box<[u8]>>>,
     /// `players[p]` plays a prompt to party `p`; media to it is held back.
     pub players: [Option<Player>; 2],
+    /// `resizers[p]` re-packetizes what party `p` sends (`z`).
+    pub resizers: [Option<Resizer>; 2],
 }
 
 impl Session {
-    /// True while something in the session runs on the clock (players).
+    /// True while something in the session runs on the clock: a player,
+    /// or a re-packetizer holding audio.
     pub fn is_timed(&self) -> bool {
         self.players.iter().any(Option::is_some)
+            || self
+                .resizers
+                .iter()
+                .flatten()
+                .any(|r| r.next_due().is_some())
+    }
+
+    /// The earliest moment something on the clock is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        let players = self.players.iter().flatten().filter_map(Player::next_due);
+        let resizers = self.resizers.iter().flatten().filter_map(Resizer::next_due);
+        players.chain(resizers).min()
     }
 }
 
@@ -354,6 +370,7 @@ impl Sessions {
             copies: [None, None],
             notify: None,
             players: [None, None],
+            resizers: [None, None],
         };
         let id = match self.free_ids.pop() {
             Some(id) => {

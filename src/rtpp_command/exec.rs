@@ -5,10 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::{codec_list, Command, ErrorCode, Modifiers, Notify, Reply, StreamIds};
+use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
 use crate::rtpp_defines::{BindMode, Config, NOTIFY_CAP, PROTO_CAPS};
 use crate::rtpp_log;
 use crate::rtpp_network::parse_remote;
+use crate::rtpp_proc::flush_resizer;
 use crate::rtpp_record::{
     copy_file_name, parse_remote_target, record_file_name, RecordFile, RecordFormat, RemoteCopy,
 };
@@ -441,6 +443,27 @@ fn update_or_lookup(
     s.streams[RTP].parties[who].signal(remote, asymmetric, ctx.now);
     s.streams[RTCP].parties[who].signal(rtcp_remote, asymmetric, ctx.now);
     s.codecs[who] = mods.codecs.map(Into::into);
+    match mods.ptime_ms {
+        Some(ms) if s.resizers[who].as_ref().map(Resizer::target_ms) != Some(ms) => {
+            rtpp_log!(
+                Info,
+                "RTP packets from {} will be resized to {ms} ms",
+                party_name(who)
+            );
+            flush_resizer(s, who, cfg.double_small);
+            s.resizers[who] = Some(Resizer::new(ms));
+        }
+        Some(_) => {}
+        None if s.resizers[who].is_some() => {
+            rtpp_log!(
+                Info,
+                "resizing of RTP packets from {} disabled",
+                party_name(who)
+            );
+            flush_resizer(s, who, cfg.double_small);
+        }
+        None => {}
+    }
     let ip = s.legs[answered]
         .as_ref()
         .map_or(s.leg_ips[answered], |l| l.ip);
@@ -590,6 +613,14 @@ fn info_line(out: &mut String, s: &Session, kind: usize, ttl: [u64; 2]) {
         ttl[CALLER],
         ttl[CALLEE]
     );
+}
+
+fn party_name(party: usize) -> &'static str {
+    if party == CALLER {
+        "caller"
+    } else {
+        "callee"
+    }
 }
 
 fn not_found(what: &str, ids: &StreamIds<'_>) -> Reply {
