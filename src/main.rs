@@ -458,6 +458,7 @@ fn expire_sessions(
 
 fn run_command(cfg: &Config, sessions: &mut Sessions, raw: &[u8], now: Instant) -> Reply {
     rtpp_log!(Dbug, "received command \"{}\"", show(raw).trim());
+    sessions.totals.commands_received += 1;
     let reply = match parse(raw) {
         Ok(cmd) => {
             if let Some(verb) = raw.iter().find(|c| !c.is_ascii_whitespace()) {
@@ -479,6 +480,11 @@ fn run_command(cfg: &Config, sessions: &mut Sessions, raw: &[u8], now: Instant) 
             Reply::Error(e)
         }
     };
+    if matches!(reply, Reply::Error(_)) {
+        sessions.totals.commands_failed += 1;
+    } else {
+        sessions.totals.commands_succeeded += 1;
+    }
     if rtpp_log::enabled(Level::Dbug) {
         let mut out = Vec::new();
         reply.format(None, &mut out);

@@ -99,6 +99,11 @@ pub enum Command<'a> {
     Query(StreamIds<'a>),
     Info,
     DeleteAll,
+    /// `G [name ...]`: counters, all of them when no name is given.
+    Stats {
+        names: [&'a [u8]; MAX_TOKENS - 1],
+        count: usize,
+    },
 }
 
 /// What a command answers.
@@ -236,6 +241,16 @@ pub fn parse(buf: &[u8]) -> Result<Command<'_>, ErrorCode> {
             })
         }
         b'I' => Ok(Command::Info),
+        b'G' => {
+            let mut names: [&[u8]; MAX_TOKENS - 1] = [&[]; MAX_TOKENS - 1];
+            for (slot, name) in names.iter_mut().zip(args) {
+                *slot = name;
+            }
+            Ok(Command::Stats {
+                names,
+                count: args.len(),
+            })
+        }
         b'X' => Ok(Command::DeleteAll),
         _ => Err(ErrorCode::UNKNOWN),
     }
@@ -578,6 +593,13 @@ mod tests {
     #[test]
     fn other_verbs() {
         assert_eq!(parse(b"I"), Ok(Command::Info));
+        match parse(b"G nsess_created npkts_rcvd") {
+            Ok(Command::Stats { names, count }) => {
+                assert_eq!(count, 2);
+                assert_eq!(names[1], b"npkts_rcvd");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(parse(b"x"), Ok(Command::DeleteAll));
         assert_eq!(err("Z"), 3);
         assert_eq!(err(""), 0);

@@ -70,6 +70,7 @@ pub fn relay_packet(
     now: Instant,
 ) {
     let stream = &mut s.streams[kind];
+    stream.received += 1;
     match stream.parties[party].accept(src, now) {
         Verdict::Reject => {
             stream.dropped += 1;
@@ -95,6 +96,9 @@ pub fn relay_packet(
     let from = &mut stream.parties[party];
     from.packets += 1;
     from.bytes += packet.len() as u64;
+    if kind == RTP && packet.len() >= 12 && packet[0] >> 6 == 2 {
+        from.seq.observe(u16::from_be_bytes([packet[2], packet[3]]));
+    }
     if kind == RTP {
         s.last_rx[party] = now;
     }
@@ -240,6 +244,7 @@ fn play_due(s: &mut Session, now: Instant, buf: &mut [u8], double_small: bool) {
             };
             match player.next_packet(now, buf) {
                 Next::Packet(len) => {
+                    s.played += 1;
                     let (Some(dst), Some(leg), Some(packet)) = (
                         s.streams[RTP].parties[party].addr,
                         &s.legs[party],

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::{codec_list, Command, ErrorCode, Modifiers, Notify, Reply, StreamIds};
+use super::{
+    codec_list, match_tag, Command, ErrorCode, Modifiers, Notify, Reply, StreamIds, TagMatch,
+};
 use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
 use crate::rtpp_defines::{BindMode, Config, NOTIFY_CAP, PROTO_CAPS};
@@ -89,6 +91,7 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
         } => play(ctx, *count, prompt, codecs, ids),
         Command::Query(ids) => query(ctx, ids),
         Command::Info => info(ctx),
+        Command::Stats { names, count } => stats(ctx, &names[..(*count).min(names.len())]),
         Command::DeleteAll => {
             rtpp_log!(Info, "deleting all active sessions");
             for id in ctx.sessions.ids() {
@@ -133,21 +136,43 @@ fn arm_notify(cfg: &Config, s: &mut Session, notify: Option<&Notify<'_>>) {
 /// for what the caller still owes it (a timeout notification).
 pub fn end_session(sessions: &mut Sessions, id: u32, why: EndReason) -> Option<Session> {
     let mut s = sessions.remove(id)?;
+    if why == EndReason::Timeout {
+        sessions.totals.sessions_timeout += 1;
+    }
     finish_recordings(&mut s);
-    rtpp_log!(
-        Info,
-        "session {}/{} ended ({:?}), ports {}/{}, rtp {}/{}/{}/{}",
+    rtpp_log!(Info, "{}", accounting_line(&s, why));
+    Some(s)
+}
+
+/// The per-call record logged when a session ends: who, how long, what
+/// each side sent over RTP and RTCP, what was dropped, and the RTP loss
+/// each side's sequence numbers show.
+pub fn accounting_line(s: &Session, why: EndReason) -> String {
+    let rtp = &s.streams[RTP];
+    let rtcp = &s.streams[RTCP];
+    format!(
+        "session ended ({why:?}): call_id={} from_tag={} to_tag={} duration={:.3}s ports={}/{} \
+         rtp_caller={}p/{}b rtp_callee={}p/{}b rtcp_caller={}p/{}b rtcp_callee={}p/{}b \
+         relayed={} dropped={} lost_caller={} lost_callee={}",
         show(&s.call_id),
         show(&s.tag),
-        why,
+        s.to_tag.as_deref().map_or("NONE".into(), show),
+        s.created.elapsed().as_secs_f64(),
         s.port(CALLER),
         s.port(CALLEE),
-        s.streams[RTP].parties[CALLER].packets,
-        s.streams[RTP].parties[CALLEE].packets,
-        s.streams[RTP].relayed,
-        s.streams[RTP].dropped
-    );
-    Some(s)
+        rtp.parties[CALLER].packets,
+        rtp.parties[CALLER].bytes,
+        rtp.parties[CALLEE].packets,
+        rtp.parties[CALLEE].bytes,
+        rtcp.parties[CALLER].packets,
+        rtcp.parties[CALLER].bytes,
+        rtcp.parties[CALLEE].packets,
+        rtcp.parties[CALLEE].bytes,
+        rtp.relayed + rtcp.relayed,
+        rtp.dropped + rtcp.dropped,
+        rtp.parties[CALLER].seq.lost(),
+        rtp.parties[CALLEE].seq.lost(),
+    )
 }
 
 /// Records both directions of a session's RTP (and RTCP unless `-R`) into
@@ -413,6 +438,15 @@ fn update_or_lookup(
     } else if !lookup {
         s.strong = true;
     }
+    if s.to_tag.is_none() {
+        // The tag that is not the session's is the other party's.
+        let other = if match_tag(&s.tag, ids.from_tag) != TagMatch::None {
+            ids.to_tag
+        } else {
+            Some(ids.from_tag)
+        };
+        s.to_tag = other.map(Into::into);
+    }
     s.last_rx = [ctx.now; 2];
     let remote = parse_remote(addr, port, mods.ipv6);
     let remote = match remote {
@@ -559,6 +593,41 @@ fn query(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
         rtp.relayed,
         rtp.dropped
     ))
+}
+
+/// `G`: `name=value` pairs of the daemon's counters; every counter when no
+/// name is given; an unknown name is `E1`.
+fn stats(ctx: &mut Context<'_>, names: &[&[u8]]) -> Reply {
+    let c = ctx.sessions.counters();
+    let all: [(&str, u64); 13] = [
+        ("nsess_created", ctx.sessions.created_total),
+        ("nsess_destroyed", c.sessions_destroyed),
+        ("nsess_timeout", c.sessions_timeout),
+        ("nsess_active", ctx.sessions.active() as u64),
+        ("npkts_rcvd", c.packets_received),
+        ("npkts_relayed", c.packets_relayed),
+        ("npkts_discard", c.packets_dropped),
+        ("npkts_played", c.packets_played),
+        ("ncmds_rcvd", c.commands_received),
+        ("ncmds_succd", c.commands_succeeded),
+        ("ncmds_errs", c.commands_failed),
+        ("ncmds_repld", c.commands_repeated),
+        ("nlog_dropped", crate::rtpp_log::dropped_lines()),
+    ];
+    let mut out = Vec::new();
+    if names.is_empty() {
+        out.extend(all.iter().map(|(n, v)| format!("{n}={v}")));
+    }
+    for name in names {
+        match all.iter().find(|(n, _)| n.as_bytes() == *name) {
+            Some((n, v)) => out.push(format!("{n}={v}")),
+            None => {
+                rtpp_log!(Err, "G: unknown counter {}", show(name));
+                return ErrorCode::SYNTAX.into();
+            }
+        }
+    }
+    Reply::Text(out.join(" "))
 }
 
 fn info(ctx: &mut Context<'_>) -> Reply {
