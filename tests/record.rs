@@ -30,6 +30,7 @@
 //! | `extractaudio_gives_back_the_call_audio` | 22716 | 17800-17849 |
 //! | `ipv6_senders_fill_the_adhoc_address_block` | 22717 | 17850-17899 |
 //! | `r_without_media_number_records_every_stream` | 22718 | 17900-17949 |
+//! | `a_option_leaves_nothing_of_a_refused_session` | 22719 | 17950-17953 |
 //!
 //! The tests that mount a tmpfs need root (CI runs as root) and fail with a
 //! message saying so otherwise; tshark and sox are installed by
@@ -699,6 +700,33 @@ fn a_option_records_from_creation() {
     window.close();
     assert_eq!(call.command(&rp, "D", FROM_TAG), "0");
     assert_call_recorded(rec.path(), &call, &sent, &window, true);
+}
+
+#[test]
+fn a_option_leaves_nothing_of_a_refused_session() {
+    let rec = TempDir::new("rec-refused");
+    // Two port pairs: one session of two legs takes them all.
+    let s = "udp:127.0.0.1:22719";
+    let rp = Rtpproxy::start(&[
+        "-s",
+        s,
+        "-l",
+        "127.0.0.1",
+        "-m",
+        "17950",
+        "-M",
+        "17953",
+        "-a",
+        "-r",
+        path_str(rec.path()),
+    ]);
+    let call = setup_call(&rp, b"first@host", "127.0.0.1");
+    assert_eq!(rp.command("U second@host 127.0.0.1 4000 ftag;1"), "E10");
+    let first: BTreeSet<String> = ["o.rtp", "a.rtp", "o.rtcp", "a.rtcp"]
+        .iter()
+        .map(|s| call.file(s))
+        .collect();
+    assert_eq!(names(rec.path()), first, "no files for the refused call");
 }
 
 /// Everything that arrives at `peer` until it has been quiet for 300 ms.

@@ -296,11 +296,6 @@ fn update_or_lookup(
                 show(ids.from_tag),
                 if mods.weak { "weak" } else { "strong" }
             );
-            if cfg.record_all {
-                if let Some(s) = ctx.sessions.get_mut(id) {
-                    start_recording(cfg, s);
-                }
-            }
             (id, CALLER, true)
         }
     };
@@ -316,6 +311,11 @@ fn update_or_lookup(
     let Some(s) = ctx.sessions.get_mut(id) else {
         return ErrorCode::NOT_FOUND.into();
     };
+    // Only once the session has its first leg: a `U` refused for want of
+    // ports must not leave empty recordings of a call that never existed.
+    if created && cfg.record_all {
+        start_recording(cfg, s);
+    }
     if mods.weak {
         s.weak[who] = true;
     } else if !lookup {
