@@ -11,26 +11,27 @@
 //!
 //! | test | control | media |
 //! |---|---|---|
-//! | `r_records_each_direction_in_classic_format` | 22700 | 17000-17049 |
-//! | `spool_is_emptied_on_delete` | 22701 | 17050-17099 |
-//! | `spool_is_emptied_on_timeout` | 22702 | 17100-17149 |
-//! | `spool_is_emptied_on_delete_all` | 22703 | 17150-17199 |
-//! | `spool_is_emptied_on_terminate_losing_nothing` | 22704 | 17200-17249 |
-//! | `big_r_option_records_no_rtcp` | 22705 | 17250-17299 |
-//! | `a_option_records_from_creation` | 22706 | 17300-17349 |
-//! | `copy_to_udp_forwards_one_party` | 22707 | 17350-17399 |
-//! | `copy_to_file_records_one_party` | 22708 | 17400-17449 |
-//! | `hostile_call_ids_stay_inside_the_directory` | 22709 | 17450-17499 |
-//! | `full_directory_stops_only_that_recording` | 22710 | 17500-17549 |
-//! | `missing_directory_is_logged_and_relaying_goes_on` | 22711 | 17550-17599 |
-//! | `missing_final_directory_keeps_the_spooled_file` | 22712 | 17600-17649 |
-//! | `read_only_directory_is_logged_and_relaying_goes_on` | 22713 | 17650-17699 |
-//! | `pcap_recording_decodes_as_rtp_ipv4` | 22714 | 17700-17749 |
-//! | `pcap_recording_decodes_as_rtp_ipv6` | 22715 | 17750-17799 |
-//! | `extractaudio_gives_back_the_call_audio` | 22716 | 17800-17849 |
-//! | `ipv6_senders_fill_the_adhoc_address_block` | 22717 | 17850-17899 |
-//! | `r_without_media_number_records_every_stream` | 22718 | 17900-17949 |
+//! | `r_records_each_direction_in_classic_format` | 22700 | 17000-17039 |
+//! | `spool_is_emptied_on_delete` | 22701 | 17050-17089 |
+//! | `spool_is_emptied_on_timeout` | 22702 | 17100-17139 |
+//! | `spool_is_emptied_on_delete_all` | 22703 | 17150-17189 |
+//! | `spool_is_emptied_on_terminate_losing_nothing` | 22704 | 17200-17239 |
+//! | `big_r_option_records_no_rtcp` | 22705 | 17250-17289 |
+//! | `a_option_records_from_creation` | 22706 | 17300-17339 |
+//! | `copy_to_udp_forwards_one_party` | 22707 | 17350-17389 |
+//! | `copy_to_file_records_one_party` | 22708 | 17400-17439 |
+//! | `hostile_call_ids_stay_inside_the_directory` | 22709 | 17450-17489 |
+//! | `full_directory_stops_only_that_recording` | 22710 | 17500-17539 |
+//! | `missing_directory_is_logged_and_relaying_goes_on` | 22711 | 17550-17589 |
+//! | `missing_final_directory_keeps_the_spooled_file` | 22712 | 17600-17639 |
+//! | `read_only_directory_is_logged_and_relaying_goes_on` | 22713 | 17650-17689 |
+//! | `pcap_recording_decodes_as_rtp_ipv4` | 22714 | 17700-17739 |
+//! | `pcap_recording_decodes_as_rtp_ipv6` | 22715 | 17750-17789 |
+//! | `extractaudio_gives_back_the_call_audio` | 22716 | 17800-17839 |
+//! | `ipv6_senders_fill_the_adhoc_address_block` | 22717 | 17850-17889 |
+//! | `r_without_media_number_records_every_stream` | 22718 | 17900-17939 |
 //! | `a_option_leaves_nothing_of_a_refused_session` | 22719 | 17950-17953 |
+//! | `copy_to_file_keeps_a_running_r_recording` | 22720 | 17960-17999 |
 //!
 //! The tests that mount a tmpfs need root (CI runs as root) and fail with a
 //! message saying so otherwise; tshark and sox are installed by
@@ -64,10 +65,10 @@ const CALLER_SSRC: u32 = 0xca11_e4a0;
 const CALLEE_SSRC: u32 = 0x0ca1_1ee5;
 
 /// Starts a daemon on IPv4 loopback with UDP control on `control` and the
-/// 50 media ports from `media`.
+/// 40 media ports from `media`.
 fn daemon(control: u16, media: u16, extra: &[&str]) -> Rtpproxy {
     let s = format!("udp:127.0.0.1:{control}");
-    let (min, max) = (media.to_string(), (media + 49).to_string());
+    let (min, max) = (media.to_string(), (media + 39).to_string());
     let mut args = vec![
         "-s",
         &s,
@@ -87,7 +88,7 @@ fn daemon(control: u16, media: u16, extra: &[&str]) -> Rtpproxy {
 /// The same on IPv6 loopback only.
 fn daemon6(control: u16, media: u16, extra: &[&str]) -> Rtpproxy {
     let s = format!("udp6:[::1]:{control}");
-    let (min, max) = (media.to_string(), (media + 49).to_string());
+    let (min, max) = (media.to_string(), (media + 39).to_string());
     let mut args = vec!["-s", &s, "-6", "::1", "-m", &min, "-M", &max, "-d", "INFO"];
     args.extend_from_slice(extra);
     Rtpproxy::start(&args)
@@ -819,6 +820,25 @@ fn copy_to_file_records_one_party() {
         &sent.callee_rtcp,
         &window,
     );
+}
+
+#[test]
+fn copy_to_file_keeps_a_running_r_recording() {
+    let rec = TempDir::new("rec-r-then-c");
+    let rp = daemon(22720, 17960, &["-r", path_str(rec.path())]);
+    let call = setup_call(&rp, b"rthenc@host", "127.0.0.1");
+    assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
+    let mut window = Window::open();
+    let mut sent = exchange(&rp, &call, 0, PACKETS / 2);
+    // The caller's direction is recorded already: C must not cut it short.
+    assert_eq!(
+        call.command(&rp, "C", &format!("late-copy {FROM_TAG}")),
+        "0"
+    );
+    sent.extend(exchange(&rp, &call, PACKETS / 2, PACKETS / 2));
+    window.close();
+    assert_eq!(call.command(&rp, "D", FROM_TAG), "0");
+    assert_call_recorded(rec.path(), &call, &sent, &window, true);
 }
 
 /// Undoes the `%XX` escapes of a recording file name.

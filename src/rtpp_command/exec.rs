@@ -241,8 +241,18 @@ fn copy(ctx: &mut Context<'_>, target: &[u8], ids: &StreamIds<'_>) -> Reply {
             continue;
         }
         let name = format!("{base}.{}", if kind == RTP { "rtp" } else { "rtcp" });
-        if let Some(old) = s.recorders[kind][party].take() {
-            let _ = old.finish();
+        // As in the classic daemon, a direction already recorded (by R, -a
+        // or an earlier C) keeps its file: replacing it would cut that
+        // recording short in the middle of the call.
+        if let Some(current) = &s.recorders[kind][party] {
+            rtpp_log!(
+                Info,
+                "{}/{}: already recording to {}, {name} not opened",
+                show(&s.call_id),
+                show(&s.tag),
+                current.path().display()
+            );
+            continue;
         }
         s.recorders[kind][party] = open_recording(ctx.cfg, dir, &name, kind);
     }
