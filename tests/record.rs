@@ -1330,6 +1330,24 @@ fn extractaudio_gives_back_the_call_audio() {
     find_exact(&got[0], &quantised(o_hz, o_amp), "channel 1 (caller)");
     find_exact(&got[1], &quantised(a_hz, a_amp), "channel 2 (callee)");
 
+    // Mono: the average of the two channels, sample by sample.
+    let mixed = rec.path().join("mixed.wav");
+    extractaudio(&[path_str(&base), path_str(&mixed)]);
+    let (channels, duration) = sox_info(&mixed);
+    assert_eq!(
+        (channels, duration),
+        (1, (got[0].len() as f64) / RATE as f64)
+    );
+    let want: Vec<i16> = got[0]
+        .iter()
+        .zip(&got[1])
+        .map(|(&o, &a)| ((i32::from(o) + i32::from(a)) / 2) as i16)
+        .collect();
+    assert!(
+        wav_channels(&mixed, 1)[0] == want,
+        "mono is not the average"
+    );
+
     // One direction alone: exactly the caller's 2 s.
     let o_file = rec.path().join(call.file("o.rtp"));
     let mono = rec.path().join("mono.wav");
@@ -1340,6 +1358,38 @@ fn extractaudio_gives_back_the_call_audio() {
     let got = wav_channels(&mono, 1);
     assert_eq!(
         find_exact(&got[0], &quantised(o_hz, o_amp), "caller alone"),
+        0
+    );
+
+    // A one-way call (the callee never sends): its empty .a.rtp must not
+    // halve the caller's audio in the mono output. Sent unpaced: the
+    // packets are placed by their RTP timestamps.
+    let one_way = setup_call(&rp, b"oneway@host", "127.0.0.1");
+    assert_eq!(one_way.command(&rp, "R", FROM_TAG), "0");
+    for k in 0..AUDIO_PACKETS {
+        let o: Vec<u8> = (k * FRAME..(k + 1) * FRAME)
+            .map(|n| linear_to_ulaw(tone(o_hz, o_amp, n)))
+            .collect();
+        let p = rtp(0, k as u16, (k * FRAME) as u32, CALLER_SSRC, &o);
+        cross(
+            &rp,
+            &one_way.caller,
+            one_way.to_caller_leg,
+            &one_way.callee,
+            one_way.to_callee_leg,
+            &p,
+        );
+    }
+    assert_eq!(one_way.command(&rp, "D", FROM_TAG), "0");
+    let a_file = rec.path().join(one_way.file("a.rtp"));
+    assert_eq!(std::fs::metadata(&a_file).expect("a.rtp").len(), 0);
+    let base = rec.path().join("oneway@host=ftag;1");
+    let mono = rec.path().join("oneway.wav");
+    extractaudio(&[path_str(&base), path_str(&mono)]);
+    assert_eq!(sox_info(&mono), (1, 2.0));
+    let got = wav_channels(&mono, 1);
+    assert_eq!(
+        find_exact(&got[0], &quantised(o_hz, o_amp), "one-way call"),
         0
     );
 }
