@@ -675,3 +675,66 @@ fn bad_options_exit_1_with_one_line() {
         assert!(first.starts_with("rtpproxy: "), "{args:?}: {err}");
     }
 }
+
+/// Receives one datagram and returns the IPv4 TOS byte it carried.
+fn recv_tos(peer: &Peer) -> Option<u8> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    let fd = peer.sock.as_raw_fd();
+    let mut buf = [0u8; 2048];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u8; 64];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    // SAFETY: fd is a live socket and msg describes valid buffers.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return None;
+    }
+    // SAFETY: walking the control buffer the kernel just filled.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
+                return Some(*libc::CMSG_DATA(c));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    None
+}
+
+#[test]
+fn media_carries_tos() {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    for (port, range, tos, want) in [
+        (22428, (15700, 15749), None, 0xb8u8),
+        (22429, (15750, 15799), Some("0x20"), 0x20),
+        (22430, (15800, 15849), Some("-1"), 0),
+    ] {
+        let extra: Vec<&str> = tos.map(|t| vec!["-t", t]).unwrap_or_default();
+        let rp = udp(port, range, &extra);
+        let call = setup_call(&rp, "tos", "");
+        let on: libc::c_int = 1;
+        // SAFETY: setting an int socket option on a live socket.
+        unsafe {
+            libc::setsockopt(
+                call.callee.sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_RECVTOS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        call.caller.send(call.to_caller_leg, &rtp_packet(1, 0));
+        assert_eq!(recv_tos(&call.callee), Some(want), "-t {tos:?}");
+    }
+}
