@@ -915,6 +915,17 @@ fn hostile_call_ids_stay_inside_the_directory() {
     );
     exchange(&rp, &copy, 0, RTCP_EVERY);
     calls.push(copy);
+    // A Call-ID too long for a file name: logged, no file, media flows.
+    let long_id = [b'L'; 300];
+    let long = setup_call(&rp, &long_id, "127.0.0.1");
+    assert_eq!(long.command(&rp, "R", FROM_TAG), "0");
+    exchange(&rp, &long, 0, RTCP_EVERY);
+    let too_long = error_lines(&rp)
+        .iter()
+        .filter(|l| l.contains("File name too long"))
+        .count();
+    assert_eq!(too_long, 4, "one ERR line per channel:\n{}", rp.log());
+    calls.push(long);
     for call in &calls {
         assert_eq!(call.command(&rp, "D", FROM_TAG), "0");
     }
