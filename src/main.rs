@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use getopts::Options;
 use rtpproxy::rtpp_log;
@@ -23,6 +23,9 @@ use rtpproxy::rtpp_notify::Notifier;
 use rtpproxy::rtpp_proc::{drain_slot, next_timer, run_timers};
 use rtpproxy::rtpp_session::{Owner, Sessions, CALLEE, CALLER};
 use rtpproxy::rtpp_util::{drop_privileges, resolve_run_as, Random, RunAs};
+
+/// How long shutdown goes on relaying packets already queued.
+const FINAL_DRAIN: Duration = Duration::from_millis(100);
 
 /// What the command line asks for.
 enum Action {
@@ -350,6 +353,7 @@ fn run(cfg: &Config) -> Result<(), String> {
 
     run_loop(cfg, &mut control, &mut sessions, &stop);
 
+    relay_queued_media(cfg, &mut sessions);
     for id in sessions.ids() {
         end_session(&mut sessions, id, EndReason::Shutdown);
     }
@@ -409,6 +413,30 @@ fn relay_ready(cfg: &Config, sessions: &mut Sessions, now: Instant, buf: &mut [u
             }
         }
         slot += 1;
+    }
+}
+
+/// At shutdown: relays, and so records, what the media sockets still hold,
+/// so that a packet that arrived before the signal is in the recordings
+/// (PROTOCOL.md, "Classic defects"). Bounded, since parties keep sending.
+fn relay_queued_media(cfg: &Config, sessions: &mut Sessions) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let deadline = Instant::now() + FINAL_DRAIN;
+    while Instant::now() < deadline {
+        let ready = match sessions.polls.poll(0) {
+            Ok(n) if n > 0 => n,
+            _ => return,
+        };
+        // A pending control command keeps poll reporting readiness; only
+        // media matters here.
+        let media_ready = (0..sessions.polls.len()).any(|slot| {
+            sessions.polls.ready(slot)
+                && matches!(sessions.polls.owner(slot), Some(Owner::Media { .. }))
+        });
+        if !media_ready {
+            return;
+        }
+        relay_ready(cfg, sessions, Instant::now(), &mut buf, ready);
     }
 }
 

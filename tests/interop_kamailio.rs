@@ -11,7 +11,9 @@
 //!   its range, and that port is one the relay's `I` lists for the call;
 //! - RTP crossed the relay in both directions, counted by `I` during the
 //!   calls and by the `Q` that Kamailio sends for `$rtpstat` at BYE;
-//! - once the calls are over no session is left.
+//! - once the calls are over no session is left;
+//! - with `start_recording()` on the 200 OK (the `R` command), the relay's
+//!   `-r` directory holds both directions of every call afterwards.
 //!
 //! Needs `kamailio` with its `rtpproxy` module and `sipp` (Debian:
 //! `apt-get install kamailio sip-tester`), and root, because sipp plays the
@@ -26,6 +28,7 @@
 //! | unix | 25060, 25061, 25062 | 26000, 26010 / 26020, 26021 | unix socket | 20000-20099 |
 //! | udp  | 25070, 25071, 25072 | 26100, 26110 / 26120, 26121 | 23000 | 20100-20199 |
 //! | set  | 25080, 25081, 25082-25083 | 26200, 26210, 26220 / 26230-26232 | 23010, 23011 | 20200-20299, 20300-20399 |
+//! | record | 25090, 25091, 25092 | 26300, 26310 / 26320, 26321 | 23020 | 20400-20499 |
 //!
 //! The callers probe Kamailio's readiness from their own SIP port before
 //! they start. Every child process runs under a deadline and is stopped and
@@ -47,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
+use rtpproxy::rtpp_record::read_recording;
 
 /// Where Debian's sip-tester package puts the recording the caller plays
 /// (named in `tests/sipp/caller.xml`).
@@ -289,6 +293,8 @@ struct Run {
     media: BTreeMap<String, CallMedia>,
     /// Per relay, the last `I` header (sessions created, active).
     last_counts: Vec<(u64, u64)>,
+    /// Whether Kamailio calls start_recording() on each 2xx answer.
+    recording: bool,
     tools: Tools,
     dir: TempDir,
 }
@@ -308,6 +314,7 @@ impl Run {
             relays: Vec::new(),
             media: BTreeMap::new(),
             last_counts: Vec::new(),
+            recording: false,
             tools,
             dir: TempDir::new(name),
         }
@@ -320,10 +327,21 @@ impl Run {
     /// Starts one relay on 127.0.0.1 with the control socket `control` (as
     /// Kamailio names it too) and the media port range `ports`.
     fn start_relay(&mut self, control: &str, ports: RangeInclusive<u16>) -> usize {
+        self.start_relay_with(control, ports, &[])
+    }
+
+    /// Like `start_relay`, with more options for the relay.
+    fn start_relay_with(
+        &mut self,
+        control: &str,
+        ports: RangeInclusive<u16>,
+        extra: &[&str],
+    ) -> usize {
         let min = ports.start().to_string();
         let max = ports.end().to_string();
         let mut args = vec!["-s", control, "-l", "127.0.0.1", "-m", &min, "-M", &max];
         args.extend(["-d", "INFO", "-T", "60"]);
+        args.extend_from_slice(extra);
         if control.starts_with("udp:") {
             // The tests run as root; UDP control as root needs -F.
             args.push("-F");
@@ -355,6 +373,14 @@ impl Run {
             ("RTPPROXY_RETR", "2"),
             // Longer than a test: a dead relay is not probed again.
             ("RTPPROXY_DISABLE_TOUT", "60"),
+            (
+                "RECORDING",
+                if self.recording {
+                    "#!define WITH_RECORDING"
+                } else {
+                    "# no recording"
+                },
+            ),
         ]);
         let cfg = self.path("kamailio.cfg");
         fs::write(&cfg, config).expect("write kamailio.cfg");
@@ -906,8 +932,13 @@ fn parse_info(reply: &str) -> Option<Info> {
 }
 
 /// One relay, one caller placing five calls, one callee: the checks every
-/// single-relay test makes.
-fn single_relay_calls(run: &mut Run, kamailio: u16, callee: Endpoint, caller: Endpoint) {
+/// single-relay test makes. Returns the Call-IDs.
+fn single_relay_calls(
+    run: &mut Run,
+    kamailio: u16,
+    callee: Endpoint,
+    caller: Endpoint,
+) -> BTreeSet<String> {
     const CALLS: u64 = 5;
     let callee = run.start_callee(callee, CALLS);
     let caller = run.start_caller("caller", caller, kamailio, CALLS, 5);
@@ -930,6 +961,7 @@ fn single_relay_calls(run: &mut Run, kamailio: u16, callee: Endpoint, caller: En
             "relay created {created} sessions for {CALLS} calls"
         ));
     }
+    answered
 }
 
 /// Kamailio reaches the relay over its unix stream socket (`unix:/path`).
@@ -1085,6 +1117,63 @@ fn kamailio_relay_set_spreads_calls_and_survives_a_dead_relay() {
             "{url0} created {created} sessions; {} first calls and {SECOND} later ones expected",
             before.len()
         ));
+    }
+}
+
+/// Kamailio's start_recording() on the 200 OK sends `R`: after the calls,
+/// `-r` holds both directions of each call, with nearly all of its media.
+#[test]
+fn kamailio_start_recording_records_both_directions() {
+    let mut run = Run::new("interop-record");
+    let recordings = run.path("recordings");
+    fs::create_dir(&recordings).expect("create the recording directory");
+    let url = "udp:127.0.0.1:23020";
+    let dir = recordings.to_str().expect("utf-8 temp path");
+    run.start_relay_with(url, 20400..=20499, &["-r", dir]);
+    run.recording = true;
+    run.start_kamailio(25090, 25091, 25092, url);
+    let callee = Endpoint {
+        sip: 25091,
+        media: 26300,
+        control: 26320,
+    };
+    let caller = Endpoint {
+        sip: 25092,
+        media: 26310,
+        control: 26321,
+    };
+    let calls = single_relay_calls(&mut run, 25090, callee, caller);
+    let names: Vec<String> = fs::read_dir(&recordings)
+        .expect("list the recording directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    for call in &calls {
+        for (suffix, who) in [(".o.rtp", "caller"), (".a.rtp", "callee")] {
+            let found: Vec<&String> = names
+                .iter()
+                .filter(|n| n.starts_with(&format!("{call}=")) && n.ends_with(suffix))
+                .collect();
+            let [name] = found[..] else {
+                run.fail(&format!(
+                    "{call}: expected one {suffix} recording, found {found:?} in {names:?}"
+                ));
+            };
+            let bytes = fs::read(recordings.join(name)).expect("read a recording");
+            let packets = read_recording(&bytes)
+                .unwrap_or_else(|e| run.fail(&format!("{name}: unreadable recording: {e}")));
+            // sipp plays and echoes PCMA (payload type 8).
+            let pcma = packets
+                .iter()
+                .filter(|p| p.data.len() > 12 && p.data[1] & 0x7f == 8)
+                .count() as u64;
+            if pcma < MIN_PACKETS_PER_DIRECTION {
+                run.fail(&format!(
+                    "{name}: {pcma} PCMA packets from the {who} recorded ({} in all), \
+                     at least {MIN_PACKETS_PER_DIRECTION} expected",
+                    packets.len()
+                ));
+            }
+        }
     }
 }
 

@@ -358,8 +358,18 @@ fn copy(ctx: &mut Context<'_>, target: &[u8], ids: &StreamIds<'_>) -> Reply {
             continue;
         }
         let name = format!("{base}.{}", if kind == RTP { "rtp" } else { "rtcp" });
-        if let Some(old) = s.recorders[kind][party].take() {
-            let _ = old.finish();
+        // As in the classic daemon, a direction already recorded (by R, -a
+        // or an earlier C) keeps its file: replacing it would cut that
+        // recording short in the middle of the call.
+        if let Some(current) = &s.recorders[kind][party] {
+            rtpp_log!(
+                Info,
+                "{}/{}: already recording to {}, {name} not opened",
+                show(&s.call_id),
+                show(&s.tag),
+                current.path().display()
+            );
+            continue;
         }
         s.recorders[kind][party] = open_recording(ctx.cfg, dir, &name, kind);
     }
@@ -413,11 +423,6 @@ fn update_or_lookup(
                 show(ids.from_tag),
                 if mods.weak { "weak" } else { "strong" }
             );
-            if cfg.record_all {
-                if let Some(s) = ctx.sessions.get_mut(id) {
-                    start_recording(cfg, s);
-                }
-            }
             (id, CALLER, true)
         }
     };
@@ -433,6 +438,11 @@ fn update_or_lookup(
     let Some(s) = ctx.sessions.get_mut(id) else {
         return ErrorCode::NOT_FOUND.into();
     };
+    // Only once the session has its first leg: a `U` refused for want of
+    // ports must not leave empty recordings of a call that never existed.
+    if created && cfg.record_all {
+        start_recording(cfg, s);
+    }
     if mods.weak {
         s.weak[who] = true;
     } else if !lookup {
