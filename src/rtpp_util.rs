@@ -152,13 +152,70 @@ pub fn drop_privileges(run: &RunAs) -> Result<(), String> {
     Ok(())
 }
 
-/// Fails unless the current user may create files in `dir` (a recording
-/// or spool directory checked after the switch to `-u`, so that a wrong
-/// owner shows at start-up rather than as calls silently not recorded).
-pub fn check_writable_dir(dir: &std::path::Path) -> Result<(), String> {
-    use nix::unistd::{access, AccessFlags};
-    access(dir, AccessFlags::W_OK | AccessFlags::X_OK)
-        .map_err(|e| format!("{} is not writable: {e}", dir.display()))
+/// Fails unless `run` (without `-u`: the current user) may create files in
+/// `dir`: a recording or spool directory the daemon cannot write to would
+/// only show as calls silently not recorded. As root the check borrows
+/// `run`'s identity for a moment (effective ids only: the saved uid stays
+/// root, so it can come back), which lets it run before anything is opened.
+pub fn check_writable_dir(dir: &std::path::Path, run: Option<&RunAs>) -> Result<(), String> {
+    use nix::unistd::{
+        eaccess, getegid, geteuid, getgroups, setegid, seteuid, setgroups, AccessFlags,
+    };
+    let check = || {
+        eaccess(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| match run {
+            Some(run) => format!("{} is not writable by {}: {e}", dir.display(), run.user),
+            None => format!("{} is not writable: {e}", dir.display()),
+        })
+    };
+    let Some(run) = run.filter(|_| geteuid().is_root()) else {
+        return check();
+    };
+    let (uid, gid) = (geteuid(), getegid());
+    let groups = getgroups().map_err(|e| format!("getgroups: {e}"))?;
+    let result = match setgroups(&[run.gid])
+        .and_then(|()| setegid(run.gid))
+        .and_then(|()| seteuid(run.uid))
+    {
+        Ok(()) => check(),
+        Err(e) => Err(format!(
+            "can't check {} as {}: {e}",
+            dir.display(),
+            run.user
+        )),
+    };
+    seteuid(uid)
+        .and_then(|()| setegid(gid))
+        .and_then(|()| setgroups(&groups))
+        .map_err(|e| format!("can't return to root after checking {}: {e}", dir.display()))?;
+    result
+}
+
+/// Descriptors above stderr that the process was started with (from
+/// `/proc/self/fd`; none where that does not exist).
+pub fn inherited_fds() -> Vec<std::os::fd::RawFd> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let listed: Vec<std::os::fd::RawFd> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    // The listing's own descriptor is closed again by now.
+    listed
+        .into_iter()
+        .filter(|&fd| fcntl(fd, FcntlArg::F_GETFD).is_ok())
+        .collect()
+}
+
+/// Closes descriptors the daemon inherited but does not use: a pipe of
+/// the shell or script that started it would otherwise stay open for as
+/// long as the daemon runs, and whoever reads its other end would wait.
+pub fn close_fds(fds: &[std::os::fd::RawFd]) {
+    for &fd in fds {
+        let _ = nix::unistd::close(fd);
+    }
 }
 
 /// Descriptors counted per session for the open-files warning: the RTP
@@ -282,7 +339,7 @@ mod tests {
 
     #[test]
     fn writable_dir_check() {
-        assert!(check_writable_dir(&std::env::temp_dir()).is_ok());
-        assert!(check_writable_dir(std::path::Path::new("/nonexistent/dir")).is_err());
+        assert!(check_writable_dir(&std::env::temp_dir(), None).is_ok());
+        assert!(check_writable_dir(std::path::Path::new("/nonexistent/dir"), None).is_err());
     }
 }
