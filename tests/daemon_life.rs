@@ -600,3 +600,27 @@ fn sysv_init_script_starts_reports_and_stops() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("sysv_init.sh: ok"));
 }
+
+#[test]
+fn contrib_shell_scripts_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for script in [
+        "contrib/sysv/rtpproxy",
+        "contrib/freebsd/rtpproxy",
+        "contrib/debian/postinst",
+        "contrib/debian/prerm",
+        "contrib/debian/postrm",
+        "tests/sysv_init.sh",
+    ] {
+        let out = Command::new("sh")
+            .arg("-n")
+            .arg(root.join(script))
+            .output()
+            .expect("run sh -n");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
