@@ -19,8 +19,9 @@ use rtpproxy::rtpp_defines::{
 use rtpproxy::rtpp_log::Level;
 
 use rtpproxy::rtpp_network::{resolve_host, PortTable};
-use rtpproxy::rtpp_proc::drain_slot;
-use rtpproxy::rtpp_session::{Owner, Sessions};
+use rtpproxy::rtpp_notify::Notifier;
+use rtpproxy::rtpp_proc::{drain_slot, next_timer, run_timers};
+use rtpproxy::rtpp_session::{Owner, Sessions, CALLEE, CALLER};
 use rtpproxy::rtpp_util::{
     already_running_as, check_writable_dir, close_fds, drop_privileges, inherited_fds,
     raise_nofile, resolve_run_as, Random, RunAs,
@@ -411,12 +412,14 @@ fn run(cfg: &Config) -> Result<(), String> {
 /// cannot starve media either.
 fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, stop: &AtomicBool) {
     let mut buf = vec![0u8; MAX_PACKET];
+    let mut notifier = cfg.notify_socket.clone().map(Notifier::new);
     let mut next_tick = Instant::now() + TIMETICK;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let wake = control
-            .next_deadline()
-            .map_or(next_tick, |d| d.min(next_tick));
+        let wake = [control.next_deadline(), next_timer(sessions)]
+            .into_iter()
+            .flatten()
+            .fold(next_tick, Instant::min);
         let timeout = wake.saturating_duration_since(now);
         // Round up so a wake-up is never early and spinning.
         let timeout_ms = timeout.as_micros().div_ceil(1000).min(1000) as i32;
@@ -428,8 +431,9 @@ fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, stop: 
         if ready > 0 {
             relay_ready(cfg, sessions, now, &mut buf, ready);
         }
+        run_timers(sessions, now, &mut buf, cfg.double_small);
         if now >= next_tick {
-            expire_sessions(cfg, sessions, now);
+            expire_sessions(cfg, sessions, &mut notifier, now);
             next_tick += TIMETICK;
             if next_tick <= now {
                 next_tick = now + TIMETICK;
@@ -456,7 +460,12 @@ fn relay_ready(cfg: &Config, sessions: &mut Sessions, now: Instant, buf: &mut [u
 }
 
 /// The 1-second timer: idle sessions end, recordings reach the disk.
-fn expire_sessions(cfg: &Config, sessions: &mut Sessions, now: Instant) {
+fn expire_sessions(
+    cfg: &Config,
+    sessions: &mut Sessions,
+    notifier: &mut Option<Notifier>,
+    now: Instant,
+) {
     for id in sessions.ids() {
         if let Some(s) = sessions.get_mut(id) {
             for rec in s.recorders.iter_mut().flatten().flatten() {
@@ -469,9 +478,28 @@ fn expire_sessions(cfg: &Config, sessions: &mut Sessions, now: Instant) {
             s.expires_in(cfg.max_ttl, cfg.independent_ttl, now)
                 .is_zero()
         });
-        if expired {
-            end_session(sessions, id, EndReason::Timeout);
+        if !expired {
+            continue;
         }
+        let Some(s) = end_session(sessions, id, EndReason::Timeout) else {
+            continue;
+        };
+        if let (Some(armed), Some(n)) = (&s.notify, notifier.as_mut()) {
+            // Without a tag the classic message is the two relay ports,
+            // the one U answered first.
+            let ports;
+            let message = match armed {
+                Some(tag) => &tag[..],
+                None => {
+                    ports = format!("{} {}", s.port(CALLEE), s.port(CALLER));
+                    ports.as_bytes()
+                }
+            };
+            n.notify(message);
+        }
+    }
+    if let Some(n) = notifier.as_mut() {
+        n.flush();
     }
 }
 

@@ -10,6 +10,9 @@ use std::net::IpAddr;
 use crate::rtpp_defines::{CPROTOVER, MAX_ID_LEN};
 use crate::rtpp_util::url_unquote;
 
+/// Longest packet `z` may ask for.
+pub const MAX_PTIME_MS: u32 = 1000;
+
 /// At most this many tokens of a command are looked at.
 pub const MAX_TOKENS: usize = 10;
 
@@ -48,7 +51,7 @@ pub struct Modifiers<'a> {
     pub ipv6: bool,
     /// `w`: this side holds the session weakly.
     pub weak: bool,
-    /// `zNN`: re-packetize to this many milliseconds (a multiple of 10).
+    /// `zNN`: re-packetize to this many milliseconds (a multiple of 10, at most 1000).
     pub ptime_ms: Option<u32>,
     /// `cLIST`: payload types offered by this party, validated.
     pub codecs: Option<&'a [u8]>,
@@ -320,9 +323,9 @@ pub fn parse_modifiers(mods: &[u8]) -> Result<Modifiers<'_>, ErrorCode> {
                     .and_then(|s| s.parse().ok())
                     .ok_or(ErrorCode::SYNTAX)?;
                 i += digits;
-                // The classic daemon rounds down to whole 10 ms units.
-                let ms = ms / 10 * 10;
-                if ms == 0 {
+                // Whole 10 ms units only (the classic daemon silently
+                // rounded down), and no more than a second of audio.
+                if ms == 0 || !ms.is_multiple_of(10) || ms > MAX_PTIME_MS {
                     return Err(ErrorCode::SYNTAX);
                 }
                 m.ptime_ms = Some(ms);
@@ -520,7 +523,10 @@ mod tests {
         assert!(m.ipv6 && m.weak);
         assert_eq!(m.ptime_ms, Some(20));
         assert_eq!(m.codecs, Some(&b"8,0"[..]));
-        assert_eq!(parse_modifiers(b"z15").unwrap().ptime_ms, Some(10));
+        assert_eq!(parse_modifiers(b"z15"), Err(ErrorCode::SYNTAX));
+        assert_eq!(parse_modifiers(b"z0"), Err(ErrorCode::SYNTAX));
+        assert_eq!(parse_modifiers(b"z2000"), Err(ErrorCode::SYNTAX));
+        assert_eq!(parse_modifiers(b"z1000").unwrap().ptime_ms, Some(1000));
         assert_eq!(parse_modifiers(b"as").unwrap().asymmetric, Some(false));
         assert_eq!(parse_modifiers(b"z"), Err(ErrorCode::SYNTAX));
         assert_eq!(parse_modifiers(b"z5"), Err(ErrorCode::SYNTAX));

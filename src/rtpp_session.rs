@@ -9,10 +9,13 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use crate::rtp_resizer::Resizer;
+use crate::rtp_server::Player;
 use crate::rtpp_command::{match_tag, StreamIds, TagMatch};
 use crate::rtpp_defines::UPDATE_WINDOW;
 use crate::rtpp_network::{PollSet, PortTable};
 use crate::rtpp_record::{RecordFile, RemoteCopy};
+use crate::rtpp_util::Random;
 
 /// Index of the RTP stream / socket of a leg.
 pub const RTP: usize = 0;
@@ -172,6 +175,30 @@ pub struct Session {
     /// Timeout notification armed by `U ... NOTIFY_SOCKET [NOTIFY_TAG]`:
     /// `Some(None)` sends the ports, `Some(Some(tag))` the tag.
     pub notify: Option<Option<Box<[u8]>>>,
+    /// `players[p]` plays a prompt to party `p`; media to it is held back.
+    pub players: [Option<Player>; 2],
+    /// `resizers[p]` re-packetizes what party `p` sends (`z`).
+    pub resizers: [Option<Resizer>; 2],
+}
+
+impl Session {
+    /// True while something in the session runs on the clock: a player,
+    /// or a re-packetizer holding audio.
+    pub fn is_timed(&self) -> bool {
+        self.players.iter().any(Option::is_some)
+            || self
+                .resizers
+                .iter()
+                .flatten()
+                .any(|r| r.next_due().is_some())
+    }
+
+    /// The earliest moment something on the clock is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        let players = self.players.iter().flatten().filter_map(Player::next_due);
+        let resizers = self.resizers.iter().flatten().filter_map(Resizer::next_due);
+        players.chain(resizers).min()
+    }
 }
 
 impl Session {
@@ -215,6 +242,10 @@ pub struct Sessions {
     /// Sessions created since start.
     pub created_total: u64,
     active: usize,
+    /// Sessions with something on the clock (players), served every pass.
+    pub timed: Vec<u32>,
+    /// SSRCs, sequence numbers and timestamps of generated streams.
+    pub rng: Random,
 }
 
 impl Sessions {
@@ -228,6 +259,15 @@ impl Sessions {
             by_call: HashMap::new(),
             created_total: 0,
             active: 0,
+            timed: Vec::new(),
+            rng: Random::new(),
+        }
+    }
+
+    /// Puts a session on the list served on the clock.
+    pub fn mark_timed(&mut self, id: u32) {
+        if !self.timed.contains(&id) {
+            self.timed.push(id);
         }
     }
 
@@ -329,6 +369,8 @@ impl Sessions {
             recorders: Default::default(),
             copies: [None, None],
             notify: None,
+            players: [None, None],
+            resizers: [None, None],
         };
         let id = match self.free_ids.pop() {
             Some(id) => {
@@ -409,6 +451,7 @@ impl Sessions {
                 self.by_call.remove(&session.call_id);
             }
         }
+        self.timed.retain(|&x| x != id);
         self.free_ids.push(id);
         self.active -= 1;
         Some(session)

@@ -4,10 +4,13 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::{Command, ErrorCode, Modifiers, Notify, Reply, StreamIds};
+use super::{codec_list, Command, ErrorCode, Modifiers, Notify, Reply, StreamIds};
+use crate::rtp_resizer::Resizer;
+use crate::rtp_server::Player;
 use crate::rtpp_defines::{BindMode, Config, NOTIFY_CAP, PROTO_CAPS};
 use crate::rtpp_log;
 use crate::rtpp_network::parse_remote;
+use crate::rtpp_proc::flush_resizer;
 use crate::rtpp_record::{
     copy_file_name, parse_remote_target, record_file_name, RecordFile, RecordFormat, RemoteCopy,
 };
@@ -70,13 +73,20 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
         }
         Command::Copy { target, ids } => copy(ctx, target, ids),
         Command::Stop(ids) => match ctx.sessions.find(ids) {
-            Some(_) => Reply::Ok,
+            Some((id, from_matched)) => {
+                if let Some(s) = ctx.sessions.get_mut(id) {
+                    stop_player(s, if from_matched { CALLER } else { CALLEE });
+                }
+                Reply::Ok
+            }
             None => not_found("noplay", ids),
         },
-        Command::Play { ids, .. } => match ctx.sessions.find(ids) {
-            Some(_) => Reply::Error(ErrorCode::NO_PLAYER),
-            None => not_found("play", ids),
-        },
+        Command::Play {
+            count,
+            prompt,
+            codecs,
+            ids,
+        } => play(ctx, *count, prompt, codecs, ids),
         Command::Query(ids) => query(ctx, ids),
         Command::Info => info(ctx),
         Command::DeleteAll => {
@@ -209,6 +219,73 @@ pub fn finish_recordings(s: &mut Session) {
                 Ok(path) => rtpp_log!(Info, "recording {} finished", path.display()),
                 Err(e) => rtpp_log!(Err, "finishing recording: {e}"),
             }
+        }
+    }
+}
+
+fn stop_player(s: &mut Session, party: usize) {
+    if s.players[party].take().is_some() {
+        rtpp_log!(Info, "stopping player at port {}", s.port(party));
+    }
+}
+
+/// `P`: plays `PROMPT.<pt>` to the FROMTAG party, for the first payload
+/// type of CODECS (or of its `c` list with `session`) that has a file.
+fn play(
+    ctx: &mut Context<'_>,
+    count: i32,
+    prompt: &[u8],
+    codecs: &[u8],
+    ids: &StreamIds<'_>,
+) -> Reply {
+    use std::os::unix::ffi::OsStrExt;
+    let Some((id, from_matched)) = ctx.sessions.find(ids) else {
+        return not_found("play", ids);
+    };
+    let (ssrc, seq, ts) = {
+        let r = ctx.sessions.rng.next_u64();
+        (
+            r as u32,
+            (r >> 32) as u16,
+            ctx.sessions.rng.next_u64() as u32,
+        )
+    };
+    let Some(s) = ctx.sessions.get_mut(id) else {
+        return not_found("play", ids);
+    };
+    let party = if from_matched { CALLER } else { CALLEE };
+    stop_player(s, party);
+    let list: Vec<u8> = if codecs.eq_ignore_ascii_case(b"session") {
+        match &s.codecs[party] {
+            Some(c) => codec_list(c).collect(),
+            None => {
+                rtpp_log!(Err, "play: no codec list known for {}", show(&s.call_id));
+                return ErrorCode::NO_PLAYER.into();
+            }
+        }
+    } else {
+        codec_list(codecs).collect()
+    };
+    if count == 0 {
+        return Reply::Ok;
+    }
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(prompt));
+    match Player::open(path, &list, count, ssrc, seq, ts, ctx.now) {
+        Ok(player) => {
+            rtpp_log!(
+                Info,
+                "{count} times playing prompt {} codec {} to port {}",
+                show(prompt),
+                player.payload_type(),
+                s.port(party)
+            );
+            s.players[party] = Some(player);
+            ctx.sessions.mark_timed(id);
+            Reply::Ok
+        }
+        Err(e) => {
+            rtpp_log!(Err, "can't play prompt {}: {e}", show(prompt));
+            ErrorCode::NO_PLAYER.into()
         }
     }
 }
@@ -366,6 +443,27 @@ fn update_or_lookup(
     s.streams[RTP].parties[who].signal(remote, asymmetric, ctx.now);
     s.streams[RTCP].parties[who].signal(rtcp_remote, asymmetric, ctx.now);
     s.codecs[who] = mods.codecs.map(Into::into);
+    match mods.ptime_ms {
+        Some(ms) if s.resizers[who].as_ref().map(Resizer::target_ms) != Some(ms) => {
+            rtpp_log!(
+                Info,
+                "RTP packets from {} will be resized to {ms} ms",
+                party_name(who)
+            );
+            flush_resizer(s, who, cfg.double_small);
+            s.resizers[who] = Some(Resizer::new(ms));
+        }
+        Some(_) => {}
+        None if s.resizers[who].is_some() => {
+            rtpp_log!(
+                Info,
+                "resizing of RTP packets from {} disabled",
+                party_name(who)
+            );
+            flush_resizer(s, who, cfg.double_small);
+        }
+        None => {}
+    }
     let ip = s.legs[answered]
         .as_ref()
         .map_or(s.leg_ips[answered], |l| l.ip);
@@ -515,6 +613,14 @@ fn info_line(out: &mut String, s: &Session, kind: usize, ttl: [u64; 2]) {
         ttl[CALLER],
         ttl[CALLEE]
     );
+}
+
+fn party_name(party: usize) -> &'static str {
+    if party == CALLER {
+        "caller"
+    } else {
+        "callee"
+    }
 }
 
 fn not_found(what: &str, ids: &StreamIds<'_>) -> Reply {
