@@ -548,8 +548,10 @@ fn show_control(cfg: &Config) -> String {
     }
 }
 
-/// Root without `-u`: a warning with a unix control socket, a refusal with
-/// a UDP one (whoever reaches it could drive a root process), unless `-F`.
+/// Who may run how: `-u` needs root unless we already are that account;
+/// root without `-u` gets a warning with a unix control socket and a
+/// refusal with a UDP one (whoever reaches it could drive a root process),
+/// unless `-F`.
 fn check_identity(cfg: &Config, run_as: Option<&RunAs>) -> Result<(), String> {
     let is_root = nix::unistd::geteuid().is_root();
     if let Some(run_as) = run_as {
@@ -771,8 +773,8 @@ impl Shutdown {
                 .map_err(|e| format!("can't install signal handler: {e}"))?;
         }
         // A peer that went away must cost a failed write (EPIPE), never the
-        // process. The Rust runtime already ignores SIGPIPE; this keeps it
-        // so whatever the runtime does.
+        // process. The Rust runtime ignores SIGPIPE before main already;
+        // saying so here keeps it true however the binary is built.
         // SAFETY: SIG_IGN installs no handler code.
         unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }
             .map_err(|e| format!("can't ignore SIGPIPE: {e}"))?;
