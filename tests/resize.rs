@@ -166,14 +166,27 @@ fn pcmu_20ms_split_to_10ms_paced() {
     let joined: Vec<u8> = got.iter().flat_map(|g| g.payload.clone()).collect();
     assert_eq!(joined, inputs.concat());
     check_header_chain(&got, 0, 1, 1);
-    // The second half of each input is sent 10 ms after the first.
-    for pair in got.chunks(2) {
-        let gap = pair[1].at.saturating_sub(pair[0].at);
-        assert!(
-            gap >= Duration::from_millis(7) && gap <= Duration::from_millis(16),
-            "split halves {gap:?} apart"
-        );
-    }
+    // The second half of each input is sent 10 ms after the first; the
+    // test's own threads share two cores with the daemon, so judge the
+    // median gap and allow the odd late wake-up.
+    let mut gaps: Vec<Duration> = got
+        .chunks(2)
+        .map(|pair| pair[1].at.saturating_sub(pair[0].at))
+        .collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median >= Duration::from_millis(8) && median <= Duration::from_millis(13),
+        "split halves {median:?} apart (median)"
+    );
+    let bad = gaps
+        .iter()
+        .filter(|g| **g < Duration::from_millis(5))
+        .count();
+    assert!(
+        bad <= gaps.len() / 10,
+        "{bad} halves sent together: {gaps:?}"
+    );
 }
 
 #[test]
