@@ -397,9 +397,12 @@ fn run(cfg: &Config) -> Result<(), String> {
         report.ok();
     }
 
-    run_loop(cfg, &mut control, &mut sessions, &shutdown.stop);
+    run_loop(cfg, &mut control, &mut sessions, &shutdown);
 
-    rtpp_log!(Info, "got signal {}, exiting", shutdown.signal());
+    match shutdown.signal() {
+        0 => rtpp_log!(Info, "drained: the last session ended, exiting"),
+        sig => rtpp_log!(Info, "got signal {sig}, exiting"),
+    }
     relay_queued_media(cfg, &mut sessions);
     for id in sessions.ids() {
         end_session(&mut sessions, id, EndReason::Shutdown);
@@ -414,12 +417,23 @@ fn run(cfg: &Config) -> Result<(), String> {
 /// serve control commands. Relaying comes first so media never waits
 /// behind a burst of commands, and commands are bounded per pass so they
 /// cannot starve media either.
-fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, stop: &AtomicBool) {
+fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdown: &Shutdown) {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut notifier = cfg.notify_socket.clone().map(Notifier::new);
     let mut nofile = rtpproxy::rtpp_util::NofileWatch::new();
     let mut next_tick = Instant::now() + TIMETICK;
-    while !stop.load(Ordering::Relaxed) {
+    while !shutdown.stop.load(Ordering::Relaxed) {
+        if shutdown.drain.load(Ordering::Relaxed) && !sessions.draining {
+            sessions.draining = true;
+            rtpp_log!(
+                Warn,
+                "draining: no new sessions from now on, exiting when the last of {} ends",
+                sessions.active()
+            );
+        }
+        if sessions.draining && sessions.active() == 0 {
+            break;
+        }
         let now = Instant::now();
         let wake = [control.next_deadline(), next_timer(sessions)]
             .into_iter()
@@ -793,6 +807,8 @@ impl Drop for PidFile {
 struct Shutdown {
     stop: Arc<AtomicBool>,
     signal: Arc<AtomicUsize>,
+    /// SIGUSR1: stop taking new sessions, exit when the last one ends.
+    drain: Arc<AtomicBool>,
 }
 
 impl Shutdown {
@@ -802,7 +818,10 @@ impl Shutdown {
         let shutdown = Shutdown {
             stop: Arc::new(AtomicBool::new(false)),
             signal: Arc::new(AtomicUsize::new(0)),
+            drain: Arc::new(AtomicBool::new(false)),
         };
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&shutdown.drain))
+            .map_err(|e| format!("can't install signal handler: {e}"))?;
         for sig in [SIGTERM, SIGINT, SIGHUP] {
             signal_hook::flag::register_usize(sig, Arc::clone(&shutdown.signal), sig as usize)
                 .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&shutdown.stop)))

@@ -30,6 +30,8 @@ impl ErrorCode {
     pub const NO_PORT_SECOND_LEG: ErrorCode = ErrorCode(7);
     pub const NOT_FOUND: ErrorCode = ErrorCode(8);
     pub const NO_PORT: ErrorCode = ErrorCode(10);
+    /// `V` while draining (not in the classic table).
+    pub const DRAINING: ErrorCode = ErrorCode(15);
 }
 
 /// The Call-ID and tags naming one or more streams of a call.
@@ -119,6 +121,11 @@ pub enum Reply {
     Text(String),
     /// `E<code>`.
     Error(ErrorCode),
+    /// No reply at all. A draining relay stays silent to a `U` that would
+    /// create a session: Kamailio's rtpproxy module takes silence (unlike an
+    /// `E` reply, which fails the call) as a dead relay and retries the
+    /// offer on the next relay of its set.
+    Silent,
 }
 
 impl From<ErrorCode> for Reply {
@@ -153,6 +160,10 @@ impl Reply {
             },
             Reply::Text(t) => out.write_all(t.as_bytes()),
             Reply::Error(ErrorCode(c)) => write!(out, "E{c}"),
+            Reply::Silent => {
+                out.clear();
+                return;
+            }
         };
         out.push(b'\n');
     }

@@ -207,6 +207,7 @@ impl Control {
                     if done || quiet || now >= client.deadline {
                         if !client.buf.is_empty() {
                             let reply = exec(sessions, &client.buf);
+                            // Silent: the connection closes with no reply.
                             reply.format(None, &mut self.reply);
                             // The reply is a few bytes into an empty socket
                             // buffer; a client that is gone just misses it.
@@ -270,6 +271,9 @@ fn serve_udp(
                 }
                 None => {
                     let answer = exec(Some(command)).unwrap_or(Reply::Error(ErrorCode::EMPTY));
+                    if answer == Reply::Silent {
+                        continue;
+                    }
                     answer.format(Some(cookie), reply);
                     cache.put(from, cookie, reply, now);
                     &reply[..]

@@ -329,6 +329,8 @@ pub struct Sessions {
     pub timed: Vec<u32>,
     /// SSRCs, sequence numbers and timestamps of generated streams.
     pub rng: Random,
+    /// Graceful drain (SIGUSR1): no new sessions; see `Reply::Silent`.
+    pub draining: bool,
 }
 
 impl Sessions {
@@ -345,6 +347,7 @@ impl Sessions {
             totals: Counters::default(),
             timed: Vec::new(),
             rng: Random::new(),
+            draining: false,
         }
     }
 

@@ -94,3 +94,77 @@ fn g_reports_counters() {
     let errs = rp.command("G ncmds_errs");
     assert_eq!(errs, "ncmds_errs=1");
 }
+
+#[test]
+fn drain_keeps_calls_refuses_new_ones_and_exits_when_done() {
+    let mut rp = Rtpproxy::start(&[
+        "-s",
+        "udp:127.0.0.1:22462",
+        "-l",
+        "127.0.0.1",
+        "-m",
+        "19800",
+        "-M",
+        "19899",
+        "-d",
+        "INFO",
+    ]);
+    let caller = Peer::new("127.0.0.1");
+    let callee = Peer::new("127.0.0.1");
+    let u = rp.command(&format!("U dr1 127.0.0.1 {} ft", caller.port()));
+    let l = rp.command(&format!("L dr1 127.0.0.1 {} ft tt", callee.port()));
+    let (to_callee_leg, to_caller_leg) = (reply_addr(&u, "127.0.0.1"), reply_addr(&l, "127.0.0.1"));
+    common::signal(rp.pid(), "USR1");
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // Wait until the signal is seen: V then fails so the proxy keeps away.
+    let mut buf = [0u8; 256];
+    let mut draining = false;
+    for i in 0..50 {
+        s.send_to(format!("v{i} V").as_bytes(), "127.0.0.1:22462")
+            .unwrap();
+        if let Ok(n) = s.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).ends_with("E15\n") {
+                draining = true;
+                break;
+            }
+        }
+    }
+    assert!(draining, "{}", rp.log());
+    // A new session gets no reply at all, so Kamailio tries another relay.
+    s.send_to(b"n1 U dr2 127.0.0.1 5000 ft", "127.0.0.1:22462")
+        .unwrap();
+    assert!(
+        s.recv(&mut buf).is_err(),
+        "new session answered while draining"
+    );
+    // The running call and every command about it keep working.
+    for i in 0..50 {
+        caller.send(to_caller_leg, &rtp_packet(i, 0));
+        callee.send(to_callee_leg, &rtp_packet(i, 0));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(callee.drain(200), 50, "no packet lost while draining");
+    assert_eq!(caller.drain(50), 50);
+    assert!(rp.command("Q dr1 ft").ends_with(" 100 0"));
+    assert_eq!(
+        reply_addr(
+            &rp.command(&format!("L dr1 127.0.0.1 {} ft tt", callee.port())),
+            "127.0.0.1"
+        ),
+        to_caller_leg
+    );
+    assert!(rp.alive());
+    // The last session ends: the daemon exits by itself.
+    assert_eq!(rp.command("D dr1 ft tt"), "0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while rp.alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(rp.log().contains("drained"), "{}", rp.log());
+}

@@ -37,6 +37,9 @@ pub struct Context<'a> {
 /// Runs one command and says what to answer.
 pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
     match cmd {
+        // While draining, a failed version check keeps Kamailio from
+        // re-enabling this relay for new calls.
+        Command::Version if ctx.sessions.draining => ErrorCode::DRAINING.into(),
         Command::Version => Reply::version(),
         Command::VersionFeature(stamp) => Reply::Number(u64::from(supports(ctx.cfg, stamp))),
         Command::Update {
@@ -412,6 +415,14 @@ fn update_or_lookup(
                 port: 0,
                 addr: Some(default_ip(cfg, mods)),
             };
+        }
+        None if ctx.sessions.draining => {
+            rtpp_log!(
+                Info,
+                "draining: not creating session {}, no reply so the proxy tries another relay",
+                show(ids.call_id)
+            );
+            return Reply::Silent;
         }
         None => {
             let ips = leg_ips(cfg, mods);
