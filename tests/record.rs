@@ -1097,8 +1097,10 @@ fn read_only_directory_is_logged_and_relaying_goes_on() {
     let dir = base.path().join("ro");
     std::fs::create_dir(&dir).expect("create mount point");
     let tmpfs = Tmpfs::mount(&dir, "size=64k");
-    tmpfs.remount_read_only();
+    // A read-only -r is refused at start-up; one that turns read-only
+    // while the daemon runs must cost only the recordings.
     let rp = daemon(22713, 17650, &["-r", path_str(&dir)]);
+    tmpfs.remount_read_only();
     let call = setup_call(&rp, b"ro@host", "127.0.0.1");
     assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
     exchange(&rp, &call, 0, PACKETS);
