@@ -17,6 +17,7 @@ use crate::rtpp_session::{Owner, Session, Sessions, Verdict, RTCP, RTP};
 /// relays each to the other party.
 pub fn drain_slot(
     sessions: &mut Sessions,
+    set: usize,
     slot: usize,
     double_small: bool,
     now: Instant,
@@ -26,7 +27,7 @@ pub fn drain_slot(
         session,
         party,
         kind,
-    }) = sessions.polls.owner(slot)
+    }) = sessions.poll_set(set).owner(slot)
     else {
         return;
     };
