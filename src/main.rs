@@ -19,7 +19,7 @@ use rtpproxy::rtpp_defines::{
 };
 use rtpproxy::rtpp_log::Level;
 
-use rtpproxy::rtpp_network::{resolve_host, PortTable};
+use rtpproxy::rtpp_network::{resolve_host, PortTable, RecvBatch};
 use rtpproxy::rtpp_notify::Notifier;
 use rtpproxy::rtpp_proc::{drain_slot, next_timer, run_timers};
 use rtpproxy::rtpp_session::{Owner, Sessions, CALLEE, CALLER, RTCP, RTP};
@@ -420,6 +420,7 @@ fn run(cfg: &Config) -> Result<(), String> {
 /// cannot starve media either.
 fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdown: &Shutdown) {
     let mut buf = vec![0u8; MAX_PACKET];
+    let mut batch = RecvBatch::new();
     let mut notifier = cfg.notify_socket.clone().map(Notifier::new);
     let mut nofile = rtpproxy::rtpp_util::NofileWatch::new();
     let mut next_tick = Instant::now() + TIMETICK;
@@ -463,11 +464,11 @@ fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdo
             Err(_) => continue,
         };
         let now = Instant::now();
-        busy = ready > 0 && relay_ready(cfg, sessions, RTP, now, &mut buf, ready);
+        busy = ready > 0 && relay_ready(cfg, sessions, RTP, now, &mut batch, ready);
         if now >= next_rtcp {
             if let Ok(n) = sessions.rtcp_polls.poll(0) {
                 if n > 0 {
-                    relay_ready(cfg, sessions, RTCP, now, &mut buf, n);
+                    relay_ready(cfg, sessions, RTCP, now, &mut batch, n);
                 }
             }
             next_rtcp = now + RTCP_POLL_INTERVAL;
@@ -494,7 +495,7 @@ fn relay_ready(
     sessions: &mut Sessions,
     set: usize,
     now: Instant,
-    buf: &mut [u8],
+    batch: &mut RecvBatch,
     ready: usize,
 ) -> bool {
     let mut seen = 0;
@@ -505,7 +506,7 @@ fn relay_ready(
             seen += 1;
             if let Some(Owner::Media { .. }) = sessions.poll_set(set).owner(slot) {
                 media = true;
-                drain_slot(sessions, set, slot, cfg.double_small, now, buf);
+                drain_slot(sessions, set, slot, cfg.double_small, now, batch);
             }
         }
         slot += 1;
@@ -517,14 +518,14 @@ fn relay_ready(
 /// so that a packet that arrived before the signal is in the recordings
 /// (PROTOCOL.md, "Classic defects"). Bounded, since parties keep sending.
 fn relay_queued_media(cfg: &Config, sessions: &mut Sessions) {
-    let mut buf = vec![0u8; MAX_PACKET];
+    let mut batch = RecvBatch::new();
     let deadline = Instant::now() + FINAL_DRAIN;
     while Instant::now() < deadline {
         let mut media = false;
         for set in [RTP, RTCP] {
             if let Ok(n) = sessions.poll_set(set).poll(0) {
                 if n > 0 {
-                    media |= relay_ready(cfg, sessions, set, Instant::now(), &mut buf, n);
+                    media |= relay_ready(cfg, sessions, set, Instant::now(), &mut batch, n);
                 }
             }
         }
