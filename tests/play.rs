@@ -291,17 +291,6 @@ fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Duration)> {
     Some((len, stamp))
 }
 
-/// Gives the daemon a real-time scheduling class when the test may (as
-/// root): the pace measured is then the daemon's own, not what a busy
-/// machine's other processes leave it. Returns whether it was granted.
-fn make_realtime(pid: u32) -> bool {
-    use nix::libc::{sched_param, sched_setscheduler, SCHED_FIFO};
-    let param = sched_param { sched_priority: 10 };
-    // SAFETY: a plain system call on a process this test started; `param`
-    // outlives the call.
-    unsafe { sched_setscheduler(pid as i32, SCHED_FIFO, &param) == 0 }
-}
-
 /// A call whose caller is the timestamping socket; returns the socket.
 fn stamped_call(rp: &Rtpproxy, call_id: &str) -> UdpSocket {
     let caller = stamped_socket();
@@ -374,7 +363,7 @@ fn ten_seconds_of_prompt_keep_a_10ms_pace_without_drift() {
     // 10 s made by makeann from a looped 0.25 s tone.
     let prompt = makeann(dir.path(), &tone(2000), "long", &["-l", "80000", "-L"]);
     let rp = udp(22802, (18040, 18059), &[]);
-    let realtime = make_realtime(rp.pid());
+    let realtime = common::make_realtime(rp.pid());
     let caller = stamped_call(&rp, "pace1");
     assert_eq!(
         rp.command(&format!("P pace1 {} 0 ftag ttag", prompt.display())),
@@ -411,7 +400,7 @@ fn stalled_daemon_catches_up_without_drift() {
     let dir = TempDir::new("play-stall");
     let prompt = hand_made(dir.path(), "stall", 0, &pattern(PACKETS, 8));
     let rp = udp(22810, (18200, 18219), &[]);
-    let realtime = make_realtime(rp.pid());
+    let realtime = common::make_realtime(rp.pid());
     let caller = stamped_call(&rp, "stall1");
     assert_eq!(rp.command(&format!("P stall1 {prompt} 0 ftag ttag")), "0");
 
