@@ -13,6 +13,14 @@
 //!   calls and by the `Q` that Kamailio sends for `$rtpstat` at BYE;
 //! - once the calls are over no session is left.
 //!
+//! Two more tests drive the relay's other features through Kamailio:
+//! `rtpproxy_stream2uac()` / `rtpproxy_stop_stream2uac()` (`P`, `S`) with
+//! `tests/sipp/caller_prompt.xml`, whose media port the test listens on to
+//! check the prompt it hears, and the module's `timeout_socket` (a `U` with
+//! a notification socket, sent for a re-INVITE) with
+//! `tests/sipp/caller_reinvite.xml` and `callee_reinvite.xml`, the test
+//! listening on the relay's `-n` socket.
+//!
 //! Needs `kamailio` with its `rtpproxy` module and `sipp` (Debian:
 //! `apt-get install kamailio sip-tester`), and root, because sipp plays the
 //! pcap through raw sockets. When any of these is missing the test fails
@@ -27,6 +35,7 @@
 //! | udp  | 25070, 25071, 25072 | 26100, 26110 / 26120, 26121 | 23000 | 20100-20199 |
 //! | set  | 25080, 25081, 25082-25083 | 26200, 26210, 26220 / 26230-26232 | 23010, 23011 | 20200-20299, 20300-20399 |
 //! | prompt | 25100, 25101, 25102 | 26400, 26410 (its SDP names 26414, the test's socket) / 26420, 26421 | 23030 | 20500-20549 |
+//! | timeout | 25103, 25104, 25105 | 26430, 26440 / 26450, 26451 | unix socket | 20550-20599 |
 //!
 //! The callers probe Kamailio's readiness from their own SIP port before
 //! they start. Every child process runs under a deadline and is stopped and
@@ -38,8 +47,10 @@ mod common;
 use common::{Rtpproxy, TempDir};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
+use std::io::Read;
 use std::net::UdpSocket;
 use std::ops::RangeInclusive;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -294,6 +305,8 @@ struct Run {
     media: BTreeMap<String, CallMedia>,
     /// Per relay, the last `I` header (sessions created, active).
     last_counts: Vec<(u64, u64)>,
+    /// Kamailio's `timeout_socket`; empty: none.
+    timeout_socket: String,
     tools: Tools,
     dir: TempDir,
 }
@@ -313,6 +326,7 @@ impl Run {
             relays: Vec::new(),
             media: BTreeMap::new(),
             last_counts: Vec::new(),
+            timeout_socket: String::new(),
             tools,
             dir: TempDir::new(name),
         }
@@ -325,10 +339,21 @@ impl Run {
     /// Starts one relay on 127.0.0.1 with the control socket `control` (as
     /// Kamailio names it too) and the media port range `ports`.
     fn start_relay(&mut self, control: &str, ports: RangeInclusive<u16>) -> usize {
+        self.start_relay_with(control, ports, &[])
+    }
+
+    /// `start_relay` with more options; a repeated option's last value wins.
+    fn start_relay_with(
+        &mut self,
+        control: &str,
+        ports: RangeInclusive<u16>,
+        extra: &[&str],
+    ) -> usize {
         let min = ports.start().to_string();
         let max = ports.end().to_string();
         let mut args = vec!["-s", control, "-l", "127.0.0.1", "-m", &min, "-M", &max];
         args.extend(["-d", "INFO", "-T", "60"]);
+        args.extend_from_slice(extra);
         if control.starts_with("udp:") {
             // The tests run as root; UDP control as root needs -F.
             args.push("-F");
@@ -363,6 +388,7 @@ impl Run {
             ("RTPPROXY_DISABLE_TOUT", "60"),
             // Only the prompt test writes the files.
             ("PROMPT", &prompt),
+            ("TIMEOUT_SOCKET", &self.timeout_socket),
         ]);
         let cfg = self.path("kamailio.cfg");
         fs::write(&cfg, config).expect("write kamailio.cfg");
@@ -1237,6 +1263,88 @@ fn kamailio_streams_a_prompt_to_the_caller_and_stops_it() {
         packets.len(),
         call_ended - last
     );
+    run.expect_no_sessions_left();
+}
+
+/// Kamailio's `timeout_socket`: its rtpproxy module (5.6) adds the socket,
+/// and no tag, to a U that carries both tags, which a re-INVITE's offer
+/// does (never to the first offer, nor through the dialog module). The
+/// relay arms the notification, and when the silent call's session times
+/// out the listener on the `-n` socket reads the call's two relay ports:
+/// the one the re-INVITE's U answered (the callee's m= port) and the one
+/// its L answered (the caller's).
+#[test]
+fn kamailio_timeout_socket_gets_the_timeout_notification() {
+    let mut run = Run::new("interop-timeout");
+    let notify_path = run.path("timeout.sock");
+    let listener = UnixListener::bind(&notify_path)
+        .unwrap_or_else(|e| run.fail(&format!("cannot bind the notification socket: {e}")));
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let notify = format!("unix:{}", notify_path.display());
+    let control = format!("unix:{}", run.path("rtpproxy.sock").display());
+    run.start_relay_with(&control, 20550..=20599, &["-n", &notify, "-T", "2"]);
+    run.timeout_socket = notify.clone();
+    run.start_kamailio(25103, 25104, 25105, &control);
+    let callee = Endpoint {
+        sip: 25104,
+        media: 26430,
+        control: 26450,
+    };
+    let caller = Endpoint {
+        sip: 25105,
+        media: 26440,
+        control: 26451,
+    };
+    let callee = run.start_sipp("callee", "callee_reinvite.xml", callee, 1, &[]);
+    let extra = ["-s", "service", "-l", "1", "127.0.0.1:25103"];
+    let caller = run.start_sipp("caller", "caller_reinvite.xml", caller, 1, &extra);
+
+    // Read what the relay writes to the listener while the call runs.
+    let mut conn = None;
+    let mut received = Vec::new();
+    let mut notified_at = None;
+    let deadline = Instant::now() + SIPP_DEADLINE;
+    while run.sipps[caller].guard.poll().is_none() && Instant::now() < deadline {
+        if conn.is_none() {
+            conn = listener.accept().ok().map(|(s, _)| s);
+            if let Some(s) = &conn {
+                s.set_nonblocking(true).expect("non-blocking connection");
+            }
+        }
+        let mut buf = [0u8; 1024];
+        if let Some(Ok(n)) = conn.as_mut().map(|s| s.read(&mut buf)) {
+            received.extend_from_slice(&buf[..n]);
+            notified_at.get_or_insert_with(Instant::now);
+        }
+        run.sample();
+        sleep(SAMPLE_EVERY);
+    }
+    let call_ended = Instant::now();
+    run.expect_all_calls_completed(caller);
+    run.expect_all_calls_completed(callee);
+    run.expect_sdp_names_relay(caller, "ANSWER");
+    run.expect_sdp_names_relay(callee, "OFFER");
+    let reoffer = run.sdp_seen(callee, "REOFFER");
+    let reanswer = run.sdp_seen(caller, "REANSWER");
+    let (Some(u_port), Some(l_port)) = (reoffer.first(), reanswer.first()) else {
+        run.fail("the re-INVITE's SDP was not logged");
+    };
+    let want = format!("{} {}\n", u_port.port, l_port.port);
+    let got = String::from_utf8_lossy(&received);
+    if got != want {
+        run.fail(&format!(
+            "the notification listener read {got:?}, expected {want:?}"
+        ));
+    }
+    let before_bye = notified_at.map(|t| call_ended.saturating_duration_since(t));
+    if before_bye.is_none_or(|d| d < Duration::from_millis(500)) {
+        run.fail(&format!(
+            "the notification did not come before the BYE ({before_bye:?} before the call ended)"
+        ));
+    }
+    println!("timeout notification {got:?}, {before_bye:?} before the call ended");
     run.expect_no_sessions_left();
 }
 
