@@ -6,8 +6,9 @@
 //! `rtpp_proc` relays packets, `rtpp_control` serves the control socket,
 //! `rtpp_network`/`rtpp_util` hold socket and system helpers, `rtpp_record`
 //! writes recordings, `rtp_server` plays prompts, `rtp` parses RTP,
-//! `g711`/`wav` and the optional codec modules serve `makeann` and
-//! `extractaudio`.
+//! `rtp_resizer` re-packetizes it for the `z` modifier, `rtpp_notify` sends
+//! timeout notifications, `g711`/`wav` and the optional codec modules serve
+//! `makeann` and `extractaudio`.
 
 // Declared first: the logging macro is used by the modules below.
 pub mod rtpp_log;
@@ -18,6 +19,7 @@ pub mod codec_g729;
 pub mod codec_gsm;
 pub mod g711;
 pub mod rtp;
+pub mod rtp_resizer;
 pub mod rtp_server;
 pub mod rtpp_command;
 pub mod rtpp_control;

@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use getopts::Options;
 use rtpproxy::rtpp_log;
@@ -22,7 +22,13 @@ use rtpproxy::rtpp_network::{resolve_host, PortTable};
 use rtpproxy::rtpp_notify::Notifier;
 use rtpproxy::rtpp_proc::{drain_slot, next_timer, run_timers};
 use rtpproxy::rtpp_session::{Owner, Sessions, CALLEE, CALLER};
-use rtpproxy::rtpp_util::{drop_privileges, resolve_run_as, Random, RunAs};
+use rtpproxy::rtpp_util::{
+    already_running_as, check_writable_dir, close_fds, drop_privileges, inherited_fds,
+    raise_nofile, resolve_run_as, Random, RunAs,
+};
+
+/// How long shutdown goes on relaying packets already queued.
+const FINAL_DRAIN: Duration = Duration::from_millis(100);
 
 /// What the command line asks for.
 enum Action {
@@ -74,7 +80,9 @@ fn usage() -> String {
 }
 
 fn parse_args(args: &[String]) -> Result<Action, String> {
-    let m = options().parse(args).map_err(|e| e.to_string())?;
+    let m = options()
+        .parse(args)
+        .map_err(|e| format!("{e} (rtpproxy -h lists the options)"))?;
     // Like getopt(3): a repeated option's last value wins.
     let last = |flag: &str| m.opt_strs(flag).pop();
     if let Some(extra) = m.free.first() {
@@ -98,8 +106,12 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
     };
     cfg.bind = parse_bind(last("l").as_deref(), last("6").as_deref())?;
     if let Some(s) = last("s") {
-        cfg.control = rtpproxy::rtpp_network::parse_control_spec(&s)
-            .map_err(|e| format!("invalid value for -s: {e}"))?;
+        cfg.control = match rtpproxy::rtpp_network::parse_control_spec(&s)
+            .map_err(|e| format!("invalid value for -s: {e}"))?
+        {
+            ControlSpec::Unix(path) => ControlSpec::Unix(absolute("s", &path)?),
+            udp => udp,
+        };
     }
     if let Some(t) = last("t") {
         cfg.tos = parse_tos(&t).ok_or_else(|| format!("invalid value for -t: {t}"))?;
@@ -124,7 +136,9 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
             };
         }
     }
-    if cfg.port_min + (cfg.port_min % 2) >= cfg.port_max {
+    // The first RTP port is the even one at or above -m, and its RTCP twin
+    // (one above) must not pass -M.
+    if u32::from(cfg.port_min) + u32::from(cfg.port_min % 2) >= u32::from(cfg.port_max) {
         return Err(format!(
             "invalid port range -m {} -M {}: no RTP/RTCP pair fits",
             cfg.port_min, cfg.port_max
@@ -136,7 +150,7 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
         return Err("-S requires -r".into());
     }
     if let Some(p) = last("p") {
-        cfg.pid_file = PathBuf::from(p);
+        cfg.pid_file = pidfile_option(&p)?;
     }
     if let Some(u) = last("u") {
         let (user, group) = match u.split_once(':') {
@@ -156,7 +170,7 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
                 "invalid value for -n: {n} (a unix socket path is required)"
             ));
         }
-        cfg.notify_socket = Some(PathBuf::from(path));
+        cfg.notify_socket = Some(absolute("n", Path::new(path))?);
     }
     if let Some(d) = last("d") {
         let (level, facility) = match d.split_once(':') {
@@ -182,7 +196,30 @@ fn dir_option(m: &getopts::Matches, flag: &str) -> Result<Option<PathBuf>, Strin
     if !Path::new(&d).is_dir() {
         return Err(format!("invalid value for -{flag}: {d} is not a directory"));
     }
-    Ok(Some(PathBuf::from(d)))
+    Ok(Some(absolute(flag, Path::new(&d))?))
+}
+
+/// The daemon works in `/` once in the background, so every path it keeps
+/// is made absolute first (the pidfile and the control socket are also
+/// removed at exit, which must not hit a file of the same name in `/`).
+fn absolute(flag: &str, path: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("invalid value for -{flag}: {e}"))
+}
+
+/// `-p`: the directory must exist; the file itself is written (and can
+/// still fail) once the daemon runs.
+fn pidfile_option(p: &str) -> Result<PathBuf, String> {
+    if p.is_empty() {
+        return Err("invalid value for -p: empty path".into());
+    }
+    let path = absolute("p", Path::new(p))?;
+    if path.is_dir() {
+        return Err(format!("invalid value for -p: {p} is a directory"));
+    }
+    if !path.parent().is_some_and(Path::is_dir) {
+        return Err(format!("invalid value for -p: {p}: no such directory"));
+    }
+    Ok(path)
 }
 
 fn parse_tos(t: &str) -> Option<Option<u8>> {
@@ -275,7 +312,6 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("rtpproxy: {e}");
-            eprint!("{}", usage());
             return ExitCode::from(1);
         }
     };
@@ -289,72 +325,90 @@ fn main() -> ExitCode {
 }
 
 /// Start-up in the classic order, then the loop until a signal ends it.
+/// Everything that can fail is done before the daemon reports to the
+/// shell that started it, so a zero exit status means it is serving.
 fn run(cfg: &Config) -> Result<(), String> {
+    // Taken before anything is opened: whatever is open now was inherited.
+    let inherited = if cfg.foreground {
+        Vec::new()
+    } else {
+        inherited_fds()
+    };
     let run_as = match &cfg.run_user {
-        Some(u) => Some(resolve_run_as(u, cfg.run_group.as_deref())?),
+        Some(u) => Some(
+            resolve_run_as(u, cfg.run_group.as_deref())
+                .map_err(|e| format!("invalid value for -u: {e}"))?,
+        ),
         None => None,
     };
-    let is_root = nix::unistd::geteuid().is_root();
-    if is_root && run_as.is_none() {
-        match cfg.control {
-            ControlSpec::Udp(_) if !cfg.allow_root_udp => {
-                return Err(
-                    "running as root in UDP control mode is refused: give -u user or -F".into(),
-                )
-            }
-            _ => eprintln!("rtpproxy: WARNING: running as root without -u"),
+    check_identity(cfg, run_as.as_ref())?;
+    for (flag, dir) in [("r", &cfg.record_dir), ("S", &cfg.spool_dir)] {
+        if let Some(dir) = dir {
+            check_writable_dir(dir, run_as.as_ref())
+                .map_err(|e| format!("invalid value for -{flag}: {e}"))?;
         }
     }
-    if let Some(n) = cfg.nofile {
-        raise_nofile(n)?;
+    if let Some(want) = cfg.nofile {
+        let granted = raise_nofile(want)?;
+        if granted < want {
+            eprintln!("rtpproxy: WARNING: open files limit is {granted}, not {want} (-L)");
+        }
     }
     let mut control = Control::open(&cfg.control)
-        .map_err(|e| format!("can't open control socket {:?}: {e}", cfg.control))?;
+        .map_err(|e| format!("can't open control socket {}: {e}", show_control(cfg)))?;
+    secure_control_socket(&control, run_as.as_ref())?;
 
     let level = cfg.log_level.unwrap_or(if cfg.foreground {
         Level::Dbug
     } else {
         Level::Warn
     });
-    if cfg.foreground {
+    let report = if cfg.foreground {
         rtpp_log::open_stderr(level);
+        None
     } else {
-        daemonize()?;
+        let report = daemonize()?;
+        close_fds(&inherited);
         let facility = cfg
             .log_facility
             .as_deref()
             .and_then(rtpp_log::parse_facility)
             .unwrap_or(syslog::Facility::LOG_DAEMON);
         rtpp_log::open_syslog(level, facility);
-    }
-    write_pidfile(&cfg.pid_file);
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| format!("can't install signal handler: {e}"))?;
-    }
-    if let Some(run_as) = &run_as {
-        give_away(&control, cfg, run_as);
-        drop_privileges(run_as)?;
-    }
+        Some(report)
+    };
+    let (pidfile, shutdown) = match finish_start_up(cfg, run_as.as_ref()) {
+        Ok(done) => done,
+        Err(e) => {
+            if let Some(report) = report {
+                rtpp_log!(Crit, "{e}");
+                report.failed(&e);
+            }
+            return Err(e);
+        }
+    };
 
     let mut rng = Random::new();
     let ports = PortTable::new(cfg.port_min, cfg.port_max, &mut rng);
     let mut sessions = Sessions::new(ports);
     control.register(&mut sessions.polls);
     rtpp_log!(Info, "rtpproxy started, pid {}", std::process::id());
+    if let Some(report) = report {
+        report.ok();
+    }
 
-    run_loop(cfg, &mut control, &mut sessions, &stop);
+    run_loop(cfg, &mut control, &mut sessions, &shutdown);
 
+    match shutdown.signal() {
+        0 => rtpp_log!(Info, "drained: the last session ended, exiting"),
+        sig => rtpp_log!(Info, "got signal {sig}, exiting"),
+    }
+    relay_queued_media(cfg, &mut sessions);
     for id in sessions.ids() {
         end_session(&mut sessions, id, EndReason::Shutdown);
     }
-    let _ = std::fs::remove_file(&cfg.pid_file);
     drop(control);
+    drop(pidfile);
     rtpp_log!(Info, "rtpproxy ended");
     Ok(())
 }
@@ -363,11 +417,23 @@ fn run(cfg: &Config) -> Result<(), String> {
 /// serve control commands. Relaying comes first so media never waits
 /// behind a burst of commands, and commands are bounded per pass so they
 /// cannot starve media either.
-fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, stop: &AtomicBool) {
+fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdown: &Shutdown) {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut notifier = cfg.notify_socket.clone().map(Notifier::new);
+    let mut nofile = rtpproxy::rtpp_util::NofileWatch::new();
     let mut next_tick = Instant::now() + TIMETICK;
-    while !stop.load(Ordering::Relaxed) {
+    while !shutdown.stop.load(Ordering::Relaxed) {
+        if shutdown.drain.load(Ordering::Relaxed) && !sessions.draining {
+            sessions.draining = true;
+            rtpp_log!(
+                Warn,
+                "draining: no new sessions from now on, exiting when the last of {} ends",
+                sessions.active()
+            );
+        }
+        if sessions.draining && sessions.active() == 0 {
+            break;
+        }
         let now = Instant::now();
         let wake = [control.next_deadline(), next_timer(sessions)]
             .into_iter()
@@ -387,6 +453,7 @@ fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, stop: 
         run_timers(sessions, now, &mut buf, cfg.double_small);
         if now >= next_tick {
             expire_sessions(cfg, sessions, &mut notifier, now);
+            nofile.check(sessions.active());
             next_tick += TIMETICK;
             if next_tick <= now {
                 next_tick = now + TIMETICK;
@@ -409,6 +476,30 @@ fn relay_ready(cfg: &Config, sessions: &mut Sessions, now: Instant, buf: &mut [u
             }
         }
         slot += 1;
+    }
+}
+
+/// At shutdown: relays, and so records, what the media sockets still hold,
+/// so that a packet that arrived before the signal is in the recordings
+/// (PROTOCOL.md, "Classic defects"). Bounded, since parties keep sending.
+fn relay_queued_media(cfg: &Config, sessions: &mut Sessions) {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let deadline = Instant::now() + FINAL_DRAIN;
+    while Instant::now() < deadline {
+        let ready = match sessions.polls.poll(0) {
+            Ok(n) if n > 0 => n,
+            _ => return,
+        };
+        // A pending control command keeps poll reporting readiness; only
+        // media matters here.
+        let media_ready = (0..sessions.polls.len()).any(|slot| {
+            sessions.polls.ready(slot)
+                && matches!(sessions.polls.owner(slot), Some(Owner::Media { .. }))
+        });
+        if !media_ready {
+            return;
+        }
+        relay_ready(cfg, sessions, Instant::now(), &mut buf, ready);
     }
 }
 
@@ -458,6 +549,7 @@ fn expire_sessions(
 
 fn run_command(cfg: &Config, sessions: &mut Sessions, raw: &[u8], now: Instant) -> Reply {
     rtpp_log!(Dbug, "received command \"{}\"", show(raw).trim());
+    sessions.totals.commands_received += 1;
     let reply = match parse(raw) {
         Ok(cmd) => {
             if let Some(verb) = raw.iter().find(|c| !c.is_ascii_whitespace()) {
@@ -479,6 +571,11 @@ fn run_command(cfg: &Config, sessions: &mut Sessions, raw: &[u8], now: Instant) 
             Reply::Error(e)
         }
     };
+    if matches!(reply, Reply::Error(_)) {
+        sessions.totals.commands_failed += 1;
+    } else {
+        sessions.totals.commands_succeeded += 1;
+    }
     if rtpp_log::enabled(Level::Dbug) {
         let mut out = Vec::new();
         reply.format(None, &mut out);
@@ -487,55 +584,261 @@ fn run_command(cfg: &Config, sessions: &mut Sessions, raw: &[u8], now: Instant) 
     reply
 }
 
-fn raise_nofile(n: u64) -> Result<(), String> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit: {e}"))?;
-    if setrlimit(Resource::RLIMIT_NOFILE, n, n).is_err() {
-        let granted = hard.min(n);
-        setrlimit(Resource::RLIMIT_NOFILE, granted, hard)
-            .map_err(|e| format!("can't raise the open files limit (-L {n}): {e}"))?;
-        eprintln!("rtpproxy: WARNING: open files limit raised to {granted} only, not {n}");
+/// Mode of the unix control socket. The SIP proxy usually runs as another
+/// account than the relay: it connects as a member of the socket's group
+/// (see `-u` in the man page); nobody else may drive the relay.
+const CONTROL_SOCKET_MODE: u32 = 0o660;
+/// How long the shell that started the daemon waits for its report.
+const START_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn show_control(cfg: &Config) -> String {
+    match &cfg.control {
+        ControlSpec::Unix(path) => format!("unix:{}", path.display()),
+        ControlSpec::Udp(addr) => format!("udp:{addr}"),
+    }
+}
+
+/// Who may run how: `-u` needs root unless we already are that account;
+/// root without `-u` gets a warning with a unix control socket and a
+/// refusal with a UDP one (whoever reaches it could drive a root process),
+/// unless `-F`.
+fn check_identity(cfg: &Config, run_as: Option<&RunAs>) -> Result<(), String> {
+    let is_root = nix::unistd::geteuid().is_root();
+    if let Some(run_as) = run_as {
+        if !is_root && !already_running_as(run_as) {
+            return Err(format!(
+                "invalid value for -u: switching to user {} needs root",
+                run_as.user
+            ));
+        }
+        return Ok(());
+    }
+    if !is_root || cfg.allow_root_udp {
+        return Ok(());
+    }
+    match cfg.control {
+        ControlSpec::Udp(_) => Err(
+            "running as root with a UDP control socket is refused: give -u user, or -F to run as root anyway"
+                .into(),
+        ),
+        ControlSpec::Unix(_) => {
+            eprintln!(
+                "rtpproxy: WARNING: running as root is not recommended: give -u user, or -F to silence this warning"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Gives the unix control socket its mode and, with `-u`, its owner, so
+/// the SIP proxy can connect and the unprivileged daemon still owns it.
+fn secure_control_socket(control: &Control, run_as: Option<&RunAs>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = control.unix_path() else {
+        return Ok(());
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(CONTROL_SOCKET_MODE))
+        .map_err(|e| format!("can't set the mode of {}: {e}", path.display()))?;
+    if let Some(run_as) = run_as {
+        nix::unistd::chown(path, Some(run_as.uid), Some(run_as.gid)).map_err(|e| {
+            format!(
+                "can't give the control socket {} to {}: {e}",
+                path.display(),
+                run_as.user
+            )
+        })?;
     }
     Ok(())
 }
 
-/// Forks to the background. The parent returns to the shell only once the
-/// child is detached; the control socket is already open by then, so a
-/// zero exit means the daemon is reachable.
-fn daemonize() -> Result<(), String> {
-    match daemonize::Daemonize::new().working_directory("/").execute() {
-        daemonize::Outcome::Parent(Ok(_)) => std::process::exit(0),
-        daemonize::Outcome::Parent(Err(e)) => Err(format!("can't daemonize: {e}")),
-        daemonize::Outcome::Child(Ok(_)) => Ok(()),
-        daemonize::Outcome::Child(Err(e)) => Err(format!("can't daemonize: {e}")),
+/// The rest of start-up, in the daemon itself: pidfile, signals, then the
+/// switch to `-u`. The pidfile is removed again when a later step fails.
+fn finish_start_up(cfg: &Config, run_as: Option<&RunAs>) -> Result<(PidFile, Shutdown), String> {
+    let pidfile = PidFile::create(&cfg.pid_file)?;
+    let shutdown = Shutdown::install()?;
+    if let Some(run_as) = run_as {
+        drop_privileges(run_as)
+            .map_err(|e| format!("can't switch to user {}: {e}", run_as.user))?;
     }
+    Ok((pidfile, shutdown))
 }
 
-fn write_pidfile(path: &Path) {
-    let written =
-        std::fs::File::create(path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
-    if let Err(e) = written {
-        rtpp_log!(Err, "can't write pidfile {}: {e}", path.display());
-    }
-}
-
-/// Hands the control socket and pidfile to the account we are about to
-/// become, so it can still use and remove them.
-fn give_away(control: &Control, cfg: &Config, run_as: &RunAs) {
-    use nix::unistd::chown;
-    for path in control
-        .unix_path()
-        .into_iter()
-        .chain([cfg.pid_file.as_path()])
+/// Forks to the background: detached from the terminal in a session of its
+/// own, working in `/`, stdio on /dev/null. The original process waits for
+/// the daemon's start-up report and exits with it; only the daemon returns.
+fn daemonize() -> Result<StartUpReport, String> {
+    use daemonize::{Daemonize, Outcome};
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("can't create the start-up pipe: {e}"))?;
+    // umask 027: recordings are call audio, not for every local account.
+    match Daemonize::new()
+        .working_directory("/")
+        .umask(0o027)
+        .execute()
     {
-        if let Err(e) = chown(path, Some(run_as.uid), Some(run_as.gid)) {
-            rtpp_log!(
-                Err,
-                "can't chown {} to {}: {e}",
-                path.display(),
-                run_as.user
-            );
+        Outcome::Parent(Ok(_)) => {
+            drop(tx);
+            std::process::exit(await_start_up(rx));
         }
+        Outcome::Parent(Err(e)) => Err(format!("can't daemonize: {e}")),
+        Outcome::Child(Ok(_)) => {
+            let report = StartUpReport { pipe: tx };
+            // The second fork left the daemon in the session the first
+            // child made; it leads a session of its own instead, as the
+            // classic daemon did after daemon(3). It never opens a
+            // terminal, so it cannot gain a controlling one this way.
+            if let Err(e) = nix::unistd::setsid() {
+                let e = format!("can't start a new session: {e}");
+                report.failed(&e);
+                return Err(e);
+            }
+            Ok(report)
+        }
+        Outcome::Child(Err(e)) => {
+            let e = format!("can't daemonize: {e}");
+            StartUpReport { pipe: tx }.failed(&e);
+            Err(e)
+        }
+    }
+}
+
+/// The daemon's end of the start-up pipe: `ok`, or why it gave up.
+struct StartUpReport {
+    pipe: std::os::fd::OwnedFd,
+}
+
+impl StartUpReport {
+    fn ok(self) {
+        self.send("ok");
+    }
+
+    fn failed(self, why: &str) {
+        self.send(why);
+    }
+
+    fn send(self, text: &str) {
+        // A shell that stopped waiting is not the daemon's problem.
+        let _ = std::fs::File::from(self.pipe).write_all(text.as_bytes());
+    }
+}
+
+/// In the original process: waits (bounded) until every daemon-side end of
+/// the pipe is closed and turns the report into an exit status.
+fn await_start_up(pipe: std::os::fd::OwnedFd) -> i32 {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let mut pipe = std::fs::File::from(pipe);
+    let deadline = Instant::now() + START_UP_TIMEOUT;
+    let mut report = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            eprintln!(
+                "rtpproxy: the daemon did not finish starting within {} s; see the system log",
+                START_UP_TIMEOUT.as_secs()
+            );
+            return 1;
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("rtpproxy: waiting for the daemon to start: {e}");
+                return 1;
+            }
+        }
+        match pipe.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if report.len() < 4096 => report.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("rtpproxy: waiting for the daemon to start: {e}");
+                return 1;
+            }
+        }
+    }
+    match String::from_utf8_lossy(&report).trim() {
+        "ok" => 0,
+        "" => {
+            eprintln!("rtpproxy: the daemon exited while starting; see the system log");
+            1
+        }
+        why => {
+            eprintln!("rtpproxy: {why}");
+            1
+        }
+    }
+}
+
+/// The pidfile (`-p`), removed when dropped: at exit, or when a later step
+/// of start-up fails.
+struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    fn create(path: &Path) -> Result<PidFile, String> {
+        let written =
+            std::fs::File::create(path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
+        match written {
+            Ok(()) => Ok(PidFile {
+                path: path.to_path_buf(),
+            }),
+            Err(e) => Err(format!("can't write pidfile {}: {e}", path.display())),
+        }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        // After -u this fails unless the user may write to the pidfile's
+        // directory; init scripts and systemd remove what is left.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The signals that end the daemon (TERM, INT, HUP): each sets the flag
+/// the loop checks and records which one it was.
+struct Shutdown {
+    stop: Arc<AtomicBool>,
+    signal: Arc<AtomicUsize>,
+    /// SIGUSR1: stop taking new sessions, exit when the last one ends.
+    drain: Arc<AtomicBool>,
+}
+
+impl Shutdown {
+    fn install() -> Result<Shutdown, String> {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let shutdown = Shutdown {
+            stop: Arc::new(AtomicBool::new(false)),
+            signal: Arc::new(AtomicUsize::new(0)),
+            drain: Arc::new(AtomicBool::new(false)),
+        };
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&shutdown.drain))
+            .map_err(|e| format!("can't install signal handler: {e}"))?;
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            signal_hook::flag::register_usize(sig, Arc::clone(&shutdown.signal), sig as usize)
+                .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&shutdown.stop)))
+                .map_err(|e| format!("can't install signal handler: {e}"))?;
+        }
+        // A peer that went away must cost a failed write (EPIPE), never the
+        // process. The Rust runtime ignores SIGPIPE before main already;
+        // saying so here keeps it true however the binary is built.
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }
+            .map_err(|e| format!("can't ignore SIGPIPE: {e}"))?;
+        Ok(shutdown)
+    }
+
+    /// The signal that ended the loop (0 if none did).
+    fn signal(&self) -> usize {
+        self.signal.load(Ordering::Relaxed)
     }
 }
 
@@ -615,6 +918,28 @@ mod tests {
         assert!(bad("-n udp:1.2.3.4:5").contains("-n"));
         assert!(bad("-Z").contains('Z'));
         assert!(bad("-f stray").contains("stray"));
+    }
+
+    #[test]
+    fn pidfile_and_port_edges() {
+        assert!(bad("-p /nonexistent/dir/x.pid").contains("-p"));
+        assert!(bad("-p /tmp").contains("-p"));
+        assert!(bad("-m 65535").contains("port range"));
+        assert!(bad("-m 65534 -M 65534").contains("port range"));
+        let c = cfg("-m 65534 -M 65535");
+        assert_eq!((c.port_min, c.port_max), (65534, 65535));
+        let c = cfg("-m 35001 -M 35003");
+        assert_eq!((c.port_min, c.port_max), (35001, 35003));
+    }
+
+    #[test]
+    fn kept_paths_are_absolute() {
+        let c = cfg("-p x.pid -s unix:ctl.sock -n notify.sock -r . -S .");
+        assert!(c.pid_file.is_absolute());
+        assert!(matches!(&c.control, ControlSpec::Unix(p) if p.is_absolute()));
+        assert!(c.notify_socket.is_some_and(|p| p.is_absolute()));
+        assert!(c.record_dir.is_some_and(|p| p.is_absolute()));
+        assert!(c.spool_dir.is_some_and(|p| p.is_absolute()));
     }
 
     #[test]

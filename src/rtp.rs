@@ -66,6 +66,25 @@ pub fn parse(packet: &[u8]) -> Result<RtpHeader, RtpError> {
     })
 }
 
+/// Writes a plain RTP header (no CSRC, extension or padding) at the start
+/// of `out`; returns its length, `None` when `out` is shorter than that.
+pub fn write_header(
+    out: &mut [u8],
+    marker: bool,
+    payload_type: u8,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+) -> Option<usize> {
+    let h = out.get_mut(..RTP_HEADER_LEN)?;
+    h[0] = 0x80;
+    h[1] = (u8::from(marker) << 7) | (payload_type & 0x7f);
+    h[2..4].copy_from_slice(&seq.to_be_bytes());
+    h[4..8].copy_from_slice(&timestamp.to_be_bytes());
+    h[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    Some(RTP_HEADER_LEN)
+}
+
 /// How a codec's payload divides into frames: bytes and samples (8 kHz)
 /// per frame. `None` for payload types that cannot be split or joined.
 pub fn frame_size(payload_type: u8) -> Option<(usize, u32)> {
@@ -137,6 +156,23 @@ mod tests {
             parse(&packet(0x80 | 0x20, &[1, 9])),
             Err(RtpError::BadPadding)
         );
+    }
+
+    #[test]
+    fn written_header_parses_back() {
+        let mut buf = [0u8; 16];
+        assert_eq!(write_header(&mut buf[..11], true, 0, 1, 2, 3), None);
+        assert_eq!(
+            write_header(&mut buf, true, 18, 0xfffe, 0x8000_0001, 7),
+            Some(12)
+        );
+        let h = parse(&buf).unwrap();
+        assert!(h.marker);
+        assert_eq!(
+            (h.payload_type, h.seq, h.timestamp, h.ssrc),
+            (18, 0xfffe, 0x8000_0001, 7)
+        );
+        assert_eq!((h.payload_offset, h.payload_len), (12, 4));
     }
 
     #[test]

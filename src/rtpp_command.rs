@@ -10,6 +10,9 @@ use std::net::IpAddr;
 use crate::rtpp_defines::{CPROTOVER, MAX_ID_LEN};
 use crate::rtpp_util::url_unquote;
 
+/// Longest packet `z` may ask for.
+pub const MAX_PTIME_MS: u32 = 1000;
+
 /// At most this many tokens of a command are looked at.
 pub const MAX_TOKENS: usize = 10;
 
@@ -27,6 +30,8 @@ impl ErrorCode {
     pub const NO_PORT_SECOND_LEG: ErrorCode = ErrorCode(7);
     pub const NOT_FOUND: ErrorCode = ErrorCode(8);
     pub const NO_PORT: ErrorCode = ErrorCode(10);
+    /// `V` while draining (not in the classic table).
+    pub const DRAINING: ErrorCode = ErrorCode(15);
 }
 
 /// The Call-ID and tags naming one or more streams of a call.
@@ -48,7 +53,7 @@ pub struct Modifiers<'a> {
     pub ipv6: bool,
     /// `w`: this side holds the session weakly.
     pub weak: bool,
-    /// `zNN`: re-packetize to this many milliseconds (a multiple of 10).
+    /// `zNN`: re-packetize to this many milliseconds (a multiple of 10, at most 1000).
     pub ptime_ms: Option<u32>,
     /// `cLIST`: payload types offered by this party, validated.
     pub codecs: Option<&'a [u8]>,
@@ -96,6 +101,11 @@ pub enum Command<'a> {
     Query(StreamIds<'a>),
     Info,
     DeleteAll,
+    /// `G [name ...]`: counters, all of them when no name is given.
+    Stats {
+        names: [&'a [u8]; MAX_TOKENS - 1],
+        count: usize,
+    },
 }
 
 /// What a command answers.
@@ -111,6 +121,11 @@ pub enum Reply {
     Text(String),
     /// `E<code>`.
     Error(ErrorCode),
+    /// No reply at all. A draining relay stays silent to a `U` that would
+    /// create a session: Kamailio's rtpproxy module takes silence (unlike an
+    /// `E` reply, which fails the call) as a dead relay and retries the
+    /// offer on the next relay of its set.
+    Silent,
 }
 
 impl From<ErrorCode> for Reply {
@@ -145,6 +160,10 @@ impl Reply {
             },
             Reply::Text(t) => out.write_all(t.as_bytes()),
             Reply::Error(ErrorCode(c)) => write!(out, "E{c}"),
+            Reply::Silent => {
+                out.clear();
+                return;
+            }
         };
         out.push(b'\n');
     }
@@ -233,6 +252,16 @@ pub fn parse(buf: &[u8]) -> Result<Command<'_>, ErrorCode> {
             })
         }
         b'I' => Ok(Command::Info),
+        b'G' => {
+            let mut names: [&[u8]; MAX_TOKENS - 1] = [&[]; MAX_TOKENS - 1];
+            for (slot, name) in names.iter_mut().zip(args) {
+                *slot = name;
+            }
+            Ok(Command::Stats {
+                names,
+                count: args.len(),
+            })
+        }
         b'X' => Ok(Command::DeleteAll),
         _ => Err(ErrorCode::UNKNOWN),
     }
@@ -320,9 +349,9 @@ pub fn parse_modifiers(mods: &[u8]) -> Result<Modifiers<'_>, ErrorCode> {
                     .and_then(|s| s.parse().ok())
                     .ok_or(ErrorCode::SYNTAX)?;
                 i += digits;
-                // The classic daemon rounds down to whole 10 ms units.
-                let ms = ms / 10 * 10;
-                if ms == 0 {
+                // Whole 10 ms units only (the classic daemon silently
+                // rounded down), and no more than a second of audio.
+                if ms == 0 || !ms.is_multiple_of(10) || ms > MAX_PTIME_MS {
                     return Err(ErrorCode::SYNTAX);
                 }
                 m.ptime_ms = Some(ms);
@@ -520,7 +549,10 @@ mod tests {
         assert!(m.ipv6 && m.weak);
         assert_eq!(m.ptime_ms, Some(20));
         assert_eq!(m.codecs, Some(&b"8,0"[..]));
-        assert_eq!(parse_modifiers(b"z15").unwrap().ptime_ms, Some(10));
+        assert_eq!(parse_modifiers(b"z15"), Err(ErrorCode::SYNTAX));
+        assert_eq!(parse_modifiers(b"z0"), Err(ErrorCode::SYNTAX));
+        assert_eq!(parse_modifiers(b"z2000"), Err(ErrorCode::SYNTAX));
+        assert_eq!(parse_modifiers(b"z1000").unwrap().ptime_ms, Some(1000));
         assert_eq!(parse_modifiers(b"as").unwrap().asymmetric, Some(false));
         assert_eq!(parse_modifiers(b"z"), Err(ErrorCode::SYNTAX));
         assert_eq!(parse_modifiers(b"z5"), Err(ErrorCode::SYNTAX));
@@ -572,6 +604,13 @@ mod tests {
     #[test]
     fn other_verbs() {
         assert_eq!(parse(b"I"), Ok(Command::Info));
+        match parse(b"G nsess_created npkts_rcvd") {
+            Ok(Command::Stats { names, count }) => {
+                assert_eq!(count, 2);
+                assert_eq!(names[1], b"npkts_rcvd");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(parse(b"x"), Ok(Command::DeleteAll));
         assert_eq!(err("Z"), 3);
         assert_eq!(err(""), 0);

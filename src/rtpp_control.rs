@@ -3,6 +3,7 @@
 //! first). Reading is non-blocking: a client that connects and never writes
 //! costs a poll slot until its deadline, never the loop's time.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -10,7 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::rtpp_command::{split_cookie, Reply};
+use crate::rtpp_command::{split_cookie, ErrorCode, Reply};
 use crate::rtpp_defines::{ControlSpec, COMMAND_BATCH, CONTROL_CLIENT_TIMEOUT, MAX_COMMAND_LEN};
 use crate::rtpp_network::PollSet;
 use crate::rtpp_session::{Owner, Sessions};
@@ -34,7 +35,53 @@ enum Kind {
         path: PathBuf,
         clients: Vec<Option<Client>>,
     },
-    Udp(UdpSocket),
+    Udp(UdpSocket, ReplyCache),
+}
+
+/// How long a UDP reply is kept for a retransmitted command.
+pub const REPLY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// At most this many replies are kept (the oldest go first): about 20 000
+/// commands a second for 30 s would need more, but a SIP proxy retransmits
+/// within a second or two, and this bounds the memory to a few MiB.
+pub const REPLY_CACHE_MAX: usize = 65536;
+
+type CacheKey = (SocketAddr, Box<[u8]>);
+
+/// Replies by (sender, cookie), so a SIP proxy that missed a reply and sends
+/// the same command again gets the same answer without it running twice.
+#[derive(Default)]
+struct ReplyCache {
+    replies: HashMap<CacheKey, Box<[u8]>>,
+    order: VecDeque<(Instant, CacheKey)>,
+}
+
+impl ReplyCache {
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.saturating_duration_since(*at) < REPLY_CACHE_TTL
+                && self.order.len() <= REPLY_CACHE_MAX
+            {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.replies.remove(&key);
+            }
+        }
+    }
+
+    fn get(&self, from: SocketAddr, cookie: &[u8]) -> Option<&[u8]> {
+        self.replies
+            .get(&(from, Box::<[u8]>::from(cookie)))
+            .map(|r| &r[..])
+    }
+
+    fn put(&mut self, from: SocketAddr, cookie: &[u8], reply: &[u8], now: Instant) {
+        let key: CacheKey = (from, cookie.into());
+        if self.replies.insert(key.clone(), reply.into()).is_none() {
+            self.order.push_back((now, key));
+        }
+        self.expire(now);
+    }
 }
 
 /// The daemon's control socket and its pending clients.
@@ -54,7 +101,7 @@ impl Control {
             ControlSpec::Udp(addr) => {
                 let sock = UdpSocket::bind(addr)?;
                 sock.set_nonblocking(true)?;
-                Kind::Udp(sock)
+                Kind::Udp(sock, ReplyCache::default())
             }
             ControlSpec::Unix(path) => {
                 if path.exists() {
@@ -87,14 +134,14 @@ impl Control {
     pub fn unix_path(&self) -> Option<&Path> {
         match &self.kind {
             Kind::Unix { path, .. } => Some(path),
-            Kind::Udp(_) => None,
+            Kind::Udp(..) => None,
         }
     }
 
     /// The UDP socket's address, if any.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         match &self.kind {
-            Kind::Udp(s) => s.local_addr().ok(),
+            Kind::Udp(s, _) => s.local_addr().ok(),
             Kind::Unix { .. } => None,
         }
     }
@@ -104,7 +151,7 @@ impl Control {
     /// never removed, so they stay at the front of the set.
     pub fn register(&mut self, polls: &mut PollSet<Owner>) {
         match &self.kind {
-            Kind::Udp(s) => self.first = polls.add(s.as_raw_fd(), Owner::Control),
+            Kind::Udp(s, _) => self.first = polls.add(s.as_raw_fd(), Owner::Control),
             Kind::Unix {
                 listener, clients, ..
             } => {
@@ -126,9 +173,23 @@ impl Control {
     ) {
         let listener_ready = sessions.polls.ready(self.first);
         match &mut self.kind {
-            Kind::Udp(sock) => {
+            Kind::Udp(sock, cache) => {
                 if listener_ready {
-                    serve_udp(sock, &mut self.buf, &mut self.reply, |c| exec(sessions, c));
+                    serve_udp(
+                        sock,
+                        &mut self.buf,
+                        &mut self.reply,
+                        cache,
+                        now,
+                        |c| match c {
+                            Some(command) => Some(exec(sessions, command)),
+                            None => {
+                                // Counted at once: a G later in this batch sees it.
+                                sessions.totals.commands_repeated += 1;
+                                None
+                            }
+                        },
+                    );
                 }
             }
             Kind::Unix {
@@ -146,6 +207,7 @@ impl Control {
                     if done || quiet || now >= client.deadline {
                         if !client.buf.is_empty() {
                             let reply = exec(sessions, &client.buf);
+                            // Silent: the connection closes with no reply.
                             reply.format(None, &mut self.reply);
                             // The reply is a few bytes into an empty socket
                             // buffer; a client that is gone just misses it.
@@ -165,7 +227,7 @@ impl Control {
     /// When the loop must wake for a client's quiet time or deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.kind {
-            Kind::Udp(_) => None,
+            Kind::Udp(..) => None,
             Kind::Unix { clients, .. } => clients
                 .iter()
                 .flatten()
@@ -187,8 +249,11 @@ fn serve_udp(
     sock: &UdpSocket,
     buf: &mut [u8],
     reply: &mut Vec<u8>,
-    mut exec: impl FnMut(&[u8]) -> Reply,
+    cache: &mut ReplyCache,
+    now: Instant,
+    mut exec: impl FnMut(Option<&[u8]>) -> Option<Reply>,
 ) {
+    cache.expire(now);
     for _ in 0..COMMAND_BATCH {
         let (len, from) = match sock.recv_from(buf) {
             Ok(got) => got,
@@ -199,10 +264,21 @@ fn serve_udp(
             return;
         };
         let answer = match split_cookie(datagram) {
-            Some((cookie, command)) => {
-                exec(command).format(Some(cookie), reply);
-                &reply[..]
-            }
+            Some((cookie, command)) => match cache.get(from, cookie) {
+                Some(cached) => {
+                    exec(None);
+                    cached
+                }
+                None => {
+                    let answer = exec(Some(command)).unwrap_or(Reply::Error(ErrorCode::EMPTY));
+                    if answer == Reply::Silent {
+                        continue;
+                    }
+                    answer.format(Some(cookie), reply);
+                    cache.put(from, cookie, reply, now);
+                    &reply[..]
+                }
+            },
             // Not even a cookie: nothing to echo.
             None => b"E0\n",
         };

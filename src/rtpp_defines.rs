@@ -56,6 +56,7 @@ pub const PROTO_CAPS: &[(&str, &str)] = &[
         "Support for setting codecs in the update/lookup command",
     ),
     ("20081224", "Support for session timeout notifications"),
+    ("20141004", "Support for extendable performance counters"),
 ];
 
 /// The extension that is only supported when `-n` was given.

@@ -7,6 +7,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
+use crate::rtp_resizer::{Enqueued, Resizer};
 use crate::rtp_server::Next;
 use crate::rtpp_defines::{DRAIN_BATCH, LBR_THRS};
 use crate::rtpp_log;
@@ -35,19 +36,26 @@ pub fn drain_slot(
     };
     for _ in 0..DRAIN_BATCH {
         let Some(leg) = &s.legs[party] else {
-            return;
+            break;
         };
         let (len, src) = match leg.sockets[kind].recv_from(buf) {
             Ok(got) => got,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             // WouldBlock: drained. Anything else was a queued socket error,
             // now consumed; poll will report the socket again if needed.
-            Err(_) => return,
+            Err(_) => break,
         };
         let Some(packet) = buf.get(..len) else {
-            return;
+            break;
         };
         relay_packet(s, party, kind, src, packet, double_small, now);
+    }
+    // A re-packetizer holding audio must be served on the clock.
+    if s.resizers[party]
+        .as_ref()
+        .is_some_and(|r| r.next_due().is_some())
+    {
+        sessions.mark_timed(session);
     }
 }
 
@@ -61,8 +69,8 @@ pub fn relay_packet(
     double_small: bool,
     now: Instant,
 ) {
-    let other = 1 - party;
     let stream = &mut s.streams[kind];
+    stream.received += 1;
     match stream.parties[party].accept(src, now) {
         Verdict::Reject => {
             stream.dropped += 1;
@@ -88,10 +96,24 @@ pub fn relay_packet(
     let from = &mut stream.parties[party];
     from.packets += 1;
     from.bytes += packet.len() as u64;
+    if kind == RTP && packet.len() >= 12 && packet[0] >> 6 == 2 {
+        from.seq.observe(u16::from_be_bytes([packet[2], packet[3]]));
+    }
     if kind == RTP {
         s.last_rx[party] = now;
     }
     record(s, party, kind, src, packet);
+    if kind == RTP && s.resizers[party].is_some() {
+        resize(s, party, packet, double_small, now);
+        return;
+    }
+    forward(s, party, kind, packet, double_small);
+}
+
+/// Sends a packet from `party` on to the other party, or counts it dropped
+/// (no destination yet, a prompt is playing to the other party, send error).
+pub fn forward(s: &mut Session, party: usize, kind: usize, packet: &[u8], double_small: bool) {
+    let other = 1 - party;
     let stream = &mut s.streams[kind];
     if kind == RTP && s.players[other].is_some() {
         // A prompt is playing to the other party: its media waits.
@@ -114,6 +136,53 @@ pub fn relay_packet(
     }
 }
 
+/// Largest packet a re-packetizer emits: 1000 ms of G.711 plus a header.
+const RESIZED_MAX: usize = 8192 + 12;
+
+/// Queues an RTP packet in the party's re-packetizer and sends what is due.
+fn resize(s: &mut Session, party: usize, packet: &[u8], double_small: bool, now: Instant) {
+    // Taken out for the call so forwarding may borrow the session.
+    let Some(mut r) = s.resizers[party].take() else {
+        return;
+    };
+    match r.enqueue(packet, now) {
+        Enqueued::PassThrough => forward(s, party, RTP, packet, double_small),
+        Enqueued::Dropped => s.streams[RTP].dropped += 1,
+        Enqueued::Queued => {}
+    }
+    send_resized(s, party, &mut r, double_small, now);
+    s.resizers[party] = Some(r);
+}
+
+fn send_resized(s: &mut Session, party: usize, r: &mut Resizer, double_small: bool, now: Instant) {
+    let mut out = [0u8; RESIZED_MAX];
+    // Bounded: each call emits one queued packet and the queue is finite.
+    for _ in 0..64 {
+        let Some(len) = r.dequeue(now, &mut out) else {
+            break;
+        };
+        if let Some(p) = out.get(..len) {
+            forward(s, party, RTP, p, double_small);
+        }
+    }
+}
+
+/// Sends whatever a re-packetizer still holds (z turned off, session end).
+pub fn flush_resizer(s: &mut Session, party: usize, double_small: bool) {
+    let Some(mut r) = s.resizers[party].take() else {
+        return;
+    };
+    let mut out = [0u8; RESIZED_MAX];
+    for _ in 0..1024 {
+        let Some(len) = r.flush(&mut out) else {
+            break;
+        };
+        if let Some(p) = out.get(..len) {
+            forward(s, party, RTP, p, double_small);
+        }
+    }
+}
+
 /// Hands an accepted packet to the session's recording and copy channels.
 fn record(s: &mut Session, party: usize, kind: usize, src: SocketAddr, packet: &[u8]) {
     if let Some(copy) = &s.copies[party] {
@@ -128,7 +197,8 @@ fn record(s: &mut Session, party: usize, kind: usize, src: SocketAddr, packet: &
     }
 }
 
-/// Serves everything on the clock: prompt packets that are due.
+/// Serves everything on the clock: prompt packets and re-packetized audio
+/// that are due.
 pub fn run_timers(sessions: &mut Sessions, now: Instant, buf: &mut [u8], double_small: bool) {
     let mut i = 0;
     while i < sessions.timed.len() {
@@ -136,6 +206,12 @@ pub fn run_timers(sessions: &mut Sessions, now: Instant, buf: &mut [u8], double_
         let keep = match sessions.get_mut(id) {
             Some(s) => {
                 play_due(s, now, buf, double_small);
+                for party in 0..2 {
+                    if let Some(mut r) = s.resizers[party].take() {
+                        send_resized(s, party, &mut r, double_small, now);
+                        s.resizers[party] = Some(r);
+                    }
+                }
                 s.is_timed()
             }
             None => false,
@@ -154,7 +230,7 @@ pub fn next_timer(sessions: &Sessions) -> Option<Instant> {
         .timed
         .iter()
         .filter_map(|&id| sessions.get(id))
-        .flat_map(|s| s.players.iter().flatten().filter_map(|p| p.next_due()))
+        .filter_map(Session::next_due)
         .min()
 }
 
@@ -170,6 +246,7 @@ fn play_due(s: &mut Session, now: Instant, buf: &mut [u8], double_small: bool) {
             };
             match player.next_packet(now, buf) {
                 Next::Packet(len) => {
+                    s.played += 1;
                     let (Some(dst), Some(leg), Some(packet)) = (
                         s.streams[RTP].parties[party].addr,
                         &s.legs[party],

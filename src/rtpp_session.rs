@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
 use crate::rtpp_command::{match_tag, StreamIds, TagMatch};
 use crate::rtpp_defines::UPDATE_WINDOW;
@@ -75,6 +76,56 @@ pub struct Party {
     pub packets: u64,
     /// Bytes accepted from this party.
     pub bytes: u64,
+    /// RTP sequence numbers seen, for a loss estimate.
+    pub seq: SeqTracker,
+}
+
+/// Tracks RTP sequence numbers (RFC 3550 A.1, simplified) to estimate loss.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeqTracker {
+    started: bool,
+    base: u32,
+    /// Highest extended sequence number seen.
+    max: u32,
+    received: u64,
+}
+
+impl SeqTracker {
+    /// Notes one packet's sequence number.
+    pub fn observe(&mut self, seq: u16) {
+        let seq = u32::from(seq);
+        if !self.started {
+            self.started = true;
+            self.base = seq;
+            self.max = seq;
+            self.received = 1;
+            return;
+        }
+        self.received += 1;
+        let cycles = self.max & !0xffff;
+        let low = self.max & 0xffff;
+        // A small step forward (also across a wrap) advances; anything else
+        // is reordering or a duplicate and does not move the maximum.
+        let ext = if seq < low && low - seq > 0x8000 {
+            cycles.wrapping_add(0x1_0000) | seq
+        } else if seq > low && seq - low > 0x8000 {
+            return;
+        } else {
+            cycles | seq
+        };
+        if ext > self.max {
+            self.max = ext;
+        }
+    }
+
+    /// Packets expected from the sequence numbers minus packets received.
+    pub fn lost(&self) -> u64 {
+        if !self.started {
+            return 0;
+        }
+        let expected = u64::from(self.max.wrapping_sub(self.base)) + 1;
+        expected.saturating_sub(self.received)
+    }
 }
 
 impl Party {
@@ -144,8 +195,37 @@ impl Party {
 #[derive(Debug, Clone, Default)]
 pub struct Stream {
     pub parties: [Party; 2],
+    /// Every packet read from the stream's sockets, strangers' included.
+    pub received: u64,
     pub relayed: u64,
     pub dropped: u64,
+}
+
+/// Daemon-wide counters (the `G` command).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub sessions_destroyed: u64,
+    pub sessions_timeout: u64,
+    pub packets_received: u64,
+    pub packets_relayed: u64,
+    pub packets_dropped: u64,
+    pub packets_played: u64,
+    pub commands_received: u64,
+    pub commands_succeeded: u64,
+    pub commands_failed: u64,
+    pub commands_repeated: u64,
+}
+
+impl Counters {
+    /// Adds a session's packet counts.
+    pub fn add_session(&mut self, s: &Session) {
+        for st in &s.streams {
+            self.packets_received += st.received;
+            self.packets_relayed += st.relayed;
+            self.packets_dropped += st.dropped;
+        }
+        self.packets_played += s.played;
+    }
 }
 
 /// One media stream of a call.
@@ -154,6 +234,8 @@ pub struct Session {
     pub call_id: Box<[u8]>,
     /// The creating from-tag, media number included.
     pub tag: Box<[u8]>,
+    /// The other party's tag, once a command named it.
+    pub to_tag: Option<Box<[u8]>>,
     /// `legs[p]` is the socket pair party `p` sends to and receives from.
     pub legs: [Option<Leg>; 2],
     /// Where each leg is (or will be) bound.
@@ -176,23 +258,38 @@ pub struct Session {
     pub notify: Option<Option<Box<[u8]>>>,
     /// `players[p]` plays a prompt to party `p`; media to it is held back.
     pub players: [Option<Player>; 2],
+    /// `resizers[p]` re-packetizes what party `p` sends (`z`).
+    pub resizers: [Option<Resizer>; 2],
+    /// Prompt packets sent.
+    pub played: u64,
 }
 
 impl Session {
-    /// True while something in the session runs on the clock (players).
+    /// True while something in the session runs on the clock: a player,
+    /// or a re-packetizer holding audio.
     pub fn is_timed(&self) -> bool {
         self.players.iter().any(Option::is_some)
+            || self
+                .resizers
+                .iter()
+                .flatten()
+                .any(|r| r.next_due().is_some())
+    }
+
+    /// The earliest moment something on the clock is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        let players = self.players.iter().flatten().filter_map(Player::next_due);
+        let resizers = self.resizers.iter().flatten().filter_map(Resizer::next_due);
+        players.chain(resizers).min()
     }
 }
 
 impl Session {
     /// Remaining idle time of each party's direction.
     pub fn ttl_left(&self, max_ttl: u32, now: Instant) -> [u64; 2] {
-        let ttl = Duration::from_secs(u64::from(max_ttl));
-        self.last_rx.map(|t| {
-            ttl.saturating_sub(now.saturating_duration_since(t))
-                .as_secs()
-        })
+        // Whole seconds idle, so a fresh session shows the full TTL.
+        self.last_rx
+            .map(|t| u64::from(max_ttl).saturating_sub(now.saturating_duration_since(t).as_secs()))
     }
 
     /// Remaining time before the session expires: when both directions are
@@ -226,10 +323,14 @@ pub struct Sessions {
     /// Sessions created since start.
     pub created_total: u64,
     active: usize,
+    /// Counters of ended sessions and of commands.
+    pub totals: Counters,
     /// Sessions with something on the clock (players), served every pass.
     pub timed: Vec<u32>,
     /// SSRCs, sequence numbers and timestamps of generated streams.
     pub rng: Random,
+    /// Graceful drain (SIGUSR1): no new sessions; see `Reply::Silent`.
+    pub draining: bool,
 }
 
 impl Sessions {
@@ -243,8 +344,10 @@ impl Sessions {
             by_call: HashMap::new(),
             created_total: 0,
             active: 0,
+            totals: Counters::default(),
             timed: Vec::new(),
             rng: Random::new(),
+            draining: false,
         }
     }
 
@@ -268,6 +371,15 @@ impl Sessions {
     /// A session by id, mutable.
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Session> {
         self.slab.get_mut(id as usize).and_then(Option::as_mut)
+    }
+
+    /// Counters of the whole daemon: ended sessions plus live ones.
+    pub fn counters(&self) -> Counters {
+        let mut c = self.totals.clone();
+        for s in self.slab.iter().flatten() {
+            c.add_session(s);
+        }
+        c
     }
 
     /// Ids of every live session, in table order.
@@ -342,6 +454,7 @@ impl Sessions {
         let session = Session {
             call_id: call_id.into(),
             tag: tag.into(),
+            to_tag: None,
             legs: [None, None],
             leg_ips,
             streams: Default::default(),
@@ -354,6 +467,8 @@ impl Sessions {
             copies: [None, None],
             notify: None,
             players: [None, None],
+            resizers: [None, None],
+            played: 0,
         };
         let id = match self.free_ids.pop() {
             Some(id) => {
@@ -435,6 +550,8 @@ impl Sessions {
             }
         }
         self.timed.retain(|&x| x != id);
+        self.totals.sessions_destroyed += 1;
+        self.totals.add_session(&session);
         self.free_ids.push(id);
         self.active -= 1;
         Some(session)
@@ -533,6 +650,23 @@ mod tests {
         assert_eq!(p.accept(addr("10.0.0.1:4999"), now), Verdict::Accept);
         assert_eq!(p.addr, Some(addr("10.0.0.1:4000")));
         assert_eq!(p.accept(addr("10.0.0.2:4000"), now), Verdict::Reject);
+    }
+
+    #[test]
+    fn loss_estimate_follows_sequence_numbers() {
+        let mut t = SeqTracker::default();
+        for seq in [65530u16, 65531, 65533, 65535, 0, 1, 3, 2, 2] {
+            t.observe(seq);
+        }
+        // 65530..=3 is 10 packets; 65532, 65534 missing; one duplicate.
+        assert_eq!(t.lost(), 1);
+        let mut u = SeqTracker::default();
+        for seq in 100..200u16 {
+            if seq % 10 != 0 {
+                u.observe(seq);
+            }
+        }
+        assert_eq!(u.lost(), 9);
     }
 
     #[test]

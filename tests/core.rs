@@ -80,6 +80,7 @@ fn version_and_extensions() {
     assert_eq!(rp.command("V 20050322"), "20040107");
     for stamp in [
         "20040107", "20050322", "20060704", "20071116", "20071218", "20080403", "20081102",
+        "20141004",
     ] {
         assert_eq!(rp.command(&format!("VF {stamp}")), "1", "{stamp}");
     }
@@ -629,8 +630,8 @@ fn udp_cookie_and_empty_command() {
     let mut buf = [0u8; 1024];
     for (msg, want) in [
         (&b"abc V"[..], &b"abc 20040107\n"[..]),
-        (b"abc", b"abc E0\n"),
-        (b"abc   \n", b"abc E0\n"),
+        (b"abd", b"abd E0\n"),
+        (b"abe   \n", b"abe E0\n"),
         (b"  ", b"E0\n"),
         (b"k1 VF 20050322", b"k1 1\n"),
     ] {

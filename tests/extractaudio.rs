@@ -246,6 +246,38 @@ fn mono_averages_both_directions() {
 }
 
 #[test]
+fn mono_of_a_one_way_call_keeps_the_full_level() {
+    let dir = TempDir::new("oneway");
+    let base = "oneway=tag1";
+    record_direction(
+        &dir.0,
+        &format!("{base}.o.rtp"),
+        RecordFormat::Adhoc,
+        addrs(false),
+        0,
+        0..0,
+        0x1111,
+    );
+    // The answerer never sent: its file exists and is empty.
+    let empty = format!("{base}.a.rtp");
+    RecordFile::create(&dir.0, None, &empty, RecordFormat::Adhoc)
+        .unwrap()
+        .finish()
+        .unwrap();
+    let wav = dir.0.join("out.wav");
+    let base = dir.0.join(base);
+    assert_ok(&extractaudio(&[
+        base.to_str().unwrap(),
+        wav.to_str().unwrap(),
+    ]));
+    let samples = read_wav(&wav, 1);
+    assert_eq!(samples.len(), PACKETS * PACKET);
+    for (f, &s) in samples.iter().enumerate() {
+        assert_close(s, expected_o(f).into(), "o", f);
+    }
+}
+
+#[test]
 fn pcap_recordings_given_as_explicit_pair() {
     let dir = TempDir::new("pcap");
     let base = record_call(&dir.0, RecordFormat::Pcap, RecordFormat::Pcap);

@@ -11,7 +11,9 @@
 //!   its range, and that port is one the relay's `I` lists for the call;
 //! - RTP crossed the relay in both directions, counted by `I` during the
 //!   calls and by the `Q` that Kamailio sends for `$rtpstat` at BYE;
-//! - once the calls are over no session is left.
+//! - once the calls are over no session is left;
+//! - with `start_recording()` on the 200 OK (the `R` command), the relay's
+//!   `-r` directory holds both directions of every call afterwards.
 //!
 //! Two more tests drive the relay's other features through Kamailio:
 //! `rtpproxy_stream2uac()` / `rtpproxy_stop_stream2uac()` (`P`, `S`) with
@@ -34,6 +36,7 @@
 //! | unix | 25060, 25061, 25062 | 26000, 26010 / 26020, 26021 | unix socket | 20000-20099 |
 //! | udp  | 25070, 25071, 25072 | 26100, 26110 / 26120, 26121 | 23000 | 20100-20199 |
 //! | set  | 25080, 25081, 25082-25083 | 26200, 26210, 26220 / 26230-26232 | 23010, 23011 | 20200-20299, 20300-20399 |
+//! | record | 25090, 25091, 25092 | 26300, 26310 / 26320, 26321 | 23020 | 20400-20499 |
 //! | prompt | 25100, 25101, 25102 | 26400, 26410 (its SDP names 26414, the test's socket) / 26420, 26421 | 23030 | 20500-20549 |
 //! | timeout | 25103, 25104, 25105 | 26430, 26440 / 26450, 26451 | unix socket | 20550-20599 |
 //!
@@ -59,6 +62,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
+use rtpproxy::rtpp_record::read_recording;
 
 /// Where Debian's sip-tester package puts the recording the caller plays
 /// (named in `tests/sipp/caller.xml`).
@@ -307,6 +311,8 @@ struct Run {
     last_counts: Vec<(u64, u64)>,
     /// Kamailio's `timeout_socket`; empty: none.
     timeout_socket: String,
+    /// Whether Kamailio calls start_recording() on each 2xx answer.
+    recording: bool,
     tools: Tools,
     dir: TempDir,
 }
@@ -327,6 +333,7 @@ impl Run {
             media: BTreeMap::new(),
             last_counts: Vec::new(),
             timeout_socket: String::new(),
+            recording: false,
             tools,
             dir: TempDir::new(name),
         }
@@ -342,7 +349,8 @@ impl Run {
         self.start_relay_with(control, ports, &[])
     }
 
-    /// `start_relay` with more options; a repeated option's last value wins.
+    /// Like `start_relay`, with more options for the relay; a repeated
+    /// option's last value wins.
     fn start_relay_with(
         &mut self,
         control: &str,
@@ -389,6 +397,14 @@ impl Run {
             // Only the prompt test writes the files.
             ("PROMPT", &prompt),
             ("TIMEOUT_SOCKET", &self.timeout_socket),
+            (
+                "RECORDING",
+                if self.recording {
+                    "#!define WITH_RECORDING"
+                } else {
+                    "# no recording"
+                },
+            ),
         ]);
         let cfg = self.path("kamailio.cfg");
         fs::write(&cfg, config).expect("write kamailio.cfg");
@@ -940,8 +956,13 @@ fn parse_info(reply: &str) -> Option<Info> {
 }
 
 /// One relay, one caller placing five calls, one callee: the checks every
-/// single-relay test makes.
-fn single_relay_calls(run: &mut Run, kamailio: u16, callee: Endpoint, caller: Endpoint) {
+/// single-relay test makes. Returns the Call-IDs.
+fn single_relay_calls(
+    run: &mut Run,
+    kamailio: u16,
+    callee: Endpoint,
+    caller: Endpoint,
+) -> BTreeSet<String> {
     const CALLS: u64 = 5;
     let callee = run.start_callee(callee, CALLS);
     let caller = run.start_caller("caller", caller, kamailio, CALLS, 5);
@@ -964,6 +985,7 @@ fn single_relay_calls(run: &mut Run, kamailio: u16, callee: Endpoint, caller: En
             "relay created {created} sessions for {CALLS} calls"
         ));
     }
+    answered
 }
 
 /// Kamailio reaches the relay over its unix stream socket (`unix:/path`).
@@ -1346,6 +1368,63 @@ fn kamailio_timeout_socket_gets_the_timeout_notification() {
     }
     println!("timeout notification {got:?}, {before_bye:?} before the call ended");
     run.expect_no_sessions_left();
+}
+
+/// Kamailio's start_recording() on the 200 OK sends `R`: after the calls,
+/// `-r` holds both directions of each call, with nearly all of its media.
+#[test]
+fn kamailio_start_recording_records_both_directions() {
+    let mut run = Run::new("interop-record");
+    let recordings = run.path("recordings");
+    fs::create_dir(&recordings).expect("create the recording directory");
+    let url = "udp:127.0.0.1:23020";
+    let dir = recordings.to_str().expect("utf-8 temp path");
+    run.start_relay_with(url, 20400..=20499, &["-r", dir]);
+    run.recording = true;
+    run.start_kamailio(25090, 25091, 25092, url);
+    let callee = Endpoint {
+        sip: 25091,
+        media: 26300,
+        control: 26320,
+    };
+    let caller = Endpoint {
+        sip: 25092,
+        media: 26310,
+        control: 26321,
+    };
+    let calls = single_relay_calls(&mut run, 25090, callee, caller);
+    let names: Vec<String> = fs::read_dir(&recordings)
+        .expect("list the recording directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    for call in &calls {
+        for (suffix, who) in [(".o.rtp", "caller"), (".a.rtp", "callee")] {
+            let found: Vec<&String> = names
+                .iter()
+                .filter(|n| n.starts_with(&format!("{call}=")) && n.ends_with(suffix))
+                .collect();
+            let [name] = found[..] else {
+                run.fail(&format!(
+                    "{call}: expected one {suffix} recording, found {found:?} in {names:?}"
+                ));
+            };
+            let bytes = fs::read(recordings.join(name)).expect("read a recording");
+            let packets = read_recording(&bytes)
+                .unwrap_or_else(|e| run.fail(&format!("{name}: unreadable recording: {e}")));
+            // sipp plays and echoes PCMA (payload type 8).
+            let pcma = packets
+                .iter()
+                .filter(|p| p.data.len() > 12 && p.data[1] & 0x7f == 8)
+                .count() as u64;
+            if pcma < MIN_PACKETS_PER_DIRECTION {
+                run.fail(&format!(
+                    "{name}: {pcma} PCMA packets from the {who} recorded ({} in all), \
+                     at least {MIN_PACKETS_PER_DIRECTION} expected",
+                    packets.len()
+                ));
+            }
+        }
+    }
 }
 
 /// The production-shaped example in `contrib/` is a configuration Kamailio

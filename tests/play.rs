@@ -4,7 +4,7 @@
 //! ending with their session.
 //!
 //! Each test has its own UDP control port (228xx) and media range
-//! (18000-18199, twenty ports per test, below the kernel's ephemeral ports).
+//! (18000-18219, twenty ports per test, below the kernel's ephemeral ports).
 
 mod common;
 

@@ -487,7 +487,7 @@ fn write_header(
 
 /// Mixes the placed pieces block by block into the output: stereo puts the
 /// `.o` input on channel 1 and `.a` on channel 2; mono averages the two
-/// inputs (as the classic tool did), or copies the only one.
+/// inputs (as the classic tool did), or copies the only one with audio.
 fn render(
     out: &mut impl Write,
     timeline: &Timeline,
@@ -497,10 +497,17 @@ fn render(
     format: FileFormat,
 ) -> io::Result<()> {
     let channels = if stereo { 2 } else { 1 };
+    // An input without any decodable audio (the empty `.a.rtp` of a
+    // one-way call) is not a direction to average with: it would halve
+    // the other one.
     let divisor = if stereo {
         1
     } else {
-        tracks.len().max(1) as i32
+        tracks
+            .iter()
+            .filter(|t| !t.pieces.is_empty())
+            .count()
+            .max(1) as i32
     };
     let mut acc = vec![0i32; BLOCK_FRAMES * channels];
     let mut bytes = Vec::with_capacity(BLOCK_FRAMES * channels * 2);

@@ -4,11 +4,15 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::{codec_list, Command, ErrorCode, Modifiers, Notify, Reply, StreamIds};
+use super::{
+    codec_list, match_tag, Command, ErrorCode, Modifiers, Notify, Reply, StreamIds, TagMatch,
+};
+use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
 use crate::rtpp_defines::{BindMode, Config, NOTIFY_CAP, PROTO_CAPS};
 use crate::rtpp_log;
 use crate::rtpp_network::parse_remote;
+use crate::rtpp_proc::flush_resizer;
 use crate::rtpp_record::{
     copy_file_name, parse_remote_target, record_file_name, RecordFile, RecordFormat, RemoteCopy,
 };
@@ -33,6 +37,9 @@ pub struct Context<'a> {
 /// Runs one command and says what to answer.
 pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
     match cmd {
+        // While draining, a failed version check keeps Kamailio from
+        // re-enabling this relay for new calls.
+        Command::Version if ctx.sessions.draining => ErrorCode::DRAINING.into(),
         Command::Version => Reply::version(),
         Command::VersionFeature(stamp) => Reply::Number(u64::from(supports(ctx.cfg, stamp))),
         Command::Update {
@@ -87,6 +94,7 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
         } => play(ctx, *count, prompt, codecs, ids),
         Command::Query(ids) => query(ctx, ids),
         Command::Info => info(ctx),
+        Command::Stats { names, count } => stats(ctx, &names[..(*count).min(names.len())]),
         Command::DeleteAll => {
             rtpp_log!(Info, "deleting all active sessions");
             for id in ctx.sessions.ids() {
@@ -131,21 +139,43 @@ fn arm_notify(cfg: &Config, s: &mut Session, notify: Option<&Notify<'_>>) {
 /// for what the caller still owes it (a timeout notification).
 pub fn end_session(sessions: &mut Sessions, id: u32, why: EndReason) -> Option<Session> {
     let mut s = sessions.remove(id)?;
+    if why == EndReason::Timeout {
+        sessions.totals.sessions_timeout += 1;
+    }
     finish_recordings(&mut s);
-    rtpp_log!(
-        Info,
-        "session {}/{} ended ({:?}), ports {}/{}, rtp {}/{}/{}/{}",
+    rtpp_log!(Info, "{}", accounting_line(&s, why));
+    Some(s)
+}
+
+/// The per-call record logged when a session ends: who, how long, what
+/// each side sent over RTP and RTCP, what was dropped, and the RTP loss
+/// each side's sequence numbers show.
+pub fn accounting_line(s: &Session, why: EndReason) -> String {
+    let rtp = &s.streams[RTP];
+    let rtcp = &s.streams[RTCP];
+    format!(
+        "session ended ({why:?}): call_id={} from_tag={} to_tag={} duration={:.3}s ports={}/{} \
+         rtp_caller={}p/{}b rtp_callee={}p/{}b rtcp_caller={}p/{}b rtcp_callee={}p/{}b \
+         relayed={} dropped={} lost_caller={} lost_callee={}",
         show(&s.call_id),
         show(&s.tag),
-        why,
+        s.to_tag.as_deref().map_or("NONE".into(), show),
+        s.created.elapsed().as_secs_f64(),
         s.port(CALLER),
         s.port(CALLEE),
-        s.streams[RTP].parties[CALLER].packets,
-        s.streams[RTP].parties[CALLEE].packets,
-        s.streams[RTP].relayed,
-        s.streams[RTP].dropped
-    );
-    Some(s)
+        rtp.parties[CALLER].packets,
+        rtp.parties[CALLER].bytes,
+        rtp.parties[CALLEE].packets,
+        rtp.parties[CALLEE].bytes,
+        rtcp.parties[CALLER].packets,
+        rtcp.parties[CALLER].bytes,
+        rtcp.parties[CALLEE].packets,
+        rtcp.parties[CALLEE].bytes,
+        rtp.relayed + rtcp.relayed,
+        rtp.dropped + rtcp.dropped,
+        rtp.parties[CALLER].seq.lost(),
+        rtp.parties[CALLEE].seq.lost(),
+    )
 }
 
 /// Records both directions of a session's RTP (and RTCP unless `-R`) into
@@ -331,8 +361,18 @@ fn copy(ctx: &mut Context<'_>, target: &[u8], ids: &StreamIds<'_>) -> Reply {
             continue;
         }
         let name = format!("{base}.{}", if kind == RTP { "rtp" } else { "rtcp" });
-        if let Some(old) = s.recorders[kind][party].take() {
-            let _ = old.finish();
+        // As in the classic daemon, a direction already recorded (by R, -a
+        // or an earlier C) keeps its file: replacing it would cut that
+        // recording short in the middle of the call.
+        if let Some(current) = &s.recorders[kind][party] {
+            rtpp_log!(
+                Info,
+                "{}/{}: already recording to {}, {name} not opened",
+                show(&s.call_id),
+                show(&s.tag),
+                current.path().display()
+            );
+            continue;
         }
         s.recorders[kind][party] = open_recording(ctx.cfg, dir, &name, kind);
     }
@@ -376,6 +416,14 @@ fn update_or_lookup(
                 addr: Some(default_ip(cfg, mods)),
             };
         }
+        None if ctx.sessions.draining => {
+            rtpp_log!(
+                Info,
+                "draining: not creating session {}, no reply so the proxy tries another relay",
+                show(ids.call_id)
+            );
+            return Reply::Silent;
+        }
         None => {
             let ips = leg_ips(cfg, mods);
             let id = ctx.sessions.create(ids.call_id, ids.from_tag, ips, ctx.now);
@@ -386,11 +434,6 @@ fn update_or_lookup(
                 show(ids.from_tag),
                 if mods.weak { "weak" } else { "strong" }
             );
-            if cfg.record_all {
-                if let Some(s) = ctx.sessions.get_mut(id) {
-                    start_recording(cfg, s);
-                }
-            }
             (id, CALLER, true)
         }
     };
@@ -406,10 +449,24 @@ fn update_or_lookup(
     let Some(s) = ctx.sessions.get_mut(id) else {
         return ErrorCode::NOT_FOUND.into();
     };
+    // Only once the session has its first leg: a `U` refused for want of
+    // ports must not leave empty recordings of a call that never existed.
+    if created && cfg.record_all {
+        start_recording(cfg, s);
+    }
     if mods.weak {
         s.weak[who] = true;
     } else if !lookup {
         s.strong = true;
+    }
+    if s.to_tag.is_none() {
+        // The tag that is not the session's is the other party's.
+        let other = if match_tag(&s.tag, ids.from_tag) != TagMatch::None {
+            ids.to_tag
+        } else {
+            Some(ids.from_tag)
+        };
+        s.to_tag = other.map(Into::into);
     }
     s.last_rx = [ctx.now; 2];
     let remote = parse_remote(addr, port, mods.ipv6);
@@ -441,6 +498,27 @@ fn update_or_lookup(
     s.streams[RTP].parties[who].signal(remote, asymmetric, ctx.now);
     s.streams[RTCP].parties[who].signal(rtcp_remote, asymmetric, ctx.now);
     s.codecs[who] = mods.codecs.map(Into::into);
+    match mods.ptime_ms {
+        Some(ms) if s.resizers[who].as_ref().map(Resizer::target_ms) != Some(ms) => {
+            rtpp_log!(
+                Info,
+                "RTP packets from {} will be resized to {ms} ms",
+                party_name(who)
+            );
+            flush_resizer(s, who, cfg.double_small);
+            s.resizers[who] = Some(Resizer::new(ms));
+        }
+        Some(_) => {}
+        None if s.resizers[who].is_some() => {
+            rtpp_log!(
+                Info,
+                "resizing of RTP packets from {} disabled",
+                party_name(who)
+            );
+            flush_resizer(s, who, cfg.double_small);
+        }
+        None => {}
+    }
     let ip = s.legs[answered]
         .as_ref()
         .map_or(s.leg_ips[answered], |l| l.ip);
@@ -538,6 +616,41 @@ fn query(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
     ))
 }
 
+/// `G`: `name=value` pairs of the daemon's counters; every counter when no
+/// name is given; an unknown name is `E1`.
+fn stats(ctx: &mut Context<'_>, names: &[&[u8]]) -> Reply {
+    let c = ctx.sessions.counters();
+    let all: [(&str, u64); 13] = [
+        ("nsess_created", ctx.sessions.created_total),
+        ("nsess_destroyed", c.sessions_destroyed),
+        ("nsess_timeout", c.sessions_timeout),
+        ("nsess_active", ctx.sessions.active() as u64),
+        ("npkts_rcvd", c.packets_received),
+        ("npkts_relayed", c.packets_relayed),
+        ("npkts_discard", c.packets_dropped),
+        ("npkts_played", c.packets_played),
+        ("ncmds_rcvd", c.commands_received),
+        ("ncmds_succd", c.commands_succeeded),
+        ("ncmds_errs", c.commands_failed),
+        ("ncmds_repld", c.commands_repeated),
+        ("nlog_dropped", crate::rtpp_log::dropped_lines()),
+    ];
+    let mut out = Vec::new();
+    if names.is_empty() {
+        out.extend(all.iter().map(|(n, v)| format!("{n}={v}")));
+    }
+    for name in names {
+        match all.iter().find(|(n, _)| n.as_bytes() == *name) {
+            Some((n, v)) => out.push(format!("{n}={v}")),
+            None => {
+                rtpp_log!(Err, "G: unknown counter {}", show(name));
+                return ErrorCode::SYNTAX.into();
+            }
+        }
+    }
+    Reply::Text(out.join(" "))
+}
+
 fn info(ctx: &mut Context<'_>) -> Reply {
     let sessions = &*ctx.sessions;
     let mut out = String::new();
@@ -590,6 +703,14 @@ fn info_line(out: &mut String, s: &Session, kind: usize, ttl: [u64; 2]) {
         ttl[CALLER],
         ttl[CALLEE]
     );
+}
+
+fn party_name(party: usize) -> &'static str {
+    if party == CALLER {
+        "caller"
+    } else {
+        "callee"
+    }
 }
 
 fn not_found(what: &str, ids: &StreamIds<'_>) -> Reply {

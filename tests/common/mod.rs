@@ -362,6 +362,222 @@ pub fn reply_addr(reply: &str, default_ip: &str) -> SocketAddr {
     }
 }
 
+impl Rtpproxy {
+    /// Waits (bounded) for the process to exit on its own, e.g. after a
+    /// signal sent with `signal`; None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// What `/proc/PID/stat` says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+    pub session: u32,
+}
+
+/// Reads `/proc/PID/stat`; None when there is no such process.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the
+    // last `)`.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+    })
+}
+
+/// True while `pid` runs (a zombie waiting to be reaped does not count).
+pub fn pid_alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+/// Waits (bounded) until `pid` no longer runs; true if it ended in time.
+pub fn wait_pid_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Sends one command to a unix control socket and returns the reply
+/// without its final newline; None when nobody answers within a second.
+pub fn unix_command(path: &Path, cmd: &str) -> Option<String> {
+    let mut s = UnixStream::connect(path).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(cmd.as_bytes()).ok()?;
+    s.shutdown(std::net::Shutdown::Write).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.trim_end_matches('\n').to_string())
+}
+
+/// A daemon started without `-f`: the command returns once the daemon has
+/// forked into the background (or failed to start), and the daemon's pid
+/// comes from its pidfile. A daemon still running when this is dropped is
+/// killed by that pid, after checking that the pid still is this daemon
+/// (its command line names this daemon's temp dir).
+pub struct Background {
+    dir: TempDir,
+    /// How the starting command exited.
+    pub status: std::process::ExitStatus,
+    /// What the starting command wrote to stderr.
+    pub stderr: String,
+    /// The daemon's pid, read from the pidfile after a successful start.
+    pub pid: Option<u32>,
+    pidfile: PathBuf,
+    control: Option<PathBuf>,
+}
+
+impl Background {
+    /// Runs the daemon without `-f` in a fresh temp dir. Unless given, `-p`
+    /// puts the pidfile and `-s` a unix control socket (`ctl.sock`) there.
+    pub fn start(args: &[&str]) -> Background {
+        Background::start_in(TempDir::new("bg"), args)
+    }
+
+    /// Like `start`, in a temp dir the caller prepared (e.g. chowned).
+    pub fn start_in(dir: TempDir, args: &[&str]) -> Background {
+        let mut argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let control = match args.iter().position(|a| *a == "-s") {
+            Some(i) => args.get(i + 1).and_then(|s| match parse_ctrl(s) {
+                Ctrl::Unix(p) => Some(p),
+                Ctrl::Udp(_) => None,
+            }),
+            None => {
+                let p = dir.path().join("ctl.sock");
+                argv.push("-s".into());
+                argv.push(format!("unix:{}", p.display()));
+                Some(p)
+            }
+        };
+        let pidfile = match args.iter().position(|a| *a == "-p") {
+            Some(i) => PathBuf::from(args.get(i + 1).copied().unwrap_or_default()),
+            None => {
+                let p = dir.path().join("rtpproxy.pid");
+                argv.push("-p".into());
+                argv.push(p.display().to_string());
+                p
+            }
+        };
+        let err_path = dir.path().join("start.err");
+        let err = std::fs::File::create(&err_path).expect("stderr file");
+        let mut child = Command::new(bin_path())
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn rtpproxy");
+        // The starting process waits up to 10 s for the daemon's report.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("rtpproxy {argv:?} did not return to its caller within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let mut bg = Background {
+            dir,
+            status,
+            stderr,
+            pid: None,
+            pidfile,
+            control,
+        };
+        if status.success() {
+            bg.pid = std::fs::read_to_string(&bg.pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+        }
+        bg
+    }
+
+    /// The pid of a daemon that started; panics with its stderr otherwise.
+    pub fn running_pid(&self) -> u32 {
+        match (self.status.success(), self.pid) {
+            (true, Some(pid)) => pid,
+            _ => panic!(
+                "rtpproxy did not start ({}), pid {:?}:\n{}",
+                self.status, self.pid, self.stderr
+            ),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pidfile(&self) -> &Path {
+        &self.pidfile
+    }
+
+    /// The unix control socket's path (None for UDP control).
+    pub fn control_path(&self) -> Option<&Path> {
+        self.control.as_deref()
+    }
+
+    /// Sends a command over the unix control socket.
+    pub fn command(&self, cmd: &str) -> Option<String> {
+        unix_command(self.control.as_deref()?, cmd)
+    }
+
+    /// True when `pid` is a process of this daemon (its command line names
+    /// this daemon's temp dir), so it may be signalled.
+    fn owns(&self, pid: u32) -> bool {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let dir = self.dir.path().display().to_string();
+        pid_alive(pid) && String::from_utf8_lossy(&cmdline).contains(&dir)
+    }
+
+    /// Sends a signal by name to the daemon, if it still runs.
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.pid.filter(|&p| self.owns(p)) {
+            signal(pid, name);
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let from_file = std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        for pid in [self.pid, from_file].into_iter().flatten() {
+            if self.owns(pid) {
+                signal(pid, "KILL");
+                wait_pid_gone(pid, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Puts a process (or, with 0, the calling thread) in the real-time
 /// scheduling class, when allowed (root). Timing tests use it so that what
 /// they measure is the daemon, not the other processes of a busy machine
