@@ -236,8 +236,10 @@ pub fn next_timer(sessions: &Sessions) -> Option<Instant> {
 
 fn play_due(s: &mut Session, now: Instant, buf: &mut [u8], double_small: bool) {
     for party in 0..2 {
-        // A player yields one packet per call; after a stall it re-anchors
-        // instead of bursting, so a handful of calls always suffices.
+        // A player yields one packet per call. After a stall its backlog
+        // (at most rtp_server::CATCH_UP_LIMIT) goes out a few packets per
+        // pass: while a packet is overdue the poll timeout is zero, so the
+        // rest follows at once without one session holding the loop.
         for _ in 0..4 {
             let Some(player) = &mut s.players[party] else {
                 break;
