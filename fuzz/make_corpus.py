@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of every fuzz target into fuzz/corpus/<target>/.
+
+Small, valid-looking inputs the fuzzer mutates from: command sessions,
+RTP streams, ad-hoc and PCAP recordings, WAV files, latching sequences.
+Run it again after changing a format; the files are committed.
+"""
+import os
+import struct
+import wave
+import io
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def put(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# --- command: one command per line, run against one session table ---------
+COMMANDS = {
+    "call": "U c1 127.0.0.1 4000 ftag;1\nL c1 127.0.0.1 4002 ftag;1 ttag;1\n"
+            "Q c1 ftag;1 ttag;1\nI\nG nsess_active\nD c1 ftag\n",
+    "modifiers": "Uasw6z20c0,8,101 c2 ::1 4000 f\nLie c2 127.0.0.1 0 f t\n"
+                 "Uz15 c3 127.0.0.1 4000 f\nUc8,,0 c3 127.0.0.1 4000 f\n",
+    "play": "U c4 127.0.0.1 4000 f\nP-1 c4 /nonexistent/prompt 0,8 f\n"
+            "P c4 p session f\nS c4 f\nP0 c4 p 18 f t\n",
+    "record": "U c5 127.0.0.1 4000 f\nR c5 f\nC c5 ../../etc/passwd f\n"
+              "C c5 udp:127.0.0.1:9000 f\nC c5 udp6:[::1]:9 f t\n",
+    "notify": "U c6 127.0.0.1 4000 f t /tmp/rtpp-fuzz-notify.sock tag%20x\n"
+              "U c6 127.0.0.1 4000 f t unix:/tmp/other.sock\n"
+              "U c6 127.0.0.1 4000 f t /tmp/s bad%zz\n",
+    "versions": "V\nVF 20050322\nVF 20081224 x\nV a b\nvf\nX\nZ\n\n",
+    "streams": "U c7 127.0.0.1 4000 f;1\nU c7 127.0.0.1 4004 f;2\n"
+               "L c7 127.0.0.1 5000 f;2 t;2\nD c7 f\nI\n",
+    "exhaust": "".join(f"U ex{i} 127.0.0.1 {4000 + 2 * i} f\n" for i in range(24)) + "X\n",
+    "weak": "Uw c8 127.0.0.1 4000 f\nLw c8 127.0.0.1 4002 f t\nD c8 f t\nQ c8 f t\n",
+    "cookie": "ck123 U c9 127.0.0.1 4000 f\r\n",
+    "bridge": "\x01\nUie cb 127.0.0.1 4000 f\nLei cb 127.0.0.2 4000 f t\nUee cb 127.0.0.1 4000 f\n",
+    "hostile": "U \x80\xff\xfe 127.0.0.1 4000 \xc3\x28\nU " + "x" * 1100 + " 1.2.3.4 1 f\n"
+               "U c 999.1.1.1 99999 f\nU c ::ffff:1.2.3.4 4000 f\nDw c f\n",
+}
+for name, text in COMMANDS.items():
+    put("command", name, text.encode("latin-1"))
+
+
+# --- rtp: [target][gap ms, len lo, len hi, packet]* -----------------------
+def rtp(pt, seq, ts, payload, marker=0, ssrc=0x1234, b0=0x80):
+    return struct.pack("!BBHII", b0, (marker << 7) | pt, seq & 0xFFFF,
+                       ts & 0xFFFFFFFF, ssrc) + payload
+
+
+def stream(target, packets):
+    out = bytes([target])
+    for gap, p in packets:
+        out += bytes([gap]) + struct.pack("<H", len(p)) + p
+    return out
+
+
+put("rtp", "pcmu_20_to_40", stream(3, [(20, rtp(0, i, i * 160, bytes(160), i == 0))
+                                       for i in range(12)]))
+put("rtp", "pcma_split", stream(0, [(30, rtp(8, i, i * 240, bytes(240))) for i in range(6)]))
+put("rtp", "gsm", stream(5, [(20, rtp(3, i, i * 160, bytes(33))) for i in range(8)]))
+put("rtp", "g729_sid", stream(1, [(20, rtp(18, i, i * 160, bytes(20 if i % 3 else 22)))
+                                  for i in range(8)]))
+put("rtp", "reorder", stream(2, [(20, rtp(0, s, s * 160, bytes(160))) for s in (0, 2, 1, 3, 3, 9, 4)]))
+put("rtp", "ssrc_change", stream(3, [(20, rtp(0, i, i * 160, bytes(160), ssrc=i // 3))
+                                     for i in range(9)]))
+put("rtp", "ts_jump", stream(3, [(20, rtp(0, i, (i * 160) if i < 4 else 0x7FFF0000 + i, bytes(160)))
+                                 for i in range(8)]))
+put("rtp", "csrc_ext_pad", stream(3, [(20, rtp(0, 1, 160, bytes([0, 0, 0, 1, 0xbe, 0xde, 0, 1, 9, 9, 9, 9])
+                                               + bytes(160) + bytes([0, 2]), b0=0x80 | 0x30 | 1))]))
+put("rtp", "not_rtp", stream(1, [(10, b"\x00" * 20), (10, b"\x80"), (10, b"garbage!" * 4)]))
+put("rtp", "huge", stream(99, [(0, rtp(0, 1, 160, bytes(8000)))]))
+
+
+# --- recording: ad-hoc (40-byte header) and PCAP --------------------------
+def adhoc(packets):
+    out = b""
+    for (ip, port, t, data) in packets:
+        if ":" in ip:
+            fam, addr = 10, bytes(16)
+            addr = b"\x00" * 15 + b"\x01"
+        else:
+            fam, addr = 2, bytes(int(x) for x in ip.split("."))
+        block = struct.pack("<H", fam) + struct.pack("!H", port) + addr
+        block = block.ljust(20, b"\x00")
+        out += block + bytes(4) + struct.pack("<d", t) + struct.pack("<H", len(data)) + bytes(6) + data
+    return out
+
+
+def ipv4_udp(src, sport, dst, dport, data):
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                      bytes(int(x) for x in src.split(".")), bytes(int(x) for x in dst.split(".")))
+    return hdr + udp
+
+
+def pcap(frames, linktype=0):
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+    for i, f in enumerate(frames):
+        out += struct.pack("<IIII", 1700000000 + i, 20000 * i, len(f), len(f)) + f
+    return out
+
+
+pkts = [rtp(0, i, i * 160, bytes(160)) for i in range(3)]
+put("recording", "adhoc_v4", adhoc([("127.0.0.1", 4000, 1.7e9 + i, p) for i, p in enumerate(pkts)]))
+put("recording", "adhoc_v6", adhoc([("::1", 4000, 1.7e9, pkts[0])]))
+put("recording", "adhoc_truncated", adhoc([("127.0.0.1", 4000, 0.0, pkts[0])])[:-30])
+put("recording", "pcap_null", pcap([struct.pack("<I", 2) + ipv4_udp("127.0.0.1", 4000, "127.0.0.1", 35000, p)
+                                    for p in pkts]))
+put("recording", "pcap_raw", pcap([ipv4_udp("10.0.0.1", 4000, "10.0.0.2", 5000, pkts[0])], linktype=101))
+eth = bytes(12) + b"\x81\x00\x00\x01" + b"\x08\x00" + ipv4_udp("127.0.0.1", 1, "127.0.0.1", 2, pkts[1])
+put("recording", "pcap_vlan", pcap([eth], linktype=1))
+v6 = (struct.pack("!IHBB", 0x60000000, 8 + 160, 17, 64) + bytes(15) + b"\x01" + bytes(15) + b"\x01"
+      + struct.pack("!HHHH", 4000, 5000, 168, 0) + bytes(160))
+put("recording", "pcap_v6", pcap([struct.pack("<I", 10) + v6]))
+put("recording", "pcap_big_endian", struct.pack(">IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 0))
+
+
+# --- wav --------------------------------------------------------------------
+def wav(rate=8000, channels=1, width=2, frames=80):
+    b = io.BytesIO()
+    with wave.open(b, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(bytes(frames * channels * width))
+    return b.getvalue()
+
+
+put("wav", "pcm16_8k", wav())
+put("wav", "pcm16_16k_stereo", wav(16000, 2))
+put("wav", "pcm8", wav(width=1))
+w = wav()
+put("wav", "extra_chunk", w[:12] + b"LIST\x04\x00\x00\x00abcd" + w[12:])
+put("wav", "data_size_unknown", w[:40] + b"\xff\xff\xff\xff" + w[44:])
+ext = (b"RIFF" + struct.pack("<I", 0) + b"WAVE" + b"fmt " + struct.pack("<I", 40)
+       + struct.pack("<HHIIHHHHI", 0xFFFE, 1, 8000, 16000, 2, 16, 22, 16, 4)
+       + struct.pack("<H", 1) + b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+       + b"data" + struct.pack("<I", 4) + bytes(4))
+put("wav", "extensible", ext)
+put("wav", "rifx", b"RIFX" + w[4:])
+
+# --- latch: (op, arg) pairs -------------------------------------------------
+put("latch", "prefill_then_stranger", bytes([2, 0x80, 0, 0, 1, 5, 3, 100, 0, 9]))
+put("latch", "resignal_window", bytes([0, 0, 2, 0x85, 1, 9, 3, 255, 3, 255, 3, 255, 3, 255, 0, 10]))
+put("latch", "asymmetric", bytes([2, 0xC0, 0, 1, 0, 4, 2, 0x40, 0, 8]))
