@@ -72,6 +72,11 @@ pub struct Party {
     pub asymmetric: bool,
     /// After a re-signalling U/L, a new source may take over until then.
     pub update_until: Option<Instant>,
+    /// The address a U/L last signalled for this party (its SDP).
+    pub signalled: Option<SocketAddr>,
+    /// The party was taken by a source other than `signalled`: until then
+    /// a packet from the signalled address itself takes it back.
+    pub reclaim_until: Option<Instant>,
     /// Packets accepted from this party.
     pub packets: u64,
     /// Bytes accepted from this party.
@@ -134,6 +139,13 @@ impl Party {
     /// re-signals the party opens a short window for a new source; a packet
     /// from the current address closes it, so a stranger cannot take over a
     /// party that keeps sending (PROTOCOL.md: "RTP bleed").
+    ///
+    /// A stranger that sends first (it raced the real party to the relay
+    /// port) holds the party only provisionally: for [`UPDATE_WINDOW`] a
+    /// packet from exactly the signalled address takes it back, and the
+    /// party is then locked to that address. The signalled address is the
+    /// SIP proxy's word, and a forger of it could not receive the media
+    /// anyway, so this hands nothing to anyone the SDP did not name.
     pub fn accept(&mut self, src: SocketAddr, now: Instant) -> Verdict {
         if self.asymmetric {
             return match self.addr {
@@ -149,9 +161,7 @@ impl Party {
             if self.addr.is_some_and(|a| a != src) {
                 self.untrusted = true;
             }
-            self.addr = Some(src);
-            self.latched = true;
-            self.update_until = None;
+            self.latch(src, now);
             return Verdict::Latched;
         }
         if self.addr == Some(src) {
@@ -159,12 +169,28 @@ impl Party {
             return Verdict::Accept;
         }
         if self.update_until.is_some_and(|t| now < t) {
-            self.addr = Some(src);
             self.untrusted = true;
-            self.update_until = None;
+            self.latch(src, now);
+            return Verdict::Latched;
+        }
+        if self.signalled == Some(src) && self.reclaim_until.is_some_and(|t| now < t) {
+            self.untrusted = false;
+            self.latch(src, now);
             return Verdict::Latched;
         }
         Verdict::Reject
+    }
+
+    /// Locks the party to `src`; see `accept` for when the signalled
+    /// address may still take it back.
+    fn latch(&mut self, src: SocketAddr, now: Instant) {
+        self.addr = Some(src);
+        self.latched = true;
+        self.update_until = None;
+        self.reclaim_until = match self.signalled {
+            Some(s) if s != src => Some(now + UPDATE_WINDOW),
+            _ => None,
+        };
     }
 
     /// Applies the address a U/L signalled for this party.
@@ -173,6 +199,7 @@ impl Party {
         let Some(remote) = remote else {
             return;
         };
+        self.signalled = Some(remote);
         if asymmetric || !self.latched {
             self.addr = Some(remote);
             return;
@@ -609,6 +636,31 @@ mod tests {
         // The classic daemon left this party open: a stranger took over.
         assert_eq!(p.accept(addr("10.6.6.6:6666"), now), Verdict::Reject);
         assert_eq!(p.addr, Some(addr("10.0.0.1:4000")));
+    }
+
+    #[test]
+    fn signalled_address_takes_back_a_party_a_stranger_raced_to() {
+        let now = Instant::now();
+        let mut p = Party::default();
+        p.signal(Some(addr("10.0.0.1:4000")), false, now);
+        // The stranger's packet arrives first and latches.
+        assert_eq!(p.accept(addr("10.6.6.6:6666"), now), Verdict::Latched);
+        // The real party speaks from the address its SDP named: it wins,
+        // and from then on the stranger is a stranger.
+        let later = now + Duration::from_millis(300);
+        assert_eq!(p.accept(addr("10.0.0.1:4000"), later), Verdict::Latched);
+        assert_eq!(p.addr, Some(addr("10.0.0.1:4000")));
+        assert!(!p.untrusted);
+        assert_eq!(p.accept(addr("10.6.6.6:6666"), later), Verdict::Reject);
+        assert_eq!(p.accept(addr("10.0.0.1:4000"), later), Verdict::Accept);
+        // Only the signalled address may take it back, and only for a while.
+        let mut q = Party::default();
+        q.signal(Some(addr("192.168.1.2:4000")), false, now);
+        assert_eq!(q.accept(addr("1.2.3.4:5000"), now), Verdict::Latched);
+        assert_eq!(q.accept(addr("10.6.6.6:6666"), now), Verdict::Reject);
+        let late = now + UPDATE_WINDOW + Duration::from_millis(1);
+        assert_eq!(q.accept(addr("192.168.1.2:4000"), late), Verdict::Reject);
+        assert_eq!(q.addr, Some(addr("1.2.3.4:5000")));
     }
 
     #[test]
