@@ -44,6 +44,10 @@ pub const REPLY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// commands a second for 30 s would need more, but a SIP proxy retransmits
 /// within a second or two, and this bounds the memory to a few MiB.
 pub const REPLY_CACHE_MAX: usize = 65536;
+/// And at most this many bytes of cookies and replies: the count alone
+/// let `I` replies (a dozen KB with 50 sessions, more with more) pile up
+/// to gigabytes within the 30 s, as tests/hardening.rs found.
+pub const REPLY_CACHE_MAX_BYTES: usize = 4 << 20;
 
 type CacheKey = (SocketAddr, Box<[u8]>);
 
@@ -53,6 +57,8 @@ type CacheKey = (SocketAddr, Box<[u8]>);
 struct ReplyCache {
     replies: HashMap<CacheKey, Box<[u8]>>,
     order: VecDeque<(Instant, CacheKey)>,
+    /// Cookie and reply bytes held.
+    bytes: usize,
 }
 
 impl ReplyCache {
@@ -60,11 +66,14 @@ impl ReplyCache {
         while let Some((at, _)) = self.order.front() {
             if now.saturating_duration_since(*at) < REPLY_CACHE_TTL
                 && self.order.len() <= REPLY_CACHE_MAX
+                && self.bytes <= REPLY_CACHE_MAX_BYTES
             {
                 break;
             }
             if let Some((_, key)) = self.order.pop_front() {
-                self.replies.remove(&key);
+                if let Some(reply) = self.replies.remove(&key) {
+                    self.bytes -= key.1.len() + reply.len();
+                }
             }
         }
     }
@@ -77,9 +86,12 @@ impl ReplyCache {
 
     fn put(&mut self, from: SocketAddr, cookie: &[u8], reply: &[u8], now: Instant) {
         let key: CacheKey = (from, cookie.into());
-        if self.replies.insert(key.clone(), reply.into()).is_none() {
-            self.order.push_back((now, key));
+        let size = cookie.len() + reply.len();
+        match self.replies.insert(key.clone(), reply.into()) {
+            None => self.order.push_back((now, key)),
+            Some(old) => self.bytes -= cookie.len() + old.len(),
         }
+        self.bytes += size;
         self.expire(now);
     }
 }
@@ -334,5 +346,32 @@ fn read_client(client: &mut Client, now: Instant) -> bool {
             Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
             Err(_) => return true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_cache_is_bounded_in_bytes_and_keeps_the_newest() {
+        let mut cache = ReplyCache::default();
+        let from: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let now = Instant::now();
+        let big = vec![b'x'; 100 * 1024];
+        for i in 0..200 {
+            cache.put(from, format!("c{i}").as_bytes(), &big, now);
+            assert!(cache.bytes <= REPLY_CACHE_MAX_BYTES);
+        }
+        assert!(cache.get(from, b"c199").is_some());
+        assert!(cache.get(from, b"c0").is_none());
+        assert_eq!(cache.replies.len(), cache.order.len());
+        // Replacing a reply accounts for the old one.
+        cache.put(from, b"c199", b"0\n", now);
+        let held: usize = cache.replies.iter().map(|(k, r)| k.1.len() + r.len()).sum();
+        assert_eq!(cache.bytes, held);
+        // Expiry by age empties it.
+        cache.expire(now + REPLY_CACHE_TTL);
+        assert_eq!((cache.replies.len(), cache.bytes), (0, 0));
     }
 }
