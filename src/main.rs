@@ -461,7 +461,14 @@ fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdo
         last_poll = now;
         let ready = match sessions.polls.poll(timeout_ms) {
             Ok(n) => n,
-            Err(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // EINVAL: more entries than the open-files limit (lowered
+                // under a running daemon). Retrying at once would spin.
+                rtpp_log!(Err, "poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
         };
         let now = Instant::now();
         busy = ready > 0 && relay_ready(cfg, sessions, RTP, now, &mut batch, ready);

@@ -362,6 +362,12 @@ pub struct Sessions {
     pub rng: Random,
     /// Graceful drain (SIGUSR1): no new sessions; see `Reply::Silent`.
     pub draining: bool,
+    /// Most entries a poll set may have: poll(2) fails with EINVAL when
+    /// asked for more than the open-files limit, and the unix control's 32
+    /// client slots count whether open or not. With a low `-L` the RTP
+    /// set could pass the limit while descriptors were still free, and
+    /// every poll after that failed: the daemon went deaf and spun.
+    pub max_polled: usize,
 }
 
 impl Sessions {
@@ -380,6 +386,7 @@ impl Sessions {
             timed: Vec::new(),
             rng: Random::new(),
             draining: false,
+            max_polled: usize::try_from(crate::rtpp_util::nofile_limit()).unwrap_or(usize::MAX),
         }
     }
 
@@ -519,7 +526,8 @@ impl Sessions {
     }
 
     /// Opens the socket pair of a party's leg if it has none; returns its
-    /// port, or `None` when the port range is exhausted.
+    /// port, or `None` when the port range is exhausted (or the poll sets
+    /// are as large as the open-files limit lets poll(2) take).
     pub fn ensure_leg(&mut self, id: u32, party: usize, tos: Option<u8>) -> Option<u16> {
         let ip = {
             let s = self.get(id)?;
@@ -528,6 +536,9 @@ impl Sessions {
             }
             s.leg_ips[party]
         };
+        if self.polls.len().max(self.rtcp_polls.len()) >= self.max_polled {
+            return None;
+        }
         let (port, rtp, rtcp) = self.ports.allocate_pair(ip, tos)?;
         let slots = [RTP, RTCP].map(|kind| {
             let fd = if kind == RTP {
@@ -735,6 +746,29 @@ mod tests {
             }
         }
         assert_eq!(u.lost(), 9);
+    }
+
+    #[test]
+    fn poll_sets_never_pass_the_open_files_limit() {
+        let now = Instant::now();
+        let mut rng = crate::rtpp_util::Random::with_seed(2);
+        let mut t = Sessions::new(PortTable::new(40100, 40199, &mut rng));
+        // The unix control's 32 client slots and its listener.
+        for _ in 0..33 {
+            t.polls.add(-1, Owner::Control);
+        }
+        t.max_polled = 40;
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut legs = 0;
+        for i in 0..20u8 {
+            let id = t.create(&[i], b"f", [ip, ip], now);
+            if t.ensure_leg(id, CALLER, None).is_none() {
+                break;
+            }
+            legs += 1;
+        }
+        assert_eq!(legs, 7);
+        assert_eq!(t.polls.len(), 40);
     }
 
     #[test]
