@@ -4,6 +4,7 @@
 //! costs a poll slot until its deadline, never the loop's time.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -21,6 +22,8 @@ pub const MAX_CLIENTS: usize = 32;
 /// A command without a final newline is taken as complete after this much
 /// silence (every real client writes its command in one go).
 const QUIET: Duration = Duration::from_millis(10);
+/// How long the listener rests when no descriptor is left to accept with.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 struct Client {
     stream: UnixStream,
@@ -34,6 +37,14 @@ enum Kind {
         listener: UnixListener,
         path: PathBuf,
         clients: Vec<Option<Client>>,
+        /// A descriptor held in reserve (on /dev/null): when sessions have
+        /// taken every descriptor the limit allows, closing it lets one
+        /// more client in, so a `D` can still come and free some.
+        spare: Option<File>,
+        /// The listener is out of the poll set until then: accept(2) fails
+        /// for want of a descriptor, and polling a listener that stays
+        /// readable would spin the loop.
+        paused_until: Option<Instant>,
     },
     Udp(UdpSocket, ReplyCache),
 }
@@ -131,6 +142,8 @@ impl Control {
                     listener,
                     path: path.clone(),
                     clients: (0..MAX_CLIENTS).map(|_| None).collect(),
+                    spare: open_spare(),
+                    paused_until: None,
                 }
             }
         };
@@ -205,8 +218,13 @@ impl Control {
                 }
             }
             Kind::Unix {
-                listener, clients, ..
+                listener,
+                clients,
+                spare,
+                paused_until,
+                ..
             } => {
+                let mut closed = false;
                 for (i, slot) in clients.iter_mut().enumerate() {
                     let Some(client) = slot else { continue };
                     let pslot = self.first + 1 + i;
@@ -227,10 +245,34 @@ impl Control {
                         }
                         sessions.polls.set_fd(pslot, -1);
                         *slot = None;
+                        closed = true;
                     }
                 }
-                if listener_ready {
-                    accept_clients(listener, clients, &mut sessions.polls, self.first, now);
+                // A client just gave its descriptor back: keep it in reserve.
+                if closed && spare.is_none() {
+                    *spare = open_spare();
+                }
+                if paused_until.is_some_and(|t| now >= t) {
+                    *paused_until = None;
+                    sessions.polls.set_fd(self.first, listener.as_raw_fd());
+                }
+                if listener_ready && paused_until.is_none() {
+                    let out_of_files = accept_clients(
+                        listener,
+                        clients,
+                        spare,
+                        &mut sessions.polls,
+                        self.first,
+                        now,
+                    );
+                    if out_of_files {
+                        crate::rtpp_log!(
+                            Err,
+                            "can't accept a control connection: out of file descriptors (see -L)"
+                        );
+                        *paused_until = Some(now + ACCEPT_PAUSE);
+                        sessions.polls.set_fd(self.first, -1);
+                    }
                 }
             }
         }
@@ -240,10 +282,15 @@ impl Control {
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.kind {
             Kind::Udp(..) => None,
-            Kind::Unix { clients, .. } => clients
+            Kind::Unix {
+                clients,
+                paused_until,
+                ..
+            } => clients
                 .iter()
                 .flatten()
                 .map(|c| c.quiet_at.map_or(c.deadline, |q| q.min(c.deadline)))
+                .chain(*paused_until)
                 .min(),
         }
     }
@@ -299,20 +346,47 @@ fn serve_udp(
     }
 }
 
+/// Opens the reserve descriptor; None when even that fails.
+fn open_spare() -> Option<File> {
+    File::open("/dev/null").ok()
+}
+
+/// EMFILE or ENFILE: the process or the system has no descriptor left.
+fn out_of_files(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE) | Some(nix::libc::ENFILE)
+    )
+}
+
+/// Accepts waiting connections into free client slots. True when one is
+/// left waiting for want of a descriptor, the spare one included.
 fn accept_clients(
     listener: &UnixListener,
     clients: &mut [Option<Client>],
+    spare: &mut Option<File>,
     polls: &mut PollSet<Owner>,
     first: usize,
     now: Instant,
-) {
+) -> bool {
     for (i, slot) in clients.iter_mut().enumerate() {
         if slot.is_some() {
             continue;
         }
         let stream = match listener.accept() {
             Ok((s, _)) => s,
-            Err(_) => return,
+            Err(e) if out_of_files(&e) => {
+                // Give up the reserve for this client; it comes back when
+                // a client closes.
+                if spare.take().is_none() {
+                    return true;
+                }
+                match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) => return out_of_files(&e),
+                }
+            }
+            Err(_) => return false,
         };
         if stream.set_nonblocking(true).is_err() {
             continue;
@@ -325,6 +399,7 @@ fn accept_clients(
             quiet_at: None,
         });
     }
+    false
 }
 
 /// Reads what the client sent; true when its command is complete (a final
