@@ -81,10 +81,14 @@ impl ReplyCache {
             {
                 break;
             }
-            if let Some((_, key)) = self.order.pop_front() {
-                if let Some(reply) = self.replies.remove(&key) {
-                    self.bytes -= key.1.len() + reply.len();
-                }
+            self.drop_oldest();
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some((_, key)) = self.order.pop_front() {
+            if let Some(reply) = self.replies.remove(&key) {
+                self.bytes -= key.1.len() + reply.len();
             }
         }
     }
@@ -97,6 +101,13 @@ impl ReplyCache {
 
     fn put(&mut self, from: SocketAddr, cookie: &[u8], reply: &[u8], now: Instant) {
         let key: CacheKey = (from, cookie.into());
+        if !self.replies.contains_key(&key) {
+            // Room first: the queue never holds more than its bound, so
+            // it never doubles its buffer for one entry over it.
+            while self.order.len() >= REPLY_CACHE_MAX {
+                self.drop_oldest();
+            }
+        }
         let size = cookie.len() + reply.len();
         match self.replies.insert(key.clone(), reply.into()) {
             None => self.order.push_back((now, key)),
