@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use getopts::Options;
+use rtpproxy::rtpp_account::AccountFile;
 use rtpproxy::rtpp_log;
 
 use rtpproxy::rtpp_command::exec::{end_session, execute, show, Context, EndReason};
@@ -67,6 +68,7 @@ fn options() -> Options {
     o.optmulti("M", "", "highest media port", "port");
     o.optmulti("u", "", "user (and group) to run as", "user[:group]");
     o.optmulti("n", "", "timeout notification socket", "unix:PATH");
+    o.optmulti("A", "", "append one JSON line per ended session", "file");
     o.optmulti("d", "", "log level and syslog facility", "level[:facility]");
     o
 }
@@ -75,7 +77,7 @@ fn usage() -> String {
     "usage: rtpproxy [-2fvFiPaR] [-l addr1[/addr2]] [-6 addr1[/addr2]] [-s path]\n\
      \x20 [-t tos] [-r rdir [-S sdir]] [-T ttl] [-L nofile] [-m port_min]\n\
      \x20 [-M port_max] [-u uname[:gname]] [-n timeout_socket] [-d log_level[:log_facility]]\n\
-     \x20 [-p pid_file]\n"
+     \x20 [-p pid_file] [-A acct_file]\n"
         .to_string()
 }
 
@@ -171,6 +173,12 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
             ));
         }
         cfg.notify_socket = Some(absolute("n", Path::new(path))?);
+    }
+    if let Some(a) = last("A") {
+        if a.is_empty() {
+            return Err("invalid value for -A: empty path".into());
+        }
+        cfg.accounting_file = Some(absolute("A", Path::new(&a))?);
     }
     if let Some(d) = last("d") {
         let (level, facility) = match d.split_once(':') {
@@ -348,6 +356,15 @@ fn run(cfg: &Config) -> Result<(), String> {
                 .map_err(|e| format!("invalid value for -{flag}: {e}"))?;
         }
     }
+    // Opened before the switch to -u, like the control socket: the file
+    // may live where only the starting user can create it.
+    let accounting = match &cfg.accounting_file {
+        Some(path) => Some(
+            AccountFile::open(path)
+                .map_err(|e| format!("invalid value for -A: can't open {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     if let Some(want) = cfg.nofile {
         let granted = raise_nofile(want)?;
         if granted < want {
@@ -391,6 +408,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut rng = Random::new();
     let ports = PortTable::new(cfg.port_min, cfg.port_max, &mut rng);
     let mut sessions = Sessions::new(ports);
+    sessions.accounting = accounting;
     control.register(&mut sessions.polls);
     rtpp_log!(Info, "rtpproxy started, pid {}", std::process::id());
     if let Some(report) = report {
@@ -934,7 +952,8 @@ mod tests {
 
     #[test]
     fn kept_paths_are_absolute() {
-        let c = cfg("-p x.pid -s unix:ctl.sock -n notify.sock -r . -S .");
+        let c = cfg("-p x.pid -s unix:ctl.sock -n notify.sock -r . -S . -A acct.json");
+        assert!(c.accounting_file.is_some_and(|p| p.is_absolute()));
         assert!(c.pid_file.is_absolute());
         assert!(matches!(&c.control, ControlSpec::Unix(p) if p.is_absolute()));
         assert!(c.notify_socket.is_some_and(|p| p.is_absolute()));

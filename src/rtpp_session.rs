@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
+use crate::rtpp_account::AccountFile;
 use crate::rtpp_command::{match_tag, StreamIds, TagMatch};
 use crate::rtpp_defines::UPDATE_WINDOW;
 use crate::rtpp_network::{PollSet, PortTable};
@@ -331,6 +332,8 @@ pub struct Sessions {
     pub rng: Random,
     /// Graceful drain (SIGUSR1): no new sessions; see `Reply::Silent`.
     pub draining: bool,
+    /// `-A`: where each ended session's JSON record is appended.
+    pub accounting: Option<AccountFile>,
 }
 
 impl Sessions {
@@ -348,6 +351,7 @@ impl Sessions {
             timed: Vec::new(),
             rng: Random::new(),
             draining: false,
+            accounting: None,
         }
     }
 
