@@ -669,11 +669,14 @@ fn secure_control_socket(control: &Control, run_as: Option<&RunAs>) -> Result<()
     Ok(())
 }
 
-/// The rest of start-up, in the daemon itself: pidfile, signals, then the
+/// The rest of start-up, in the daemon itself: signals, pidfile, then the
 /// switch to `-u`. The pidfile is removed again when a later step fails.
+/// Signals come first: whoever reads the pidfile may signal the daemon at
+/// once (an init script's `stop` or `drain`), and USR1's default action
+/// would kill it.
 fn finish_start_up(cfg: &Config, run_as: Option<&RunAs>) -> Result<(PidFile, Shutdown), String> {
-    let pidfile = PidFile::create(&cfg.pid_file)?;
     let shutdown = Shutdown::install()?;
+    let pidfile = PidFile::create(&cfg.pid_file)?;
     if let Some(run_as) = run_as {
         drop_privileges(run_as)
             .map_err(|e| format!("can't switch to user {}: {e}", run_as.user))?;
