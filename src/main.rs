@@ -15,14 +15,15 @@ use rtpproxy::rtpp_command::exec::{end_session, execute, show, Context, EndReaso
 use rtpproxy::rtpp_command::{parse, unknown_modifiers, Reply};
 use rtpproxy::rtpp_control::Control;
 use rtpproxy::rtpp_defines::{
-    BindMode, Config, ControlSpec, CPROTOVER, MAX_PACKET, NOTIFY_CAP, PROTO_CAPS, TIMETICK,
+    BindMode, Config, ControlSpec, BATCH_MIN_SOCKETS, BATCH_WINDOW, CPROTOVER, MAX_PACKET,
+    NOTIFY_CAP, PROTO_CAPS, RTCP_POLL_INTERVAL, TIMETICK,
 };
 use rtpproxy::rtpp_log::Level;
 
-use rtpproxy::rtpp_network::{resolve_host, PortTable};
+use rtpproxy::rtpp_network::{resolve_host, PortTable, RecvBatch};
 use rtpproxy::rtpp_notify::Notifier;
 use rtpproxy::rtpp_proc::{drain_slot, next_timer, run_timers};
-use rtpproxy::rtpp_session::{Owner, Sessions, CALLEE, CALLER};
+use rtpproxy::rtpp_session::{Owner, Sessions, CALLEE, CALLER, RTCP, RTP};
 use rtpproxy::rtpp_util::{
     already_running_as, check_writable_dir, close_fds, drop_privileges, inherited_fds,
     raise_nofile, resolve_run_as, Random, RunAs,
@@ -437,9 +438,13 @@ fn run(cfg: &Config) -> Result<(), String> {
 /// cannot starve media either.
 fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdown: &Shutdown) {
     let mut buf = vec![0u8; MAX_PACKET];
+    let mut batch = RecvBatch::new();
     let mut notifier = cfg.notify_socket.clone().map(Notifier::new);
     let mut nofile = rtpproxy::rtpp_util::NofileWatch::new();
     let mut next_tick = Instant::now() + TIMETICK;
+    let mut next_rtcp = Instant::now();
+    let mut last_poll = Instant::now();
+    let mut busy = false;
     while !shutdown.stop.load(Ordering::Relaxed) {
         if shutdown.drain.load(Ordering::Relaxed) && !sessions.draining {
             sessions.draining = true;
@@ -452,21 +457,39 @@ fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdo
         if sessions.draining && sessions.active() == 0 {
             break;
         }
+        let wake = [
+            control.next_deadline(),
+            next_timer(sessions),
+            Some(next_rtcp),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(next_tick, Instant::min);
+        if busy && sessions.polls.len() >= BATCH_MIN_SOCKETS {
+            // Let packets gather (see BATCH_WINDOW), but never past a timer.
+            let until = (last_poll + BATCH_WINDOW).min(wake);
+            if let Some(pause) = until.checked_duration_since(Instant::now()) {
+                std::thread::sleep(pause);
+            }
+        }
         let now = Instant::now();
-        let wake = [control.next_deadline(), next_timer(sessions)]
-            .into_iter()
-            .flatten()
-            .fold(next_tick, Instant::min);
         let timeout = wake.saturating_duration_since(now);
         // Round up so a wake-up is never early and spinning.
         let timeout_ms = timeout.as_micros().div_ceil(1000).min(1000) as i32;
+        last_poll = now;
         let ready = match sessions.polls.poll(timeout_ms) {
             Ok(n) => n,
             Err(_) => continue,
         };
         let now = Instant::now();
-        if ready > 0 {
-            relay_ready(cfg, sessions, now, &mut buf, ready);
+        busy = ready > 0 && relay_ready(cfg, sessions, RTP, now, &mut batch, ready);
+        if now >= next_rtcp {
+            if let Ok(n) = sessions.rtcp_polls.poll(0) {
+                if n > 0 {
+                    relay_ready(cfg, sessions, RTCP, now, &mut batch, n);
+                }
+            }
+            next_rtcp = now + RTCP_POLL_INTERVAL;
         }
         run_timers(sessions, now, &mut buf, cfg.double_small);
         if now >= next_tick {
@@ -483,41 +506,52 @@ fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdo
     }
 }
 
-fn relay_ready(cfg: &Config, sessions: &mut Sessions, now: Instant, buf: &mut [u8], ready: usize) {
+/// Relays from every ready socket of one poll set (RTP or RTCP); returns
+/// whether any media socket was ready.
+fn relay_ready(
+    cfg: &Config,
+    sessions: &mut Sessions,
+    set: usize,
+    now: Instant,
+    batch: &mut RecvBatch,
+    ready: usize,
+) -> bool {
     let mut seen = 0;
+    let mut media = false;
     let mut slot = 0;
-    while slot < sessions.polls.len() && seen < ready {
-        if sessions.polls.ready(slot) {
+    while slot < sessions.poll_set(set).len() && seen < ready {
+        if sessions.poll_set(set).ready(slot) {
             seen += 1;
-            if let Some(Owner::Media { .. }) = sessions.polls.owner(slot) {
-                drain_slot(sessions, slot, cfg.double_small, now, buf);
+            if let Some(Owner::Media { .. }) = sessions.poll_set(set).owner(slot) {
+                media = true;
+                drain_slot(sessions, set, slot, cfg.double_small, now, batch);
             }
         }
         slot += 1;
     }
+    media
 }
 
 /// At shutdown: relays, and so records, what the media sockets still hold,
 /// so that a packet that arrived before the signal is in the recordings
 /// (PROTOCOL.md, "Classic defects"). Bounded, since parties keep sending.
 fn relay_queued_media(cfg: &Config, sessions: &mut Sessions) {
-    let mut buf = vec![0u8; MAX_PACKET];
+    let mut batch = RecvBatch::new();
     let deadline = Instant::now() + FINAL_DRAIN;
     while Instant::now() < deadline {
-        let ready = match sessions.polls.poll(0) {
-            Ok(n) if n > 0 => n,
-            _ => return,
-        };
+        let mut media = false;
+        for set in [RTP, RTCP] {
+            if let Ok(n) = sessions.poll_set(set).poll(0) {
+                if n > 0 {
+                    media |= relay_ready(cfg, sessions, set, Instant::now(), &mut batch, n);
+                }
+            }
+        }
         // A pending control command keeps poll reporting readiness; only
         // media matters here.
-        let media_ready = (0..sessions.polls.len()).any(|slot| {
-            sessions.polls.ready(slot)
-                && matches!(sessions.polls.owner(slot), Some(Owner::Media { .. }))
-        });
-        if !media_ready {
+        if !media {
             return;
         }
-        relay_ready(cfg, sessions, Instant::now(), &mut buf, ready);
     }
 }
 

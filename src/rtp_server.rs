@@ -29,13 +29,20 @@
 //! never accumulates into drift. At start the anchor is the `now` given to
 //! `open` and packet 0 is due at once.
 //!
-//! When the loop comes back late by less than one ptime, the packet goes out
-//! and the schedule stands, so the next one is due on time again. When more
-//! than one packet is overdue (the loop stalled), the backlog is not sent as
-//! a burst, which would only overrun the receiver's jitter buffer: the
-//! schedule is re-anchored so the next packet goes out now and the following
-//! ones follow at ptime from there. Nothing is skipped: the audio resumes
-//! where it stopped, one ptime per packet.
+//! When the loop comes back late, the schedule stands: the packets that fell
+//! due meanwhile go out back to back (one per call) and the stream is on its
+//! grid again. A receiver plays packets by their RTP timestamps, which keep
+//! advancing by one ptime per packet; moving the schedule instead would turn
+//! every late wake-up (a busy or virtual machine delays a process by 10 ms
+//! now and then) into a permanent shift between the timestamps and the wall
+//! clock, a drift that grows with each one. The C rtpproxy also sent every
+//! packet that was due.
+//!
+//! Only a backlog of more than [`CATCH_UP_LIMIT`] (the loop stalled for
+//! long) is not sent as a burst: a receiver's jitter buffer would discard
+//! most of it. The schedule is then re-anchored so the next packet goes out
+//! now and the following ones follow at ptime from there. Nothing is
+//! skipped: the audio resumes where it stopped, one ptime per packet.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -51,6 +58,11 @@ use crate::rtp::{frame_size, RTP_HEADER_LEN};
 /// Largest prompt file loaded; prompts are seconds of speech, so anything
 /// bigger is a mistake that would otherwise pin that much memory per player.
 pub const MAX_PROMPT_LEN: u64 = 16 << 20;
+
+/// The most a player lags behind its schedule and still catches up by
+/// sending the overdue packets back to back (20 packets of G.711); beyond it
+/// the schedule is re-anchored instead. See "Pacing" above.
+pub const CATCH_UP_LIMIT: Duration = Duration::from_millis(200);
 
 /// Largest payload a player sends: 10 ms of G.711.
 const MAX_PAYLOAD_LEN: usize = 80;
@@ -204,12 +216,13 @@ impl Player {
             self.finished = true;
             return Next::Finished;
         };
-        if now < self.due(self.sent) {
+        let due = self.due(self.sent);
+        if now < due {
             return Next::NotYet;
         }
-        if now >= self.due(self.sent + 1) {
-            // A stall: send this one now and pace the rest from here, rather
-            // than bursting the backlog (see "Pacing" above).
+        if now - due > CATCH_UP_LIMIT {
+            // A long stall: send this one now and pace the rest from here,
+            // rather than bursting a backlog nobody can use (see "Pacing").
             self.anchor = now;
             self.anchor_packet = self.sent;
         }
@@ -587,7 +600,33 @@ mod tests {
     }
 
     #[test]
-    fn stall_is_not_burst() {
+    fn short_stall_is_caught_up_on_the_same_grid() {
+        let dir = TempDir::new("catchup");
+        let data = pattern(50 * 80);
+        let prompt = dir.prompt("c", 0, &data);
+        let start = Instant::now();
+        let mut player = open(&prompt, &[0], 1, start);
+        let mut buf = [0u8; MAX_PACKET_LEN];
+        for n in 0..5u32 {
+            assert!(matches!(
+                player.next_packet(start + ms(10) * n, &mut buf),
+                Next::Packet(_)
+            ));
+        }
+        // due at 50 ms, the loop comes back at 125 ms: packets 5..=12 are due
+        let back = start + ms(125);
+        for n in 5..13 {
+            assert_eq!(player.next_packet(back, &mut buf), Next::Packet(92));
+            assert_eq!(buf[12..], data[n * 80..(n + 1) * 80], "packet {n}");
+        }
+        assert_eq!(player.next_packet(back, &mut buf), Next::NotYet);
+        // back on the original grid: packet 13 at 130 ms
+        assert_eq!(player.next_due(), Some(start + ms(130)));
+        assert_eq!(player.packets_sent(), 13);
+    }
+
+    #[test]
+    fn long_stall_is_not_burst() {
         let dir = TempDir::new("stall");
         let data = pattern(50 * 80);
         let prompt = dir.prompt("s", 0, &data);
@@ -600,8 +639,8 @@ mod tests {
                 Next::Packet(_)
             ));
         }
-        // due at 50 ms, the loop comes back at 250 ms
-        let back = start + ms(250);
+        // due at 50 ms, the loop comes back more than CATCH_UP_LIMIT later
+        let back = start + ms(50) + CATCH_UP_LIMIT + ms(1);
         assert_eq!(player.next_packet(back, &mut buf), Next::Packet(92));
         assert_eq!(buf[12..], data[5 * 80..6 * 80]);
         assert_eq!(player.next_packet(back, &mut buf), Next::NotYet);

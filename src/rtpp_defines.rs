@@ -35,9 +35,14 @@ pub const MAX_COMMAND_LEN: usize = 8192;
 pub const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timers (TTLs, timeouts) run once per tick.
 pub const TIMETICK: Duration = Duration::from_secs(1);
-/// Packets read from one ready media socket per loop pass, so one busy
-/// stream cannot starve the others or the control socket.
-pub const DRAIN_BATCH: usize = 16;
+/// Under load the loop lets packets gather this long between polls: a
+/// poll(2) over thousands of sockets costs as much for one ready socket as
+/// for fifty, so waking per packet would spend most of the CPU polling.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(1);
+/// Below this many polled sockets polling is cheap; no batching window.
+pub const BATCH_MIN_SOCKETS: usize = 64;
+/// RTCP sockets are polled this often (RTCP is a packet every few seconds).
+pub const RTCP_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Commands read from the UDP control socket per loop pass.
 pub const COMMAND_BATCH: usize = 64;
 /// Largest UDP payload we accept on a media socket.

@@ -3,30 +3,32 @@
 //! Nothing here allocates: the receive buffer is the caller's and every
 //! decision is a few field updates on the session.
 
-use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Instant, SystemTime};
 
 use crate::rtp_resizer::{Enqueued, Resizer};
 use crate::rtp_server::Next;
-use crate::rtpp_defines::{DRAIN_BATCH, LBR_THRS};
+use crate::rtpp_defines::LBR_THRS;
 use crate::rtpp_log;
+use crate::rtpp_network::RecvBatch;
 use crate::rtpp_session::{Owner, Session, Sessions, Verdict, RTCP, RTP};
 
-/// Reads up to [`DRAIN_BATCH`] packets from the socket in `slot` and
-/// relays each to the other party.
+/// Reads the packets queued on the socket in `slot` and relays each to the
+/// other party.
 pub fn drain_slot(
     sessions: &mut Sessions,
+    set: usize,
     slot: usize,
     double_small: bool,
     now: Instant,
-    buf: &mut [u8],
+    batch: &mut RecvBatch,
 ) {
     let Some(Owner::Media {
         session,
         party,
         kind,
-    }) = sessions.polls.owner(slot)
+    }) = sessions.poll_set(set).owner(slot)
     else {
         return;
     };
@@ -34,18 +36,16 @@ pub fn drain_slot(
     let Some(s) = sessions.get_mut(session) else {
         return;
     };
-    for _ in 0..DRAIN_BATCH {
-        let Some(leg) = &s.legs[party] else {
-            break;
-        };
-        let (len, src) = match leg.sockets[kind].recv_from(buf) {
-            Ok(got) => got,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            // WouldBlock: drained. Anything else was a queued socket error,
-            // now consumed; poll will report the socket again if needed.
-            Err(_) => break,
-        };
-        let Some(packet) = buf.get(..len) else {
+    let Some(leg) = &s.legs[party] else {
+        return;
+    };
+    // One read takes everything queued (up to RECV_BATCH); more than that
+    // waits for the next pass, so one busy stream cannot starve the rest.
+    // An error (WouldBlock, or a queued ICMP error now consumed) just
+    // means nothing to relay this time.
+    let n = batch.recv(leg.sockets[kind].as_raw_fd()).unwrap_or(0);
+    for i in 0..n {
+        let Some((packet, src)) = batch.get(i) else {
             break;
         };
         relay_packet(s, party, kind, src, packet, double_small, now);
@@ -236,8 +236,10 @@ pub fn next_timer(sessions: &Sessions) -> Option<Instant> {
 
 fn play_due(s: &mut Session, now: Instant, buf: &mut [u8], double_small: bool) {
     for party in 0..2 {
-        // A player yields one packet per call; after a stall it re-anchors
-        // instead of bursting, so a handful of calls always suffices.
+        // A player yields one packet per call. After a stall its backlog
+        // (at most rtp_server::CATCH_UP_LIMIT) goes out a few packets per
+        // pass: while a packet is overdue the poll timeout is zero, so the
+        // rest follows at once without one session holding the loop.
         for _ in 0..4 {
             let Some(player) = &mut s.players[party] else {
                 break;

@@ -316,7 +316,11 @@ impl Session {
 /// The session table: sessions by id, by Call-ID, the port table and the
 /// poll set of every socket.
 pub struct Sessions {
+    /// Control socket(s) and every RTP socket: polled every pass.
     pub polls: PollSet<Owner>,
+    /// Every RTCP socket: a few packets per call every few seconds, so
+    /// polled on a slower cadence, which halves the cost of the hot poll.
+    pub rtcp_polls: PollSet<Owner>,
     pub ports: PortTable,
     slab: Vec<Option<Session>>,
     free_ids: Vec<u32>,
@@ -341,6 +345,7 @@ impl Sessions {
     pub fn new(ports: PortTable) -> Sessions {
         Sessions {
             polls: PollSet::new(),
+            rtcp_polls: PollSet::new(),
             ports,
             slab: Vec::new(),
             free_ids: Vec::new(),
@@ -507,7 +512,7 @@ impl Sessions {
             } else {
                 rtcp.as_raw_fd()
             };
-            self.polls.add(
+            self.poll_set(kind).add(
                 fd,
                 Owner::Media {
                     session: id,
@@ -532,16 +537,18 @@ impl Sessions {
         // Remove this session's poll slots highest first: the entry moved
         // into a freed slot is then never one of ours, so every fix-up
         // below targets another session.
-        let mut slots: Vec<usize> = self
-            .get(id)?
-            .legs
-            .iter()
-            .flatten()
-            .flat_map(|l| l.slots)
-            .collect();
-        slots.sort_unstable_by(|a, b| b.cmp(a));
-        for slot in slots {
-            self.unwatch(slot);
+        for kind in [RTP, RTCP] {
+            let mut slots: Vec<usize> = self
+                .get(id)?
+                .legs
+                .iter()
+                .flatten()
+                .map(|l| l.slots[kind])
+                .collect();
+            slots.sort_unstable_by(|a, b| b.cmp(a));
+            for slot in slots {
+                self.unwatch(kind, slot);
+            }
         }
         let session = self.slab.get_mut(id as usize)?.take()?;
         for leg in session.legs.iter().flatten() {
@@ -561,12 +568,21 @@ impl Sessions {
         Some(session)
     }
 
-    fn unwatch(&mut self, slot: usize) {
+    /// The poll set holding sockets of a kind (RTP or RTCP).
+    pub fn poll_set(&mut self, kind: usize) -> &mut PollSet<Owner> {
+        if kind == RTP {
+            &mut self.polls
+        } else {
+            &mut self.rtcp_polls
+        }
+    }
+
+    fn unwatch(&mut self, set: usize, slot: usize) {
         if let Some(Owner::Media {
             session,
             party,
             kind,
-        }) = self.polls.remove(slot)
+        }) = self.poll_set(set).remove(slot)
         {
             if let Some(leg) = self
                 .get_mut(session)

@@ -18,6 +18,14 @@
 //!   dies or drains (SIGUSR1), and the calls running on a draining relay
 //!   keep every packet until they end, after which it exits by itself.
 //!
+//! Two more tests drive the relay's other features through Kamailio:
+//! `rtpproxy_stream2uac()` / `rtpproxy_stop_stream2uac()` (`P`, `S`) with
+//! `tests/sipp/caller_prompt.xml`, whose media port the test listens on to
+//! check the prompt it hears, and the module's `timeout_socket` (a `U` with
+//! a notification socket, sent for a re-INVITE) with
+//! `tests/sipp/caller_reinvite.xml` and `callee_reinvite.xml`, the test
+//! listening on the relay's `-n` socket.
+//!
 //! Needs `kamailio` with its `rtpproxy` module and `sipp` (Debian:
 //! `apt-get install kamailio sip-tester`), and root, because sipp plays the
 //! pcap through raw sockets. When any of these is missing the test fails
@@ -32,6 +40,8 @@
 //! | udp  | 25070, 25071, 25072 | 26100, 26110 / 26120, 26121 | 23000 | 20100-20199 |
 //! | set  | 25080, 25081, 25082-25083 | 26200, 26210, 26220 / 26230-26232 | 23010, 23011 | 20200-20299, 20300-20399 |
 //! | record | 25090, 25091, 25092 | 26300, 26310 / 26320, 26321 | 23020 | 20400-20499 |
+//! | prompt | 25100, 25101, 25102 | 26400, 26410 (its SDP names 26414, the test's socket) / 26420, 26421 | 23030 | 20500-20549 |
+//! | timeout | 25103, 25104, 25105 | 26430, 26440 / 26450, 26451 | unix socket | 20550-20599 |
 //! | drain | 25110, 25111, 25112-25113 | 26500, 26510, 26520 / 26530-26532 | 23040, 23041 | 20600-20699, 20700-20799 |
 //!
 //! The callers probe Kamailio's readiness from their own SIP port before
@@ -44,8 +54,10 @@ mod common;
 use common::{Rtpproxy, TempDir};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
+use std::io::Read;
 use std::net::UdpSocket;
 use std::ops::RangeInclusive;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -67,6 +79,10 @@ const PCAP_PACKETS: u64 = 236;
 /// according to `Q`: nearly the whole recording, so that a relay losing
 /// media in the middle of a call is noticed.
 const MIN_PACKETS_PER_DIRECTION: u64 = PCAP_PACKETS * 85 / 100;
+
+/// The prompt `rtpproxy_stream2uac()` plays: makeann's outfile_template,
+/// in the test's directory.
+const PROMPT: &str = "prompt";
 
 /// Where distributions keep Kamailio's modules; `KAMAILIO_MPATH` overrides.
 const MODULE_DIRS: &[&str] = &[
@@ -303,6 +319,8 @@ struct Run {
     media: BTreeMap<String, CallMedia>,
     /// Per relay, the last `I` header (sessions created, active).
     last_counts: Vec<(u64, u64)>,
+    /// Kamailio's `timeout_socket`; empty: none.
+    timeout_socket: String,
     /// Whether Kamailio calls start_recording() on each 2xx answer.
     recording: bool,
     /// Kamailio's `rtpproxy_retr`: how often a command is sent before the
@@ -330,6 +348,7 @@ impl Run {
             relays: Vec::new(),
             media: BTreeMap::new(),
             last_counts: Vec::new(),
+            timeout_socket: String::new(),
             recording: false,
             rtpproxy_retr: 2,
             // Longer than a test: a dead relay is not probed again.
@@ -349,7 +368,8 @@ impl Run {
         self.start_relay_with(control, ports, &[])
     }
 
-    /// Like `start_relay`, with more options for the relay.
+    /// Like `start_relay`, with more options for the relay; a repeated
+    /// option's last value wins.
     fn start_relay_with(
         &mut self,
         control: &str,
@@ -380,6 +400,7 @@ impl Run {
     /// Writes the Kamailio configuration, starts Kamailio and waits until it
     /// answers an OPTIONS sent from `probe_port`.
     fn start_kamailio(&mut self, sip_port: u16, callee_port: u16, probe_port: u16, sock: &str) {
+        let prompt = self.path(PROMPT).display().to_string();
         let config = render_kamailio_config(&[
             (
                 "MPATH",
@@ -392,6 +413,9 @@ impl Run {
             ("RTPPROXY_TOUT", "1"),
             ("RTPPROXY_RETR", &self.rtpproxy_retr.to_string()),
             ("RTPPROXY_DISABLE_TOUT", &self.disable_tout.to_string()),
+            // Only the prompt test writes the files.
+            ("PROMPT", &prompt),
+            ("TIMEOUT_SOCKET", &self.timeout_socket),
             (
                 "RECORDING",
                 if self.recording {
@@ -1401,6 +1425,232 @@ fn kamailio_moves_new_calls_off_a_draining_relay() {
             text.lines().count()
         ));
     }
+}
+
+/// Writes the prompt files with the built makeann from 0.2 s of a tone
+/// (20 packets of G.711) and returns the PCMA one, which the caller's offer
+/// ("8 0 101") selects.
+fn make_prompt(run: &Run) -> Vec<u8> {
+    let pcm: Vec<u8> = (0..1600)
+        .flat_map(|i| {
+            let phase = i as f64 * std::f64::consts::TAU * 700.0 / 8000.0;
+            ((phase.sin() * 12000.0) as i16).to_le_bytes()
+        })
+        .collect();
+    let raw = run.path("prompt.raw");
+    fs::write(&raw, pcm).expect("write prompt PCM");
+    let status = Command::new(env!("CARGO_BIN_EXE_makeann"))
+        .arg(&raw)
+        .arg(run.path(PROMPT))
+        .status()
+        .expect("run makeann");
+    assert!(status.success(), "makeann failed: {status}");
+    fs::read(run.path(&format!("{PROMPT}.8"))).expect("makeann wrote the PCMA prompt")
+}
+
+/// Kamailio's `rtpproxy_stream2uac()` (a `P-1 ... session` command) plays a
+/// makeann prompt to the caller, from the relay port Kamailio wrote into
+/// the caller's answer, in the codec the caller offered first; its
+/// `rtpproxy_stop_stream2uac()` (`S`) stops it while the call goes on.
+#[test]
+fn kamailio_streams_a_prompt_to_the_caller_and_stops_it() {
+    let mut run = Run::new("interop-prompt");
+    let prompt = make_prompt(&run);
+    let url = "udp:127.0.0.1:23030";
+    run.start_relay(url, 20500..=20549);
+    run.start_kamailio(25100, 25101, 25102, url);
+    // The caller's SDP names its media port + 4: this socket.
+    let media = UdpSocket::bind("127.0.0.1:26414")
+        .unwrap_or_else(|e| run.fail(&format!("cannot bind the caller's media port: {e}")));
+    media
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("set media timeout");
+    let callee = Endpoint {
+        sip: 25101,
+        media: 26400,
+        control: 26420,
+    };
+    let caller = Endpoint {
+        sip: 25102,
+        media: 26410,
+        control: 26421,
+    };
+    let callee = run.start_callee(callee, 1);
+    let extra = ["-s", "service", "-l", "1", "127.0.0.1:25100"];
+    let caller = run.start_sipp("caller", "caller_prompt.xml", caller, 1, &extra);
+
+    // Collect what reaches the caller while the call runs. The caller ends
+    // on the 200 to its BYE, right after Kamailio's D ended the session.
+    let mut packets: Vec<(Instant, Vec<u8>, std::net::SocketAddr)> = Vec::new();
+    let mut next_sample = Instant::now();
+    let deadline = Instant::now() + SIPP_DEADLINE;
+    while run.sipps[caller].guard.poll().is_none() && Instant::now() < deadline {
+        let mut buf = [0u8; 2048];
+        if let Ok((n, from)) = media.recv_from(&mut buf) {
+            packets.push((Instant::now(), buf[..n].to_vec(), from));
+        }
+        if Instant::now() >= next_sample {
+            run.sample();
+            next_sample += SAMPLE_EVERY;
+        }
+    }
+    let call_ended = Instant::now();
+    run.expect_all_calls_completed(caller);
+    run.expect_all_calls_completed(callee);
+    let answered = run.expect_sdp_names_relay(caller, "ANSWER");
+    let relay_port = run.sdp_seen(caller, "ANSWER")[0].port;
+    let log = run.kamailio.as_ref().map(Guard::output).unwrap_or_default();
+    for event in ["start", "stop"] {
+        if !answered
+            .iter()
+            .all(|c| log.contains(&format!("INTEROP prompt {event} {c}")))
+        {
+            run.fail(&format!("Kamailio did not log the prompt {event}"));
+        }
+    }
+
+    // The stream: PCMA from the relay port, marker first, consecutive
+    // sequence numbers and timestamps, one SSRC, the prompt's bytes looped.
+    if packets.len() < 2 * prompt.len() / 80 {
+        run.fail(&format!(
+            "{} prompt packets reached the caller; the prompt has {} and was to loop",
+            packets.len(),
+            prompt.len() / 80
+        ));
+    }
+    let mut played = Vec::new();
+    let first = &packets[0].1;
+    for (i, (_, p, from)) in packets.iter().enumerate() {
+        let bad = |what: &str| -> ! { run.fail(&format!("prompt packet {i}: {what}: {p:02x?}")) };
+        if from.port() != relay_port {
+            bad(&format!(
+                "came from {from}, not the relay port {relay_port}"
+            ));
+        }
+        if p.len() != 12 + 80 || p[0] != 0x80 || p[1] & 0x7f != 8 {
+            bad("not a 10 ms PCMA packet");
+        }
+        if (p[1] & 0x80 != 0) != (i == 0) {
+            bad("marker bit");
+        }
+        let seq = u16::from_be_bytes([p[2], p[3]]);
+        let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        let seq0 = u16::from_be_bytes([first[2], first[3]]);
+        let ts0 = u32::from_be_bytes([first[4], first[5], first[6], first[7]]);
+        if seq != seq0.wrapping_add(i as u16) || ts != ts0.wrapping_add(80 * i as u32) {
+            bad("sequence number or timestamp");
+        }
+        if p[8..12] != first[8..12] {
+            bad("SSRC changed");
+        }
+        played.extend_from_slice(&p[12..]);
+    }
+    let expected: Vec<u8> = prompt.iter().copied().cycle().take(played.len()).collect();
+    if played != expected {
+        run.fail("the caller heard other bytes than the prompt file's");
+    }
+
+    // It played for the 1.5 s between ACK and INFO, then stopped while the
+    // call lasted another second.
+    let last = packets[packets.len() - 1].0;
+    let span = last - packets[0].0;
+    if span < Duration::from_millis(1200) || span > Duration::from_millis(2200) {
+        run.fail(&format!("the prompt played for {span:?}, not about 1.5 s"));
+    }
+    if call_ended < last + Duration::from_millis(600) {
+        run.fail(&format!(
+            "the prompt went on until {:?} before the call ended: S did not stop it",
+            call_ended - last
+        ));
+    }
+    println!(
+        "prompt: {} packets over {span:?}, stopped {:?} before the call ended",
+        packets.len(),
+        call_ended - last
+    );
+    run.expect_no_sessions_left();
+}
+
+/// Kamailio's `timeout_socket`: its rtpproxy module (5.6) adds the socket,
+/// and no tag, to a U that carries both tags, which a re-INVITE's offer
+/// does (never to the first offer, nor through the dialog module). The
+/// relay arms the notification, and when the silent call's session times
+/// out the listener on the `-n` socket reads the call's two relay ports:
+/// the one the re-INVITE's U answered (the callee's m= port) and the one
+/// its L answered (the caller's).
+#[test]
+fn kamailio_timeout_socket_gets_the_timeout_notification() {
+    let mut run = Run::new("interop-timeout");
+    let notify_path = run.path("timeout.sock");
+    let listener = UnixListener::bind(&notify_path)
+        .unwrap_or_else(|e| run.fail(&format!("cannot bind the notification socket: {e}")));
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let notify = format!("unix:{}", notify_path.display());
+    let control = format!("unix:{}", run.path("rtpproxy.sock").display());
+    run.start_relay_with(&control, 20550..=20599, &["-n", &notify, "-T", "2"]);
+    run.timeout_socket = notify.clone();
+    run.start_kamailio(25103, 25104, 25105, &control);
+    let callee = Endpoint {
+        sip: 25104,
+        media: 26430,
+        control: 26450,
+    };
+    let caller = Endpoint {
+        sip: 25105,
+        media: 26440,
+        control: 26451,
+    };
+    let callee = run.start_sipp("callee", "callee_reinvite.xml", callee, 1, &[]);
+    let extra = ["-s", "service", "-l", "1", "127.0.0.1:25103"];
+    let caller = run.start_sipp("caller", "caller_reinvite.xml", caller, 1, &extra);
+
+    // Read what the relay writes to the listener while the call runs.
+    let mut conn = None;
+    let mut received = Vec::new();
+    let mut notified_at = None;
+    let deadline = Instant::now() + SIPP_DEADLINE;
+    while run.sipps[caller].guard.poll().is_none() && Instant::now() < deadline {
+        if conn.is_none() {
+            conn = listener.accept().ok().map(|(s, _)| s);
+            if let Some(s) = &conn {
+                s.set_nonblocking(true).expect("non-blocking connection");
+            }
+        }
+        let mut buf = [0u8; 1024];
+        if let Some(Ok(n)) = conn.as_mut().map(|s| s.read(&mut buf)) {
+            received.extend_from_slice(&buf[..n]);
+            notified_at.get_or_insert_with(Instant::now);
+        }
+        run.sample();
+        sleep(SAMPLE_EVERY);
+    }
+    let call_ended = Instant::now();
+    run.expect_all_calls_completed(caller);
+    run.expect_all_calls_completed(callee);
+    run.expect_sdp_names_relay(caller, "ANSWER");
+    run.expect_sdp_names_relay(callee, "OFFER");
+    let reoffer = run.sdp_seen(callee, "REOFFER");
+    let reanswer = run.sdp_seen(caller, "REANSWER");
+    let (Some(u_port), Some(l_port)) = (reoffer.first(), reanswer.first()) else {
+        run.fail("the re-INVITE's SDP was not logged");
+    };
+    let want = format!("{} {}\n", u_port.port, l_port.port);
+    let got = String::from_utf8_lossy(&received);
+    if got != want {
+        run.fail(&format!(
+            "the notification listener read {got:?}, expected {want:?}"
+        ));
+    }
+    let before_bye = notified_at.map(|t| call_ended.saturating_duration_since(t));
+    if before_bye.is_none_or(|d| d < Duration::from_millis(500)) {
+        run.fail(&format!(
+            "the notification did not come before the BYE ({before_bye:?} before the call ended)"
+        ));
+    }
+    println!("timeout notification {got:?}, {before_bye:?} before the call ended");
+    run.expect_no_sessions_left();
 }
 
 /// Kamailio's start_recording() on the 200 OK sends `R`: after the calls,
