@@ -31,20 +31,7 @@ fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
 
 /// A call where the caller's media is re-packetized by `z`.
 fn call(port: u16, range: (u16, u16), z: &str) -> (Rtpproxy, Peer, Peer, SocketAddr) {
-    let s = format!("udp:127.0.0.1:{port}");
-    let (m, mm) = (range.0.to_string(), range.1.to_string());
-    let rp = Rtpproxy::start(&[
-        "-s",
-        &s,
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &m,
-        "-M",
-        &mm,
-        "-d",
-        "INFO",
-    ]);
+    let rp = common::udp(port, range, &[]);
     let caller = Peer::new("127.0.0.1");
     let callee = Peer::new("127.0.0.1");
     let u = rp.command(&format!("U{z} rs 127.0.0.1 {} ft", caller.port()));

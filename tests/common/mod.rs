@@ -240,6 +240,27 @@ impl Drop for Rtpproxy {
     }
 }
 
+/// Starts the daemon on IPv4 loopback with UDP control on `port`, media
+/// ports `range` and INFO logging, plus `extra` options.
+pub fn udp(port: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
+    let s = format!("udp:127.0.0.1:{port}");
+    let (m, mm) = (range.0.to_string(), range.1.to_string());
+    let mut args = vec![
+        "-s",
+        &s,
+        "-l",
+        "127.0.0.1",
+        "-m",
+        &m,
+        "-M",
+        &mm,
+        "-d",
+        "INFO",
+    ];
+    args.extend_from_slice(extra);
+    Rtpproxy::start(&args)
+}
+
 /// Sends a signal by name to a pid we started.
 pub fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
