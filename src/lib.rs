@@ -7,7 +7,7 @@
 //! `rtpp_network`/`rtpp_util` hold socket and system helpers, `rtpp_record`
 //! writes recordings, `rtp_server` plays prompts, `rtp` parses RTP,
 //! `rtp_resizer` re-packetizes it for the `z` modifier, `rtpp_notify` sends
-//! timeout notifications, `g711`/`wav` and the optional codec modules serve
+//! timeout notifications, `rtpp_account` writes per-call accounting, `g711`/`wav` and the optional codec modules serve
 //! `makeann` and `extractaudio`.
 
 // Declared first: the logging macro is used by the modules below.
@@ -21,6 +21,7 @@ pub mod g711;
 pub mod rtp;
 pub mod rtp_resizer;
 pub mod rtp_server;
+pub mod rtpp_account;
 pub mod rtpp_command;
 pub mod rtpp_control;
 pub mod rtpp_defines;

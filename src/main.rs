@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use getopts::Options;
+use rtpproxy::rtpp_account::AccountFile;
 use rtpproxy::rtpp_log;
 
 use rtpproxy::rtpp_command::exec::{end_session, execute, show, Context, EndReason};
@@ -68,6 +69,7 @@ fn options() -> Options {
     o.optmulti("M", "", "highest media port", "port");
     o.optmulti("u", "", "user (and group) to run as", "user[:group]");
     o.optmulti("n", "", "timeout notification socket", "unix:PATH");
+    o.optmulti("A", "", "append one JSON line per ended session", "file");
     o.optmulti("d", "", "log level and syslog facility", "level[:facility]");
     o
 }
@@ -76,7 +78,7 @@ fn usage() -> String {
     "usage: rtpproxy [-2fvFiPaR] [-l addr1[/addr2]] [-6 addr1[/addr2]] [-s path]\n\
      \x20 [-t tos] [-r rdir [-S sdir]] [-T ttl] [-L nofile] [-m port_min]\n\
      \x20 [-M port_max] [-u uname[:gname]] [-n timeout_socket] [-d log_level[:log_facility]]\n\
-     \x20 [-p pid_file]\n"
+     \x20 [-p pid_file] [-A acct_file]\n"
         .to_string()
 }
 
@@ -172,6 +174,12 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
             ));
         }
         cfg.notify_socket = Some(absolute("n", Path::new(path))?);
+    }
+    if let Some(a) = last("A") {
+        if a.is_empty() {
+            return Err("invalid value for -A: empty path".into());
+        }
+        cfg.accounting_file = Some(absolute("A", Path::new(&a))?);
     }
     if let Some(d) = last("d") {
         let (level, facility) = match d.split_once(':') {
@@ -349,6 +357,15 @@ fn run(cfg: &Config) -> Result<(), String> {
                 .map_err(|e| format!("invalid value for -{flag}: {e}"))?;
         }
     }
+    // Opened before the switch to -u, like the control socket: the file
+    // may live where only the starting user can create it.
+    let accounting = match &cfg.accounting_file {
+        Some(path) => Some(
+            AccountFile::open(path)
+                .map_err(|e| format!("invalid value for -A: can't open {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     if let Some(want) = cfg.nofile {
         let granted = raise_nofile(want)?;
         if granted < want {
@@ -392,6 +409,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut rng = Random::new();
     let ports = PortTable::new(cfg.port_min, cfg.port_max, &mut rng);
     let mut sessions = Sessions::new(ports);
+    sessions.accounting = accounting;
     control.register(&mut sessions.polls);
     rtpp_log!(Info, "rtpproxy started, pid {}", std::process::id());
     if let Some(report) = report {
@@ -692,11 +710,14 @@ fn secure_control_socket(control: &Control, run_as: Option<&RunAs>) -> Result<()
     Ok(())
 }
 
-/// The rest of start-up, in the daemon itself: pidfile, signals, then the
+/// The rest of start-up, in the daemon itself: signals, pidfile, then the
 /// switch to `-u`. The pidfile is removed again when a later step fails.
+/// Signals come first: whoever reads the pidfile may signal the daemon at
+/// once (an init script's `stop` or `drain`), and USR1's default action
+/// would kill it.
 fn finish_start_up(cfg: &Config, run_as: Option<&RunAs>) -> Result<(PidFile, Shutdown), String> {
-    let pidfile = PidFile::create(&cfg.pid_file)?;
     let shutdown = Shutdown::install()?;
+    let pidfile = PidFile::create(&cfg.pid_file)?;
     if let Some(run_as) = run_as {
         drop_privileges(run_as)
             .map_err(|e| format!("can't switch to user {}: {e}", run_as.user))?;
@@ -975,7 +996,8 @@ mod tests {
 
     #[test]
     fn kept_paths_are_absolute() {
-        let c = cfg("-p x.pid -s unix:ctl.sock -n notify.sock -r . -S .");
+        let c = cfg("-p x.pid -s unix:ctl.sock -n notify.sock -r . -S . -A acct.json");
+        assert!(c.accounting_file.is_some_and(|p| p.is_absolute()));
         assert!(c.pid_file.is_absolute());
         assert!(matches!(&c.control, ControlSpec::Unix(p) if p.is_absolute()));
         assert!(c.notify_socket.is_some_and(|p| p.is_absolute()));

@@ -111,6 +111,8 @@ pub struct Config {
     pub run_user: Option<String>,
     pub run_group: Option<String>,
     pub notify_socket: Option<PathBuf>,
+    /// `-A`: one JSON line per ended session is appended there.
+    pub accounting_file: Option<PathBuf>,
     pub log_level: Option<Level>,
     pub log_facility: Option<String>,
 }
@@ -141,6 +143,7 @@ impl Default for Config {
             run_user: None,
             run_group: None,
             notify_socket: None,
+            accounting_file: None,
             log_level: None,
             log_facility: None,
         }

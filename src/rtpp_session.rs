@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
+use crate::rtpp_account::AccountFile;
 use crate::rtpp_command::{match_tag, StreamIds, TagMatch};
 use crate::rtpp_defines::UPDATE_WINDOW;
 use crate::rtpp_network::{PollSet, PortTable};
@@ -368,6 +369,8 @@ pub struct Sessions {
     /// set could pass the limit while descriptors were still free, and
     /// every poll after that failed: the daemon went deaf and spun.
     pub max_polled: usize,
+    /// `-A`: where each ended session's JSON record is appended.
+    pub accounting: Option<AccountFile>,
 }
 
 impl Sessions {
@@ -387,6 +390,7 @@ impl Sessions {
             rng: Random::new(),
             draining: false,
             max_polled: usize::try_from(crate::rtpp_util::nofile_limit()).unwrap_or(usize::MAX),
+            accounting: None,
         }
     }
 

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::udp;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -51,26 +53,6 @@ fn assert_relays(call: &Call, seq: u16) {
     let (got, from) = call.caller.recv().expect("caller got nothing");
     assert_eq!(got, q);
     assert_eq!(from, call.to_caller_leg);
-}
-
-fn udp(port: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
-    let s = format!("udp:127.0.0.1:{port}");
-    let m = range.0.to_string();
-    let mm = range.1.to_string();
-    let mut args = vec![
-        "-s",
-        &s,
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &m,
-        "-M",
-        &mm,
-        "-d",
-        "INFO",
-    ];
-    args.extend_from_slice(extra);
-    Rtpproxy::start(&args)
 }
 
 #[test]

@@ -13,7 +13,10 @@
 //!   calls and by the `Q` that Kamailio sends for `$rtpstat` at BYE;
 //! - once the calls are over no session is left;
 //! - with `start_recording()` on the 200 OK (the `R` command), the relay's
-//!   `-r` directory holds both directions of every call afterwards.
+//!   `-r` directory holds both directions of every call afterwards;
+//! - with two relays in one set, new calls move to one relay when the other
+//!   dies or drains (SIGUSR1), and the calls running on a draining relay
+//!   keep every packet until they end, after which it exits by itself.
 //!
 //! Two more tests drive the relay's other features through Kamailio:
 //! `rtpproxy_stream2uac()` / `rtpproxy_stop_stream2uac()` (`P`, `S`) with
@@ -39,6 +42,7 @@
 //! | record | 25090, 25091, 25092 | 26300, 26310 / 26320, 26321 | 23020 | 20400-20499 |
 //! | prompt | 25100, 25101, 25102 | 26400, 26410 (its SDP names 26414, the test's socket) / 26420, 26421 | 23030 | 20500-20549 |
 //! | timeout | 25103, 25104, 25105 | 26430, 26440 / 26450, 26451 | unix socket | 20550-20599 |
+//! | drain | 25110, 25111, 25112-25113 | 26500, 26510, 26520 / 26530-26532 | 23040, 23041 | 20600-20699, 20700-20799 |
 //!
 //! The callers probe Kamailio's readiness from their own SIP port before
 //! they start. Every child process runs under a deadline and is stopped and
@@ -252,6 +256,8 @@ struct Relay {
     url: String,
     ports: RangeInclusive<u16>,
     alive: bool,
+    /// Sent SIGUSR1: it exits by itself once its last session ended.
+    draining: bool,
 }
 
 /// One sipp run and the files it writes.
@@ -268,6 +274,8 @@ struct Sipp {
 /// One line of `I`: a stream of a session.
 struct StreamInfo {
     call_id: String,
+    /// The session's tag (the creating from-tag, media number included).
+    tag: String,
     local_ports: Vec<u16>,
     /// Packets from the FROMTAG side, from the other side, relayed, dropped.
     stats: [u64; 4],
@@ -283,6 +291,8 @@ struct Info {
 /// What the `I` samples showed for one call.
 #[derive(Default, Clone)]
 struct CallMedia {
+    /// The session's tag, as `I` showed it (for `Q`).
+    tag: String,
     relays: BTreeSet<usize>,
     local_ports: BTreeSet<u16>,
     /// Highest counts seen in any stream line of the call: packets from the
@@ -313,6 +323,12 @@ struct Run {
     timeout_socket: String,
     /// Whether Kamailio calls start_recording() on each 2xx answer.
     recording: bool,
+    /// Kamailio's `rtpproxy_retr`: how often a command is sent before the
+    /// relay counts as dead.
+    rtpproxy_retr: u32,
+    /// Kamailio's `rtpproxy_disable_tout`: seconds before a relay that
+    /// counted as dead is probed (`V`) again.
+    disable_tout: u32,
     tools: Tools,
     dir: TempDir,
 }
@@ -334,6 +350,9 @@ impl Run {
             last_counts: Vec::new(),
             timeout_socket: String::new(),
             recording: false,
+            rtpproxy_retr: 2,
+            // Longer than a test: a dead relay is not probed again.
+            disable_tout: 60,
             tools,
             dir: TempDir::new(name),
         }
@@ -372,6 +391,7 @@ impl Run {
             url: control.to_string(),
             ports,
             alive: true,
+            draining: false,
         });
         self.last_counts.push((0, 0));
         self.relays.len() - 1
@@ -391,9 +411,8 @@ impl Run {
             ("RTPPROXY_SOCK", sock),
             // Small, so that a dead relay is noticed within a second or two.
             ("RTPPROXY_TOUT", "1"),
-            ("RTPPROXY_RETR", "2"),
-            // Longer than a test: a dead relay is not probed again.
-            ("RTPPROXY_DISABLE_TOUT", "60"),
+            ("RTPPROXY_RETR", &self.rtpproxy_retr.to_string()),
+            ("RTPPROXY_DISABLE_TOUT", &self.disable_tout.to_string()),
             // Only the prompt test writes the files.
             ("PROMPT", &prompt),
             ("TIMEOUT_SOCKET", &self.timeout_socket),
@@ -565,23 +584,58 @@ impl Run {
     }
 
     /// Queries `I` on every live relay and records what it shows per call.
+    /// A draining relay that exited by itself is marked so and skipped.
     fn sample(&mut self) {
         for relay in 0..self.relays.len() {
             if !self.relays[relay].alive {
                 continue;
             }
-            let reply = self.command(relay, "I");
+            let reply = if self.relays[relay].draining {
+                match self.draining_command(relay, "I") {
+                    Some(reply) => reply,
+                    None => continue,
+                }
+            } else {
+                self.command(relay, "I")
+            };
             let info = parse_info(&reply).unwrap_or_else(|| {
                 self.fail(&format!("relay {relay}: unreadable I reply:\n{reply}"))
             });
             self.last_counts[relay] = (info.created, info.active);
             for stream in info.streams {
                 let call = self.media.entry(stream.call_id).or_default();
+                if call.tag.is_empty() {
+                    call.tag = stream.tag;
+                }
                 call.relays.insert(relay);
                 call.local_ports.extend(stream.local_ports);
                 call.from_offerer = call.from_offerer.max(stream.stats[0]);
                 call.from_answerer = call.from_answerer.max(stream.stats[1]);
             }
+        }
+    }
+
+    /// A command to a draining relay, which may exit by itself at any
+    /// moment: None once it has exited (then it is marked so), a failure if
+    /// it neither answers nor exits.
+    fn draining_command(&mut self, relay: usize, cmd: &str) -> Option<String> {
+        if !self.relays[relay].proxy.alive() {
+            self.relays[relay].alive = false;
+            return None;
+        }
+        let proxy = &self.relays[relay].proxy;
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| proxy.command(cmd)));
+        if let Ok(reply) = reply {
+            return Some(reply);
+        }
+        match self.relays[relay].proxy.wait_exit(Duration::from_secs(2)) {
+            Some(_) => {
+                self.relays[relay].alive = false;
+                None
+            }
+            None => self.fail(&format!(
+                "draining relay {relay} neither answered {cmd:?} nor exited"
+            )),
         }
     }
 
@@ -924,7 +978,9 @@ fn parse_info(reply: &str) -> Option<Info> {
     for line in reply.lines().filter(|l| l.starts_with('\t')) {
         let body = line.trim_start();
         let body = body.strip_prefix("C ").unwrap_or(body);
-        let call_id = body.split_once('/')?.0.to_string();
+        let (call_id, rest) = body.split_once('/')?;
+        let call_id = call_id.to_string();
+        let tag = rest.split_once(": ")?.0.to_string();
         let mut local_ports = Vec::new();
         for side in ["caller = ", "callee = "] {
             let start = body.find(side)? + side.len();
@@ -944,6 +1000,7 @@ fn parse_info(reply: &str) -> Option<Info> {
             .collect::<Option<_>>()?;
         streams.push(StreamInfo {
             call_id,
+            tag,
             local_ports,
             stats: counters.try_into().ok()?,
         });
@@ -1140,6 +1197,232 @@ fn kamailio_relay_set_spreads_calls_and_survives_a_dead_relay() {
         run.fail(&format!(
             "{url0} created {created} sessions; {} first calls and {SECOND} later ones expected",
             before.len()
+        ));
+    }
+}
+
+/// Graceful drain with two relays in one Kamailio set: SIGUSR1 to one of
+/// them while calls run on both. New calls all move to the other relay
+/// (the draining one stays silent to the `U` that would create a session,
+/// Kamailio takes it for dead, retries the offer on the other relay, and
+/// its periodic `V` re-check gets `E15`); the calls already on the
+/// draining relay keep relaying every packet until they end; their
+/// sessions then time out there (Kamailio sends their `D` to the relay it
+/// picks among the enabled ones), and the relay exits by itself. Its `-A`
+/// file has one record per call with the relay's own counts.
+#[test]
+fn kamailio_moves_new_calls_off_a_draining_relay() {
+    const FIRST: u64 = 6;
+    const SECOND: u64 = 6;
+    let mut run = Run::new("interop-drain");
+    let (url0, url1) = ("udp:127.0.0.1:23040", "udp:127.0.0.1:23041");
+    let survivor = run.start_relay(url0, 20600..=20699);
+    let accounting = run.path("drained-calls.json");
+    let acct = accounting.to_str().expect("utf-8 temp path").to_string();
+    // A short idle timeout: the drained relay's sessions end by timeout
+    // soon after their calls.
+    let drained = run.start_relay_with(url1, 20700..=20799, &["-T", "3", "-A", &acct]);
+    // One unanswered send moves an offer (rtpproxy_tout is 1 s), and the
+    // draining relay is probed again after 2 s, during the test.
+    run.rtpproxy_retr = 1;
+    run.disable_tout = 2;
+    run.start_kamailio(25110, 25111, 25112, &format!("{url0}=1 {url1}=1"));
+    let callee = Endpoint {
+        sip: 25111,
+        media: 26500,
+        control: 26530,
+    };
+    let first_caller = Endpoint {
+        sip: 25112,
+        media: 26510,
+        control: 26531,
+    };
+    let second_caller = Endpoint {
+        sip: 25113,
+        media: 26520,
+        control: 26532,
+    };
+    let callee = run.start_callee(callee, FIRST + SECOND);
+    let first = run.start_caller("caller-1", first_caller, 25110, FIRST, 10);
+    run.watch_until(
+        "the first calls to carry media",
+        Duration::from_secs(6),
+        |run| {
+            let flowing = run
+                .media
+                .values()
+                .filter(|m| m.from_offerer > 0 && m.from_answerer > 0)
+                .count();
+            flowing as u64 == FIRST
+        },
+    );
+    let on_survivor = run.calls_on(survivor);
+    let on_drained = run.calls_on(drained);
+    if on_survivor.is_empty() || on_drained.is_empty() {
+        run.fail(&format!(
+            "calls not spread over the set: {} on {url0}, {} on {url1}",
+            on_survivor.len(),
+            on_drained.len()
+        ));
+    }
+
+    common::signal(run.relays[drained].proxy.pid(), "USR1");
+    run.relays[drained].draining = true;
+    let at_signal: BTreeMap<String, CallMedia> = on_drained
+        .iter()
+        .map(|c| (c.clone(), run.media[c].clone()))
+        .collect();
+    // Draining once V fails (the relay still has sessions, so it is up).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while run.command(drained, "V") != "E15" {
+        if Instant::now() >= deadline {
+            run.fail(&format!("{url1} does not drain after SIGUSR1"));
+        }
+        sleep(Duration::from_millis(20));
+    }
+    // Commands about its running calls keep working.
+    for (call, media) in &at_signal {
+        let q = run.command(drained, &format!("Q {call} {}", media.tag));
+        let counts: Vec<u64> = q.split(' ').filter_map(|t| t.parse().ok()).collect();
+        if counts.len() != 5 || counts[1] == 0 || counts[2] == 0 {
+            run.fail(&format!("{call}: Q on the draining relay answered {q:?}"));
+        }
+    }
+
+    let second = run.start_caller("caller-2", second_caller, 25110, SECOND, 10);
+    run.watch_until_done(&[first, second, callee], SIPP_DEADLINE);
+    for sipp in [first, second, callee] {
+        run.expect_all_calls_completed(sipp);
+    }
+    let first_calls = run.expect_sdp_names_relay(first, "ANSWER");
+    let second_calls = run.expect_sdp_names_relay(second, "ANSWER");
+    let offered = run.expect_sdp_names_relay(callee, "OFFER");
+    let all: BTreeSet<String> = first_calls.union(&second_calls).cloned().collect();
+    if offered != all {
+        run.fail(&format!(
+            "the callee saw calls {offered:?}, the callers {all:?}"
+        ));
+    }
+    run.expect_media_both_ways(&all);
+
+    // Every new call went to the survivor, and at least one of them was
+    // offered to the draining relay first and moved.
+    let misplaced: Vec<_> = second_calls
+        .iter()
+        .filter(|c| run.media[*c].relays != BTreeSet::from([survivor]))
+        .collect();
+    if !misplaced.is_empty() {
+        run.fail(&format!(
+            "calls placed while {url1} drained did not all go to {url0}: {misplaced:?}"
+        ));
+    }
+    let log = run.relays[drained].proxy.log();
+    let refused: BTreeSet<String> = log
+        .lines()
+        .filter_map(|l| {
+            l.split_once("draining: not creating session ")?
+                .1
+                .split(',')
+                .next()
+        })
+        .map(String::from)
+        .collect();
+    if refused.is_empty() || !refused.is_subset(&second_calls) {
+        run.fail(&format!(
+            "{url1} refused offers for {refused:?}; at least one, all of them new calls {second_calls:?}, expected"
+        ));
+    }
+    let kamailio_log = run.kamailio.as_ref().map(Guard::output).unwrap_or_default();
+    if !kamailio_log.contains(&format!("unsupported version of RTP proxy <{url1}>")) {
+        run.fail(&format!(
+            "Kamailio never re-checked {url1} with V while it drained (or did not take E15 as a failure)"
+        ));
+    }
+
+    // The calls on the draining relay kept their media to the end.
+    for (call, then) in &at_signal {
+        let now = &run.media[call];
+        if now.from_offerer <= then.from_offerer || now.from_answerer <= then.from_answerer {
+            run.fail(&format!(
+                "{call}: media on {url1} stopped when it began to drain ({}/{} packets then, {}/{} later)",
+                then.from_offerer, then.from_answerer, now.from_offerer, now.from_answerer
+            ));
+        }
+    }
+    let survivor_calls: BTreeSet<String> = on_survivor.union(&second_calls).cloned().collect();
+    run.expect_bye_statistics(&survivor_calls);
+
+    // The drained relay exits by itself once its last session timed out.
+    let status = run.relays[drained].proxy.wait_exit(Duration::from_secs(10));
+    run.relays[drained].alive = false;
+    if !status.is_some_and(|s| s.success()) {
+        run.fail(&format!(
+            "{url1} did not exit cleanly after draining: {status:?}"
+        ));
+    }
+    if !run.relays[drained]
+        .proxy
+        .log()
+        .contains("drained: the last session ended, exiting")
+    {
+        run.fail(&format!("{url1} exited without saying it drained"));
+    }
+    run.expect_no_sessions_left();
+    let (created, _) = run.last_counts[survivor];
+    if created != on_survivor.len() as u64 + SECOND {
+        run.fail(&format!(
+            "{url0} created {created} sessions; {} first calls and {SECOND} later ones expected",
+            on_survivor.len()
+        ));
+    }
+    let (created, _) = run.last_counts[drained];
+    if created != on_drained.len() as u64 {
+        run.fail(&format!(
+            "{url1} created {created} sessions for {} calls",
+            on_drained.len()
+        ));
+    }
+
+    // Its accounting: one record per call, ended by timeout, and by the
+    // relay's own counts not one packet lost, dropped or left unrelayed.
+    let text = fs::read_to_string(&accounting).unwrap_or_default();
+    let mut accounted = BTreeSet::new();
+    for line in text.lines() {
+        let rec = common::parse_flat_json(line)
+            .unwrap_or_else(|e| run.fail(&format!("unreadable accounting line ({e}): {line}")));
+        let field = |key: &str| match rec.get(key) {
+            Some(common::Json::Num(n)) => *n as u64,
+            _ => run.fail(&format!("no number {key} in {line}")),
+        };
+        let call = match rec.get("call_id") {
+            Some(common::Json::Str(c)) => c.clone(),
+            _ => run.fail(&format!("no call_id in {line}")),
+        };
+        let packets = [
+            "rtp_caller_packets",
+            "rtp_callee_packets",
+            "rtcp_caller_packets",
+            "rtcp_callee_packets",
+        ]
+        .map(field);
+        let ok = rec.get("reason") == Some(&common::Json::Str("timeout".into()))
+            && packets[0] == PCAP_PACKETS
+            && packets[1] == packets[0]
+            && field("relayed") == packets.iter().sum::<u64>()
+            && field("dropped") == 0
+            && field("lost_caller") == 0
+            && field("lost_callee") == 0;
+        if !ok {
+            run.fail(&format!(
+                "{call}: expected a timeout with all {PCAP_PACKETS} packets each way relayed, none dropped or lost: {line}"
+            ));
+        }
+        accounted.insert(call);
+    }
+    if accounted != on_drained || text.lines().count() != on_drained.len() {
+        run.fail(&format!(
+            "{url1} accounted for {accounted:?} in {} lines, its calls were {on_drained:?}",
+            text.lines().count()
         ));
     }
 }

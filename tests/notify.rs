@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::udp;
+
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read};
 use std::net::SocketAddr;
@@ -15,27 +17,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{reply_addr, rtp_packet, Peer, Rtpproxy, TempDir};
-
-/// Starts the daemon with UDP control on `port` and media ports `range`.
-fn udp(port: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
-    let s = format!("udp:127.0.0.1:{port}");
-    let (m, mm) = (range.0.to_string(), range.1.to_string());
-    let mut args = vec![
-        "-s",
-        &s,
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &m,
-        "-M",
-        &mm,
-        "-d",
-        "INFO",
-    ];
-    args.extend_from_slice(extra);
-    Rtpproxy::start(&args)
-}
+use common::{reply_addr, rtp_packet, Peer, TempDir};
 
 /// The program that listens for notifications: a unix stream listener.
 struct Listener {

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::udp;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -20,26 +22,6 @@ const MAKEANN: &str = env!("CARGO_BIN_EXE_makeann");
 
 /// Bytes of one 10 ms G.711 packet.
 const G711_FRAME: usize = 80;
-
-/// Starts the daemon with UDP control on `port` and media ports `range`.
-fn udp(port: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
-    let s = format!("udp:127.0.0.1:{port}");
-    let (m, mm) = (range.0.to_string(), range.1.to_string());
-    let mut args = vec![
-        "-s",
-        &s,
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &m,
-        "-M",
-        &mm,
-        "-d",
-        "INFO",
-    ];
-    args.extend_from_slice(extra);
-    Rtpproxy::start(&args)
-}
 
 /// A call set up through U and L, both parties latched: each party's
 /// socket and the relay address it sends to (and hears from).

@@ -67,22 +67,7 @@ const CALLEE_SSRC: u32 = 0x0ca1_1ee5;
 /// Starts a daemon on IPv4 loopback with UDP control on `control` and the
 /// 40 media ports from `media`.
 fn daemon(control: u16, media: u16, extra: &[&str]) -> Rtpproxy {
-    let s = format!("udp:127.0.0.1:{control}");
-    let (min, max) = (media.to_string(), (media + 39).to_string());
-    let mut args = vec![
-        "-s",
-        &s,
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &min,
-        "-M",
-        &max,
-        "-d",
-        "INFO",
-    ];
-    args.extend_from_slice(extra);
-    Rtpproxy::start(&args)
+    common::udp(control, (media, media + 39), extra)
 }
 
 /// The same on IPv6 loopback only.

@@ -31,20 +31,7 @@ fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
 
 /// A call where the caller's media is re-packetized by `z`.
 fn call(port: u16, range: (u16, u16), z: &str) -> (Rtpproxy, Peer, Peer, SocketAddr) {
-    let s = format!("udp:127.0.0.1:{port}");
-    let (m, mm) = (range.0.to_string(), range.1.to_string());
-    let rp = Rtpproxy::start(&[
-        "-s",
-        &s,
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &m,
-        "-M",
-        &mm,
-        "-d",
-        "INFO",
-    ]);
+    let rp = common::udp(port, range, &[]);
     let caller = Peer::new("127.0.0.1");
     let callee = Peer::new("127.0.0.1");
     let u = rp.command(&format!("U{z} rs 127.0.0.1 {} ft", caller.port()));
@@ -135,20 +122,22 @@ fn pcmu_20ms_joined_to_40ms() {
     assert_eq!(joined, inputs.concat(), "payload stream byte for byte");
     assert_eq!(got[0].ts, 8000);
     check_header_chain(&got, 0, 1, 1);
-    // A 40 ms packet leaves when its second 20 ms half arrives.
-    for (k, g) in got.iter().enumerate() {
-        let due = Duration::from_millis(20 + 40 * k as u64);
-        assert!(
-            g.at + Duration::from_millis(2) >= due,
-            "packet {k} early: {:?}",
-            g.at
-        );
-        assert!(
-            g.at <= due + Duration::from_millis(15),
-            "packet {k} late: {:?}",
-            g.at
-        );
-    }
+    // A 40 ms packet leaves when its second 20 ms half arrives. The test's
+    // sender shares two loaded cores with the daemon: judge the median and
+    // bound the worst case loosely.
+    let mut lateness: Vec<i64> = got
+        .iter()
+        .enumerate()
+        .map(|(k, g)| g.at.as_micros() as i64 - (20_000 + 40_000 * k as i64))
+        .collect();
+    assert!(
+        lateness.iter().all(|l| *l > -2_000),
+        "a packet left early: {lateness:?}"
+    );
+    lateness.sort();
+    let median = lateness[lateness.len() / 2];
+    assert!(median < 5_000, "median lateness {median} us");
+    assert!(lateness[lateness.len() - 1] < 100_000, "{lateness:?}");
 }
 
 #[test]

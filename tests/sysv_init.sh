@@ -14,8 +14,10 @@
 #   status 3; start succeeds; status is 0; the pid in the pidfile is alive
 #   and the control socket exists; a second start succeeds without starting
 #   another daemon; stop succeeds; the process is gone; status is 3 and the
-#   pidfile is gone; stop when stopped succeeds; a pidfile naming a dead
-#   process gives status 1 and is removed by stop.
+#   pidfile is gone; stop when stopped succeeds; drain of a daemon without
+#   calls succeeds and the daemon exits by itself, leaving status 3; drain
+#   when stopped succeeds; a pidfile naming a dead process gives status 1
+#   and is removed by stop.
 #
 # Exits 0 when every check passed, 1 with a message otherwise.  The daemon
 # and the temporary directory are cleaned up in every case.
@@ -146,6 +148,26 @@ expect_status 3 "after stop"
 run_init stop
 rc=$?
 [ "$rc" -eq 0 ] || fail "stop when stopped answered $rc"
+
+# Drain: a daemon without calls exits by itself at once.
+run_init start
+rc=$?
+[ "$rc" -eq 0 ] || fail "start before drain answered $rc"
+started_pid=$(cat "$tmp/pid")
+run_init drain
+rc=$?
+[ "$rc" -eq 0 ] || fail "drain answered $rc"
+i=0
+while alive "$started_pid"; do
+	[ "$i" -lt 50 ] || fail "pid $started_pid still running 5 s after drain"
+	sleep 0.1 2>/dev/null || sleep 1
+	i=$((i + 1))
+done
+expect_status 3 "after a drain"
+[ -e "$tmp/pid" ] && fail "pidfile still there after the drained daemon exited"
+run_init drain
+rc=$?
+[ "$rc" -eq 0 ] || fail "drain when stopped answered $rc"
 
 # A pidfile naming a dead process: status 1, and stop removes it.
 sh -c 'exit 0' &

@@ -2,13 +2,15 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use super::{
     codec_list, match_tag, Command, ErrorCode, Modifiers, Notify, Reply, StreamIds, TagMatch,
 };
 use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
+use crate::rtpp_account::CallRecord;
+pub use crate::rtpp_account::EndReason;
 use crate::rtpp_defines::{BindMode, Config, NOTIFY_CAP, PROTO_CAPS};
 use crate::rtpp_log;
 use crate::rtpp_network::parse_remote;
@@ -17,15 +19,6 @@ use crate::rtpp_record::{
     copy_file_name, parse_remote_target, record_file_name, RecordFile, RecordFormat, RemoteCopy,
 };
 use crate::rtpp_session::{Session, Sessions, CALLEE, CALLER, RTCP, RTP};
-
-/// Why a session ended, for the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    Deleted,
-    DeletedAll,
-    Timeout,
-    Shutdown,
-}
 
 /// What a command runs against.
 pub struct Context<'a> {
@@ -135,47 +128,21 @@ fn arm_notify(cfg: &Config, s: &mut Session, notify: Option<&Notify<'_>>) {
     }
 }
 
-/// Removes a session and logs why; the one place sessions end. Returns it
-/// for what the caller still owes it (a timeout notification).
+/// Removes a session and accounts for it (the INFO line, and the `-A`
+/// file when there is one); the one place sessions end. Returns it for what
+/// the caller still owes it (a timeout notification).
 pub fn end_session(sessions: &mut Sessions, id: u32, why: EndReason) -> Option<Session> {
     let mut s = sessions.remove(id)?;
     if why == EndReason::Timeout {
         sessions.totals.sessions_timeout += 1;
     }
     finish_recordings(&mut s);
-    rtpp_log!(Info, "{}", accounting_line(&s, why));
+    let record = CallRecord::of(&s, why, SystemTime::now());
+    rtpp_log!(Info, "{}", record.log_line());
+    if let Some(file) = sessions.accounting.as_mut() {
+        file.append(&record.json_line());
+    }
     Some(s)
-}
-
-/// The per-call record logged when a session ends: who, how long, what
-/// each side sent over RTP and RTCP, what was dropped, and the RTP loss
-/// each side's sequence numbers show.
-pub fn accounting_line(s: &Session, why: EndReason) -> String {
-    let rtp = &s.streams[RTP];
-    let rtcp = &s.streams[RTCP];
-    format!(
-        "session ended ({why:?}): call_id={} from_tag={} to_tag={} duration={:.3}s ports={}/{} \
-         rtp_caller={}p/{}b rtp_callee={}p/{}b rtcp_caller={}p/{}b rtcp_callee={}p/{}b \
-         relayed={} dropped={} lost_caller={} lost_callee={}",
-        show(&s.call_id),
-        show(&s.tag),
-        s.to_tag.as_deref().map_or("NONE".into(), show),
-        s.created.elapsed().as_secs_f64(),
-        s.port(CALLER),
-        s.port(CALLEE),
-        rtp.parties[CALLER].packets,
-        rtp.parties[CALLER].bytes,
-        rtp.parties[CALLEE].packets,
-        rtp.parties[CALLEE].bytes,
-        rtcp.parties[CALLER].packets,
-        rtcp.parties[CALLER].bytes,
-        rtcp.parties[CALLEE].packets,
-        rtcp.parties[CALLEE].bytes,
-        rtp.relayed + rtcp.relayed,
-        rtp.dropped + rtcp.dropped,
-        rtp.parties[CALLER].seq.lost(),
-        rtp.parties[CALLEE].seq.lost(),
-    )
 }
 
 /// Records both directions of a session's RTP (and RTCP unless `-R`) into

@@ -4,6 +4,7 @@
 //! test fails).
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
@@ -237,6 +238,27 @@ impl Drop for Rtpproxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts the daemon on IPv4 loopback with UDP control on `port`, media
+/// ports `range` and INFO logging, plus `extra` options.
+pub fn udp(port: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
+    let s = format!("udp:127.0.0.1:{port}");
+    let (m, mm) = (range.0.to_string(), range.1.to_string());
+    let mut args = vec![
+        "-s",
+        &s,
+        "-l",
+        "127.0.0.1",
+        "-m",
+        &m,
+        "-M",
+        &mm,
+        "-d",
+        "INFO",
+    ];
+    args.extend_from_slice(extra);
+    Rtpproxy::start(&args)
 }
 
 /// Sends a signal by name to a pid we started.
@@ -576,6 +598,92 @@ impl Drop for Background {
             }
         }
     }
+}
+
+/// A JSON value of a flat accounting record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    Str(String),
+    Num(f64),
+    Null,
+}
+
+/// Parses one flat JSON object (string, number and null values only, as
+/// the `-A` records are), strictly: anything else is an error.
+pub fn parse_flat_json(line: &str) -> Result<BTreeMap<String, Json>, String> {
+    let mut it = line.trim_end_matches('\n').chars().peekable();
+    let mut out = BTreeMap::new();
+    let expect = |it: &mut std::iter::Peekable<std::str::Chars>, c: char| match it.next() {
+        Some(x) if x == c => Ok(()),
+        other => Err(format!("expected {c:?}, found {other:?}")),
+    };
+    fn string(it: &mut std::iter::Peekable<std::str::Chars>) -> Result<String, String> {
+        if it.next() != Some('"') {
+            return Err("expected a string".into());
+        }
+        let mut s = String::new();
+        loop {
+            match it.next().ok_or("unterminated string")? {
+                '"' => return Ok(s),
+                '\\' => match it.next().ok_or("unterminated escape")? {
+                    '"' => s.push('"'),
+                    '\\' => s.push('\\'),
+                    '/' => s.push('/'),
+                    'n' => s.push('\n'),
+                    't' => s.push('\t'),
+                    'r' => s.push('\r'),
+                    'b' => s.push('\u{8}'),
+                    'f' => s.push('\u{c}'),
+                    'u' => {
+                        let hex: String = it.by_ref().take(4).collect();
+                        let code = u32::from_str_radix(&hex, 16).map_err(|e| e.to_string())?;
+                        s.push(char::from_u32(code).ok_or("surrogate escape")?);
+                    }
+                    other => return Err(format!("bad escape \\{other}")),
+                },
+                c if (c as u32) < 0x20 => return Err("raw control character".into()),
+                c => s.push(c),
+            }
+        }
+    }
+    expect(&mut it, '{')?;
+    loop {
+        let key = string(&mut it)?;
+        expect(&mut it, ':')?;
+        let value = match it.peek() {
+            Some('"') => Json::Str(string(&mut it)?),
+            Some('n') => {
+                let word: String = it.by_ref().take(4).collect();
+                if word != "null" {
+                    return Err(format!("bad literal {word}"));
+                }
+                Json::Null
+            }
+            _ => {
+                let mut num = String::new();
+                while let Some(&c) = it.peek() {
+                    if !(c.is_ascii_digit() || c == '.' || c == '-') {
+                        break;
+                    }
+                    num.push(c);
+                    it.next();
+                }
+                Json::Num(num.parse().map_err(|_| format!("bad number {num:?}"))?)
+            }
+        };
+        if out.insert(key.clone(), value).is_some() {
+            return Err(format!("duplicate key {key}"));
+        }
+        match it.next() {
+            Some(',') => continue,
+            Some('}') => break,
+            other => return Err(format!("expected , or }}, found {other:?}")),
+        }
+    }
+    if it.next().is_some() {
+        return Err("text after the object".into());
+    }
+    Ok(out)
 }
 
 /// Puts a process (or, with 0, the calling thread) in the real-time
