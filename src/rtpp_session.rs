@@ -203,12 +203,18 @@ impl Party {
         self.signalled = Some(remote);
         if asymmetric || !self.latched {
             self.addr = Some(remote);
-            return;
+        } else {
+            if !self.untrusted {
+                self.addr = Some(remote);
+            }
+            self.update_until = Some(now + UPDATE_WINDOW);
         }
-        if !self.untrusted {
-            self.addr = Some(remote);
+        // The party is where its SDP now says: nothing left to take back.
+        // A window left open would let a later re-signalled address take
+        // the party after it spoke and closed the update window.
+        if self.addr == Some(remote) {
+            self.reclaim_until = None;
         }
-        self.update_until = Some(now + UPDATE_WINDOW);
     }
 
     /// Pre-fills a guessed address (RTCP = RTP port + 1) unless latched.
@@ -676,6 +682,31 @@ mod tests {
         let late = now + UPDATE_WINDOW + Duration::from_millis(1);
         assert_eq!(q.accept(addr("192.168.1.2:4000"), late), Verdict::Reject);
         assert_eq!(q.addr, Some(addr("1.2.3.4:5000")));
+    }
+
+    /// Found by the `latch` fuzz target: a re-INVITE naming the address the
+    /// party was latched to left the take-back window of the first latch
+    /// open, so the next re-signalled address could take the party even
+    /// after the party spoke and closed the update window.
+    #[test]
+    fn resignal_to_the_latched_address_closes_the_take_back_window() {
+        let now = Instant::now();
+        let (a, s, b) = (
+            addr("10.0.0.1:4000"),
+            addr("1.2.3.4:5000"),
+            addr("10.0.0.9:4000"),
+        );
+        let mut p = Party::default();
+        p.signal(Some(a), false, now);
+        assert_eq!(p.accept(s, now), Verdict::Latched);
+        p.signal(Some(s), false, now);
+        assert_eq!(p.reclaim_until, None);
+        assert_eq!(p.accept(s, now), Verdict::Accept);
+        p.signal(Some(b), false, now);
+        // The party speaks from where it is: the update window closes.
+        assert_eq!(p.accept(s, now), Verdict::Accept);
+        assert_eq!(p.accept(b, now), Verdict::Reject);
+        assert_eq!(p.addr, Some(s));
     }
 
     #[test]
