@@ -1,6 +1,6 @@
 #!/bin/sh
 # Runs every fuzz target for SECONDS each (default 60) and prints the
-# executions per target. Exits non-zero at the first crash, leaving the
+# executions per target (FUZZ_TARGETS="a b" runs only those). Exits non-zero at the first crash, leaving the
 # input that crashed it in fuzz/artifacts/<target>/ (turn it into a test).
 #
 # Needs cargo-fuzz (cargo install cargo-fuzz --locked) and a C++ compiler.
@@ -18,7 +18,8 @@ command -v cargo-fuzz >/dev/null 2>&1 || {
     exit 1
 }
 export RUSTC_BOOTSTRAP=1
-targets="command rtp latch recording wav"
+# FUZZ_TARGETS picks some (e.g. FUZZ_TARGETS="latch wav"); default all.
+targets=${FUZZ_TARGETS:-command rtp latch recording wav}
 # -a: debug assertions and overflow checks, so arithmetic that wraps in a
 # release build is a crash here.
 build_log=$(mktemp "${TMPDIR:-/tmp}/rtpp-fuzz-build.XXXXXX")
