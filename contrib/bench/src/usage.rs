@@ -1,0 +1,131 @@
+//! CPU and memory of the relay and of the harness over the measured window.
+
+use crate::clock::now_ns;
+use crate::procfs;
+use crate::report::Report;
+
+/// A snapshot taken at one edge of the measured window.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    wall_ns: u64,
+    self_cpu_ns: u64,
+    relay_ticks: Option<u64>,
+}
+
+/// Takes a snapshot; the relay part is absent when no pid is known or the
+/// relay is gone.
+pub fn sample(relay_pid: Option<i32>) -> CpuSample {
+    CpuSample {
+        wall_ns: now_ns(),
+        self_cpu_ns: procfs::self_cpu_ns(),
+        relay_ticks: relay_pid.and_then(|pid| procfs::read_cpu_ticks(pid).ok()),
+    }
+}
+
+/// CPU used between two snapshots.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUse {
+    /// Length of the window, seconds.
+    pub wall_s: f64,
+    /// The harness's CPU, in cores (1.0 = one core busy all the time).
+    pub generator_cores: f64,
+    /// The relay's CPU, in cores.
+    pub relay_cores: Option<f64>,
+    /// The relay's CPU, in microseconds.
+    pub relay_cpu_us: Option<f64>,
+}
+
+/// What was used between `start` and `end`.
+pub fn between(start: &CpuSample, end: &CpuSample) -> CpuUse {
+    let wall_s = end.wall_ns.saturating_sub(start.wall_ns) as f64 / 1e9;
+    if wall_s <= 0.0 {
+        return CpuUse::default();
+    }
+    let generator_cores = end.self_cpu_ns.saturating_sub(start.self_cpu_ns) as f64 / 1e9 / wall_s;
+    let relay_cpu_us = match (start.relay_ticks, end.relay_ticks) {
+        (Some(a), Some(b)) => {
+            Some(b.saturating_sub(a) as f64 * 1e6 / procfs::ticks_per_second() as f64)
+        }
+        _ => None,
+    };
+    CpuUse {
+        wall_s,
+        generator_cores,
+        relay_cores: relay_cpu_us.map(|us| us / 1e6 / wall_s),
+        relay_cpu_us,
+    }
+}
+
+/// Adds the relay's and the generator's CPU and memory rows to `report`;
+/// `relayed` is the number of packets the relay forwarded in the window.
+pub fn add_rows(report: &mut Report, cpu: &CpuUse, relayed: u64, relay_pid: Option<i32>) {
+    report.float(
+        "window_s",
+        "measured window (wall clock)",
+        Some(cpu.wall_s),
+        3,
+        "s",
+    );
+    report.float(
+        "relay_cpu_pct",
+        "relay CPU (% of one core)",
+        cpu.relay_cores.map(|c| c * 100.0),
+        1,
+        "%",
+    );
+    let per_packet = match cpu.relay_cpu_us {
+        Some(us) if relayed > 0 => Some(us / relayed as f64),
+        _ => None,
+    };
+    report.float(
+        "relay_us_per_pkt",
+        "relay CPU per relayed packet",
+        per_packet,
+        3,
+        "us",
+    );
+    let memory = relay_pid.and_then(|pid| procfs::read_rss_kib(pid).ok());
+    report.float(
+        "relay_rss_kib",
+        "relay RSS (VmRSS)",
+        memory.map(|(rss, _)| rss as f64),
+        0,
+        "KiB",
+    );
+    report.float(
+        "relay_peak_rss_kib",
+        "relay peak RSS (VmHWM)",
+        memory.map(|(_, hwm)| hwm as f64),
+        0,
+        "KiB",
+    );
+    report.float(
+        "generator_cpu_pct",
+        "generator CPU (% of one core)",
+        Some(cpu.generator_cores * 100.0),
+        1,
+        "%",
+    );
+    report.int(
+        "generator_cpus",
+        "CPUs the generator may use",
+        procfs::allowed_cpus() as u64,
+        "",
+    );
+    if relay_pid.is_none() {
+        report.warn("relay CPU and memory not measured: give --pid or --pidfile".into());
+    }
+}
+
+/// Warns when the relay died during the run.
+pub fn check_relay_alive(report: &mut Report, relay_pid: Option<i32>) {
+    if let Some(pid) = relay_pid {
+        let alive = procfs::is_alive(pid);
+        report.flag("relay_alive", "relay still running", alive);
+        if !alive {
+            report.warn(format!(
+                "RELAY PROCESS {pid} IS GONE: it died during the run"
+            ));
+        }
+    }
+}
