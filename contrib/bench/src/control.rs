@@ -20,9 +20,11 @@ use crate::stats::LatencyHistogram;
 use crate::usage;
 use std::net::{IpAddr, Ipv4Addr};
 
-/// A worker that sees this many timeouts in a row stops: the relay is
-/// gone or wedged, and waiting out the whole run proves nothing more.
-const GIVE_UP_AFTER_TIMEOUTS: u32 = 5;
+/// A worker whose requests go unanswered this many times in a row stops:
+/// the relay is gone or wedged, and waiting out the run proves nothing.
+const GIVE_UP_AFTER_UNANSWERED: u32 = 5;
+/// Most unanswered deletes remembered for a second try.
+const MAX_LEFTOVERS: usize = 4096;
 
 /// The three kinds of command a cycle sends.
 #[derive(Clone, Copy)]
@@ -56,6 +58,10 @@ struct WorkerStats {
     kinds: [KindStats; 3],
     cycles_ok: u64,
     cycles_failed: u64,
+    /// Cycles completed over the whole run, warm-up included.
+    cycles_all: u64,
+    /// When the relay last answered, ns since the run began.
+    last_answer_ns: u64,
     leftovers: Vec<String>,
     first_error: Option<String>,
     gave_up: bool,
@@ -67,9 +73,10 @@ struct Worker {
     run: u32,
     media_port: u16,
     cycle: Cycle,
+    run_start: u64,
     window: (u64, u64),
     stats: WorkerStats,
-    consecutive_timeouts: u32,
+    unanswered_in_a_row: u32,
 }
 
 impl Worker {
@@ -83,10 +90,11 @@ impl Worker {
             Kind::Update | Kind::Lookup => parse_port_reply(&body).map(|_| body),
             Kind::Delete => parse_ok_reply(&body).map(|_| body),
         });
-        if matches!(checked, Err(CtrlError::Timeout)) {
-            self.consecutive_timeouts += 1;
+        if checked.as_ref().is_err_and(CtrlError::is_unanswered) {
+            self.unanswered_in_a_row += 1;
         } else {
-            self.consecutive_timeouts = 0;
+            self.unanswered_in_a_row = 0;
+            self.stats.last_answer_ns = finished.saturating_sub(self.run_start);
         }
         if let Err(e) = &checked {
             self.stats
@@ -131,8 +139,13 @@ impl Worker {
             Err(CtrlError::Relay(_)) => ok = false,
             Err(_) => {
                 ok = false;
-                self.stats.leftovers.push(delete);
+                if self.stats.leftovers.len() < MAX_LEFTOVERS {
+                    self.stats.leftovers.push(delete);
+                }
             }
+        }
+        if ok {
+            self.stats.cycles_all += 1;
         }
         if started >= self.window.0 && started < self.window.1 {
             if ok {
@@ -150,7 +163,7 @@ impl Worker {
             if now_ns() >= self.window.1 || stop_requested() {
                 break;
             }
-            if self.consecutive_timeouts >= GIVE_UP_AFTER_TIMEOUTS {
+            if self.unanswered_in_a_row >= GIVE_UP_AFTER_UNANSWERED {
                 self.stats.gave_up = true;
                 break;
             }
@@ -190,9 +203,10 @@ pub fn run_control(cfg: &Config, relay_pid: Option<i32>, run: u32) -> Result<Rep
             run,
             media_port,
             cycle: cfg.cycle,
+            run_start: t0,
             window,
             stats: WorkerStats::default(),
-            consecutive_timeouts: 0,
+            unanswered_in_a_row: 0,
         });
     }
     let (all, cpu, interrupted) = std::thread::scope(|scope| {
@@ -214,7 +228,12 @@ pub fn run_control(cfg: &Config, relay_pid: Option<i32>, run: u32) -> Result<Rep
         }
         (all, usage::between(&start, &end), interrupted)
     });
-    let cleaned = clean_leftovers(spec, run, cfg.timing, &all.leftovers);
+    let relay_gone = relay_pid.is_some_and(|pid| !procfs::is_alive(pid));
+    let cleaned = if relay_gone {
+        0
+    } else {
+        clean_leftovers(spec, run, cfg.timing, &all.leftovers)
+    };
     Ok(control_report(
         cfg,
         spec,
@@ -232,6 +251,8 @@ fn merge_worker(all: &mut WorkerStats, s: WorkerStats) {
     }
     all.cycles_ok += s.cycles_ok;
     all.cycles_failed += s.cycles_failed;
+    all.cycles_all += s.cycles_all;
+    all.last_answer_ns = all.last_answer_ns.max(s.last_answer_ns);
     all.leftovers.extend(s.leftovers);
     if all.first_error.is_none() {
         all.first_error = s.first_error;
@@ -322,7 +343,7 @@ fn control_report(
     let timeouts: u64 = all.kinds.iter().map(|k| k.timeouts).sum();
     report.int("errors", "error replies", errors, "");
     report.int("timeouts", "timeouts", timeouts, "");
-    usage::add_rows(&mut report, cpu, 0, relay_pid);
+    usage::add_rows(&mut report, cpu, None, relay_pid);
     let load = GeneratorLoad {
         cpu_cores: cpu.generator_cores,
         allowed_cpus: procfs::allowed_cpus(),
@@ -333,9 +354,25 @@ fn control_report(
     if let Some(e) = &all.first_error {
         report.text("first_error", "first error", e);
     }
+    let relay_gone = relay_pid.is_some_and(|pid| !procfs::is_alive(pid));
+    if all.gave_up || relay_gone {
+        report.int(
+            "cycles_whole_run",
+            "cycles completed, warm-up included",
+            all.cycles_all,
+            "",
+        );
+        report.float(
+            "last_answer_s",
+            "relay last answered (s into the run)",
+            Some(all.last_answer_ns as f64 / 1e9),
+            3,
+            "s",
+        );
+    }
     if all.gave_up {
         report.warn(format!(
-            "workers stopped after {GIVE_UP_AFTER_TIMEOUTS} timeouts in a row: the relay stopped answering"
+            "workers stopped after {GIVE_UP_AFTER_UNANSWERED} unanswered requests in a row: the relay stopped answering"
         ));
     }
     if not_cleaned > 0 {

@@ -109,6 +109,14 @@ pub enum CtrlError {
     Relay(String),
 }
 
+impl CtrlError {
+    /// Whether the relay gave no answer at all (as opposed to an error
+    /// reply): the sign that it is gone or wedged.
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, CtrlError::Timeout | CtrlError::Io(_))
+    }
+}
+
 impl fmt::Display for CtrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -420,16 +428,30 @@ pub fn run_pipelined(
             timing,
         )?);
     }
+    // A relay that stopped answering would otherwise cost one timeout per
+    // remaining command; after this many unanswered requests in a row the
+    // rest are not sent.
+    let give_up_after = 2 * window + 2;
+    let unanswered_in_a_row = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for mut client in clients {
             let next = &next;
             let results = &results;
+            let unanswered = &unanswered_in_a_row;
             scope.spawn(move || loop {
+                if unanswered.load(Ordering::Relaxed) >= give_up_after {
+                    break;
+                }
                 let idx = next.fetch_add(1, Ordering::Relaxed);
                 let Some(command) = commands.get(idx) else {
                     break;
                 };
                 let reply = client.request(command);
+                if reply.as_ref().is_err_and(CtrlError::is_unanswered) {
+                    unanswered.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    unanswered.store(0, Ordering::Relaxed);
+                }
                 if let Ok(mut all) = results.lock() {
                     all[idx] = Some(reply);
                 }
@@ -441,7 +463,11 @@ pub fn run_pipelined(
         .map_err(|_| "a control worker panicked".to_string())?;
     Ok(all
         .into_iter()
-        .map(|r| r.unwrap_or(Err(CtrlError::Io("request never sent".into()))))
+        .map(|r| {
+            r.unwrap_or(Err(CtrlError::Io(
+                "not sent: the relay stopped answering".into(),
+            )))
+        })
         .collect())
 }
 

@@ -28,6 +28,11 @@ const PRIMING_STREAM: u32 = u32::MAX;
 const FLOOD_STREAM: u32 = 0;
 /// Socket receive queue for the generator's receiving side.
 const GENERATOR_RCVBUF: usize = 8 << 20;
+/// Below this share of a core the relay's CPU figure is too coarse (clock
+/// ticks of 10 ms) to project its capacity from.
+const MIN_CORES_FOR_ESTIMATE: f64 = 0.05;
+/// A relay busier than this share of a core is taken to be saturated.
+const RELAY_BUSY: f64 = 0.90;
 /// How long a blocking receive waits before re-checking the clock.
 const RECV_WAKE: Duration = Duration::from_millis(20);
 
@@ -272,13 +277,28 @@ fn drive_flood(cfg: &Config, path: &FloodPath, run: u32) -> Result<Flow, String>
     })
 }
 
+/// Datagrams the kernel dropped at each end's socket queue.
+#[derive(Clone, Copy)]
+struct QueueDrops {
+    relay: u64,
+    generator: u64,
+}
+
+/// Reads the drop counters of the relay's input socket and the
+/// generator's receiving socket; must run before either is closed.
+fn queue_drops(relay_port: u16, generator: &UdpSocket) -> QueueDrops {
+    QueueDrops {
+        relay: procfs::read_udp_drops(&HashSet::from([relay_port])),
+        generator: procfs::read_udp_drops(&HashSet::from([port_of(generator)])),
+    }
+}
+
 fn flood_report(
     mode: &'static str,
     cfg: &Config,
     title: String,
     flow: &Flow,
-    relay_port: u16,
-    generator_port: u16,
+    drops: QueueDrops,
     relay_pid: Option<i32>,
 ) -> Report {
     let mut report = Report::new(mode, title);
@@ -343,26 +363,51 @@ fn flood_report(
         1,
         "us",
     );
-    let relay_drops = procfs::read_udp_drops(&HashSet::from([relay_port]));
     report.int(
         "relay_queue_drops",
         "dropped by the relay's input queue",
-        relay_drops,
+        drops.relay,
         "pkts",
     );
-    let generator_drops = procfs::read_udp_drops(&HashSet::from([generator_port]));
     report.int(
         "generator_queue_drops",
         "dropped by the generator's receive queue",
-        generator_drops,
+        drops.generator,
         "pkts",
     );
-    usage::add_rows(&mut report, &flow.cpu, flow.received_measured, relay_pid);
+    usage::add_rows(
+        &mut report,
+        &flow.cpu,
+        Some(flow.received_measured),
+        relay_pid,
+    );
+    let relayed_pps = flow.received_measured as f64 / secs;
+    let capacity = flow
+        .cpu
+        .relay_cores
+        .filter(|&c| c > MIN_CORES_FOR_ESTIMATE)
+        .map(|c| relayed_pps / c);
+    report.float(
+        "relay_capacity_pps_est",
+        "relay capacity at one full core (estimate)",
+        capacity,
+        0,
+        "pps",
+    );
+    if let Some(cores) = flow.cpu.relay_cores {
+        if cores < RELAY_BUSY && flow.cpu.generator_cores >= RELAY_BUSY {
+            report.warn(format!(
+                "the relay used only {:.0}% of a core while the generator was busy: the relayed \
+                 rate is the generator's limit; see the capacity estimate",
+                cores * 100.0
+            ));
+        }
+    }
     // A flood saturates the sender by design; what must not saturate is
     // the generator's receive side, or the relayed rate is understated.
     let load = GeneratorLoad {
         allowed_cpus: procfs::allowed_cpus(),
-        receive_drops: generator_drops,
+        receive_drops: drops.generator,
         ..Default::default()
     };
     flag_saturation(&mut report, &load);
@@ -408,8 +453,7 @@ pub fn run_flood(cfg: &Config, relay_pid: Option<i32>, run: u32) -> Result<Repor
         relay_pid,
     };
     let flow = drive_flood(cfg, &path, run);
-    let relay_port = call.caller_sends_to.port();
-    let generator_port = port_of(&call.callee);
+    let drops = queue_drops(call.caller_sends_to.port(), &call.callee);
     let teardown = tear_down_calls(&sig, calls);
     let flow = flow?;
     let title = format!(
@@ -418,15 +462,7 @@ pub fn run_flood(cfg: &Config, relay_pid: Option<i32>, run: u32) -> Result<Repor
         cfg.warmup_s,
         label_suffix(&cfg.label)
     );
-    let mut report = flood_report(
-        "flood",
-        cfg,
-        title,
-        &flow,
-        relay_port,
-        generator_port,
-        relay_pid,
-    );
+    let mut report = flood_report("flood", cfg, title, &flow, drops, relay_pid);
     report.text("ctrl", "control socket", &spec.to_string());
     report.int("deleted", "sessions deleted (D)", teardown.deleted, "");
     if teardown.failed > 0 {
@@ -542,6 +578,7 @@ pub fn run_baseline(cfg: &Config, run: u32) -> Result<Report, String> {
         relay_pid: Some(relay.pid()),
     };
     let flow = drive_flood(cfg, &path, run)?;
+    let drops = queue_drops(relay.port, &receiver);
     let title = format!(
         "baseline (minimal recvmmsg/sendmmsg relay{}), {} s measured after {} s warm-up",
         cfg.baseline_cpu
@@ -550,15 +587,7 @@ pub fn run_baseline(cfg: &Config, run: u32) -> Result<Report, String> {
         cfg.duration_s,
         cfg.warmup_s
     );
-    let mut report = flood_report(
-        "baseline",
-        cfg,
-        title,
-        &flow,
-        relay.port,
-        port_of(&receiver),
-        Some(relay.pid()),
-    );
+    let mut report = flood_report("baseline", cfg, title, &flow, drops, Some(relay.pid()));
     report.text(
         "baseline_cpu",
         "baseline relay pinned to CPU",

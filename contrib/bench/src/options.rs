@@ -347,8 +347,13 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         .opt_str("pid")
         .map(|s| parse_num::<i32>("pid", &s, 1, i32::MAX))
         .transpose()?;
-    let default_baseline_cpu =
-        (std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2).then_some(1);
+    // The machine's CPUs, not this process's: under `taskset -c 0` the
+    // minimal relay must still go to CPU 1, like the relay under test.
+    let online = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .unwrap_or(1);
+    let default_baseline_cpu = (online >= 2).then_some(1);
     let baseline_cpu = match m.opt_str("baseline-cpu") {
         Some(s) => Some(parse_num::<usize>("baseline-cpu", &s, 0, 1023)?),
         None => default_baseline_cpu,

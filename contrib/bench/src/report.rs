@@ -112,6 +112,7 @@ impl Report {
         let width = self.rows.iter().map(|r| r.label.len()).max().unwrap_or(0);
         for row in &self.rows {
             let value = match &row.value {
+                Value::Text(t) if t.is_empty() => "-".to_string(),
                 Value::Text(t) => t.clone(),
                 Value::Int(v) => v.to_string(),
                 Value::Float(v, d) => format!("{v:.d$}", d = *d),

@@ -57,8 +57,9 @@ pub fn between(start: &CpuSample, end: &CpuSample) -> CpuUse {
 }
 
 /// Adds the relay's and the generator's CPU and memory rows to `report`;
-/// `relayed` is the number of packets the relay forwarded in the window.
-pub fn add_rows(report: &mut Report, cpu: &CpuUse, relayed: u64, relay_pid: Option<i32>) {
+/// `relayed` is the number of packets the relay forwarded in the window
+/// (`None` when the run carries no media).
+pub fn add_rows(report: &mut Report, cpu: &CpuUse, relayed: Option<u64>, relay_pid: Option<i32>) {
     report.float(
         "window_s",
         "measured window (wall clock)",
@@ -73,17 +74,19 @@ pub fn add_rows(report: &mut Report, cpu: &CpuUse, relayed: u64, relay_pid: Opti
         1,
         "%",
     );
-    let per_packet = match cpu.relay_cpu_us {
-        Some(us) if relayed > 0 => Some(us / relayed as f64),
-        _ => None,
-    };
-    report.float(
-        "relay_us_per_pkt",
-        "relay CPU per relayed packet",
-        per_packet,
-        3,
-        "us",
-    );
+    if let Some(relayed) = relayed {
+        let per_packet = match cpu.relay_cpu_us {
+            Some(us) if relayed > 0 => Some(us / relayed as f64),
+            _ => None,
+        };
+        report.float(
+            "relay_us_per_pkt",
+            "relay CPU per relayed packet",
+            per_packet,
+            3,
+            "us",
+        );
+    }
     let memory = relay_pid.and_then(|pid| procfs::read_rss_kib(pid).ok());
     report.float(
         "relay_rss_kib",
