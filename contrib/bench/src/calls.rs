@@ -9,12 +9,13 @@
 use crate::clock::{
     now_ns, sleep_until_ns, sleep_until_or_stop, tighten_timer_slack, NS_PER_MS, NS_PER_SEC,
 };
+use crate::ctrl::CtrlSpec;
 use crate::options::Config;
 use crate::packet::{self, Probe, PACKET_LEN};
 use crate::procfs;
 use crate::report::{flag_saturation, GeneratorLoad, Report};
 use crate::runctl::{ensure_fd_limit, stop_requested, Watchdog};
-use crate::session::{set_up_calls, tear_down_calls, Call, Signalling};
+use crate::session::{set_up_calls, tear_down_calls, Call, Signalling, Teardown};
 use crate::stats::{LatencyHistogram, SeqMark, SeqTracker};
 use crate::usage::{self, CpuUse};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -298,12 +299,6 @@ fn run_receiver(
     Ok(stats)
 }
 
-/// Everything one `calls` run measured.
-pub struct CallsOutcome {
-    /// The figures, ready to print.
-    pub report: Report,
-}
-
 fn check_memory(calls: usize, total_cycles: u64) -> Result<(), String> {
     let bytes = calls as u64 * 2 * total_cycles.div_ceil(8);
     if bytes > MAX_TRACKER_BYTES {
@@ -322,7 +317,7 @@ pub fn run_calls(
     n: usize,
     relay_pid: Option<i32>,
     run: u32,
-) -> Result<CallsOutcome, String> {
+) -> Result<Report, String> {
     let spec = cfg
         .ctrl
         .as_ref()
@@ -362,12 +357,34 @@ pub fn run_calls(
     let relay_drops = procfs::read_udp_drops(&relay_ports);
     let generator_drops = procfs::read_udp_drops(&generator_ports);
     let teardown = tear_down_calls(&sig, calls);
-    let traffic = traffic?;
+    let outcome = CallsRun {
+        calls: n,
+        setup_s,
+        traffic: traffic?,
+        relay_drops,
+        generator_drops,
+        teardown,
+    };
+    Ok(calls_report(cfg, spec, &outcome, relay_pid))
+}
 
+/// What one `calls` run gathered, before it is turned into a report.
+struct CallsRun {
+    calls: usize,
+    setup_s: f64,
+    traffic: Traffic,
+    relay_drops: u64,
+    generator_drops: u64,
+    teardown: Teardown,
+}
+
+fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option<i32>) -> Report {
+    let traffic = &run.traffic;
     let mut report = Report::new(
         "calls",
         format!(
-            "calls: {n} calls via {spec}, {} s measured after {} s warm-up{}",
+            "calls: {} calls via {spec}, {} s measured after {} s warm-up{}",
+            run.calls,
             cfg.duration_s,
             cfg.warmup_s,
             label_suffix(&cfg.label)
@@ -375,45 +392,56 @@ pub fn run_calls(
     );
     report.text("label", "relay under test", &cfg.label);
     report.text("ctrl", "control socket", &spec.to_string());
-    report.int("calls", "calls", n as u64, "");
+    report.int("calls", "calls", run.calls as u64, "");
     report.int("duration_s", "measured seconds", cfg.duration_s, "s");
     report.int("warmup_s", "warm-up seconds", cfg.warmup_s, "s");
-    report.float("setup_s", "set-up time (Us + Ls)", Some(setup_s), 3, "s");
-    add_traffic_rows(&mut report, &traffic, n, cfg.duration_s);
+    report.float(
+        "setup_s",
+        "set-up time (Us + Ls)",
+        Some(run.setup_s),
+        3,
+        "s",
+    );
+    add_traffic_rows(&mut report, traffic, run.calls, cfg.duration_s);
     report.int(
         "relay_queue_drops",
         "dropped by relay socket queues (whole run)",
-        relay_drops,
+        run.relay_drops,
         "pkts",
     );
     report.int(
         "generator_queue_drops",
         "dropped by generator socket queues (whole run)",
-        generator_drops,
+        run.generator_drops,
         "pkts",
     );
     usage::add_rows(&mut report, &traffic.cpu, Some(traffic.received), relay_pid);
-    report.int("deleted", "sessions deleted (D)", teardown.deleted, "");
-    report.int("delete_failed", "deletes failed", teardown.failed, "");
+    report.int("deleted", "sessions deleted (D)", run.teardown.deleted, "");
+    report.int("delete_failed", "deletes failed", run.teardown.failed, "");
     let load = GeneratorLoad {
         cpu_cores: traffic.cpu.generator_cores,
         allowed_cpus: procfs::allowed_cpus(),
         unsent: traffic.expected.saturating_sub(traffic.sent),
         late: traffic.late,
         sent: traffic.sent,
-        receive_drops: generator_drops,
+        receive_drops: run.generator_drops,
     };
-    flag_saturation(&mut report, &load);
-    usage::check_relay_alive(&mut report, relay_pid);
+    // A cut-short window says nothing about saturation.
     if traffic.interrupted {
         report.warn(
             "INTERRUPTED: the run was stopped early; the figures cover a partial window".into(),
         );
+    } else {
+        flag_saturation(&mut report, &load);
     }
-    if teardown.failed > 0 {
-        report.warn(format!("{} sessions could not be deleted", teardown.failed));
+    usage::check_relay_alive(&mut report, relay_pid);
+    if run.teardown.failed > 0 {
+        report.warn(format!(
+            "{} sessions could not be deleted",
+            run.teardown.failed
+        ));
     }
-    Ok(CallsOutcome { report })
+    report
 }
 
 /// A label for titles: empty, or " [label]".

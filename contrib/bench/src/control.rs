@@ -349,7 +349,10 @@ fn control_report(
         allowed_cpus: procfs::allowed_cpus(),
         ..Default::default()
     };
-    flag_saturation(&mut report, &load);
+    // A cut-short window says nothing about saturation.
+    if !interrupted {
+        flag_saturation(&mut report, &load);
+    }
     usage::check_relay_alive(&mut report, relay_pid);
     if let Some(e) = &all.first_error {
         report.text("first_error", "first error", e);

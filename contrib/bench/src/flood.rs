@@ -410,7 +410,10 @@ fn flood_report(
         receive_drops: drops.generator,
         ..Default::default()
     };
-    flag_saturation(&mut report, &load);
+    // A cut-short window says nothing about saturation.
+    if !flow.interrupted {
+        flag_saturation(&mut report, &load);
+    }
     usage::check_relay_alive(&mut report, relay_pid);
     if flow.interrupted {
         report.warn(

@@ -51,9 +51,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let run = runctl::new_run_id();
     let json = cfg.json.as_deref();
     match cfg.mode {
-        Mode::Calls => calls::run_calls(cfg, cfg.calls, relay_pid, run)?
-            .report
-            .emit(json),
+        Mode::Calls => calls::run_calls(cfg, cfg.calls, relay_pid, run)?.emit(json),
         Mode::Flood => {
             let flood = flood::run_flood(cfg, relay_pid, run)?;
             flood.emit(json)?;

@@ -53,11 +53,11 @@ pub fn run_sweep(cfg: &Config, relay_pid: Option<i32>, run: u32) -> Result<(), S
             std::thread::sleep(Duration::from_secs(cfg.sweep_pause_s));
         }
         match run_calls(cfg, n, relay_pid, run.wrapping_add(i as u32)) {
-            Ok(outcome) => {
-                outcome.report.emit(cfg.json.as_deref())?;
+            Ok(report) => {
+                report.emit(cfg.json.as_deref())?;
                 let row: Vec<String> = COLUMNS
                     .iter()
-                    .map(|key| csv_cell(outcome.report.value(key)))
+                    .map(|key| csv_cell(report.value(key)))
                     .collect();
                 lines.push(row.join(","));
             }
@@ -94,7 +94,7 @@ fn gnuplot_script(csv: &Path, png: &Path, label: &str) -> String {
     };
     format!(
         "set datafile separator ','\n\
-         set terminal pngcairo size 900,560\n\
+         set terminal pngcairo size 900,560 noenhanced\n\
          set output '{png}'\n\
          set title '{title}'\n\
          set key autotitle columnhead top left\n\

@@ -38,8 +38,12 @@ pub struct CpuUse {
 /// What was used between `start` and `end`.
 pub fn between(start: &CpuSample, end: &CpuSample) -> CpuUse {
     let wall_s = end.wall_ns.saturating_sub(start.wall_ns) as f64 / 1e9;
-    if wall_s <= 0.0 {
-        return CpuUse::default();
+    // Shorter than a few clock ticks, /proc figures are noise.
+    if wall_s < 0.05 {
+        return CpuUse {
+            wall_s,
+            ..CpuUse::default()
+        };
     }
     let generator_cores = end.self_cpu_ns.saturating_sub(start.self_cpu_ns) as f64 / 1e9 / wall_s;
     let relay_cpu_us = match (start.relay_ticks, end.relay_ticks) {
