@@ -103,12 +103,12 @@ struct SendSlot<'a> {
     buf: [u8; PACKET_LEN],
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct SenderStats {
     expected_measured: u64,
     sent_measured: u64,
     late: u64,
-    max_lag_ns: u64,
+    lag: LatencyHistogram,
     send_errors: u64,
 }
 
@@ -184,7 +184,7 @@ fn run_sender(mut slots: Vec<SendSlot>, sched: Schedule, tick_ns: u64) -> Sender
                     stats.sent_measured += 1;
                 }
                 let lag = now.saturating_sub(due);
-                stats.max_lag_ns = stats.max_lag_ns.max(lag);
+                stats.lag.record(lag);
                 if lag > LATE_NS {
                     stats.late += 1;
                 }
@@ -420,6 +420,7 @@ fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option
     report.int("delete_failed", "deletes failed", run.teardown.failed, "");
     let load = GeneratorLoad {
         cpu_cores: traffic.cpu.generator_cores,
+        cpus_busy: traffic.cpu.generator_cpus_busy,
         allowed_cpus: procfs::allowed_cpus(),
         unsent: traffic.expected.saturating_sub(traffic.sent),
         late: traffic.late,
@@ -476,7 +477,7 @@ struct Traffic {
     misrouted: u64,
     foreign: u64,
     late: u64,
-    max_lag_ns: u64,
+    lag: LatencyHistogram,
     send_errors: u64,
     latency: LatencyHistogram,
     cpu: CpuUse,
@@ -524,7 +525,7 @@ fn drive_traffic(
             sent.expected_measured += s.expected_measured;
             sent.sent_measured += s.sent_measured;
             sent.late += s.late;
-            sent.max_lag_ns = sent.max_lag_ns.max(s.max_lag_ns);
+            sent.lag.merge(&s.lag);
             sent.send_errors += s.send_errors;
         }
         sending_over_at.store(now_ns(), Ordering::Release);
@@ -547,7 +548,7 @@ fn drive_traffic(
             misrouted: got.misrouted,
             foreign: got.foreign,
             late: sent.late,
-            max_lag_ns: sent.max_lag_ns,
+            lag: sent.lag,
             send_errors: sent.send_errors,
             latency: got.latency,
             cpu: usage::between(&start, &end),
@@ -626,9 +627,16 @@ fn add_traffic_rows(report: &mut Report, t: &Traffic, calls: usize, duration_s: 
         "us",
     );
     report.float(
+        "send_lag_p99_us",
+        "sender lag behind schedule, p99",
+        us(t.lag.percentile(99.0)),
+        1,
+        "us",
+    );
+    report.float(
         "send_lag_max_us",
         "sender lag behind schedule, max",
-        Some(t.max_lag_ns as f64 / 1e3),
+        us(t.lag.max()),
         1,
         "us",
     );

@@ -346,6 +346,7 @@ fn control_report(
     usage::add_rows(&mut report, cpu, None, relay_pid);
     let load = GeneratorLoad {
         cpu_cores: cpu.generator_cores,
+        cpus_busy: cpu.generator_cpus_busy,
         allowed_cpus: procfs::allowed_cpus(),
         ..Default::default()
     };
@@ -365,12 +366,20 @@ fn control_report(
             all.cycles_all,
             "",
         );
+        let answering_s = all.last_answer_ns as f64 / 1e9;
         report.float(
             "last_answer_s",
             "relay last answered (s into the run)",
-            Some(all.last_answer_ns as f64 / 1e9),
+            Some(answering_s),
             3,
             "s",
+        );
+        report.float(
+            "cycles_per_s_while_answering",
+            "cycles per second while it answered",
+            (answering_s > 0.0).then(|| all.cycles_all as f64 / answering_s),
+            1,
+            "/s",
         );
     }
     if all.gave_up {

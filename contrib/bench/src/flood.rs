@@ -389,20 +389,12 @@ fn flood_report(
         .map(|c| relayed_pps / c);
     report.float(
         "relay_capacity_pps_est",
-        "relay capacity at one full core (estimate)",
+        "relay capacity if CPU-bound (estimate)",
         capacity,
         0,
         "pps",
     );
-    if let Some(cores) = flow.cpu.relay_cores {
-        if cores < RELAY_BUSY && flow.cpu.generator_cores >= RELAY_BUSY {
-            report.warn(format!(
-                "the relay used only {:.0}% of a core while the generator was busy: the relayed \
-                 rate is the generator's limit; see the capacity estimate",
-                cores * 100.0
-            ));
-        }
-    }
+    warn_about_the_limit(&mut report, flow, drops);
     // A flood saturates the sender by design; what must not saturate is
     // the generator's receive side, or the relayed rate is understated.
     let load = GeneratorLoad {
@@ -421,6 +413,32 @@ fn flood_report(
         );
     }
     report
+}
+
+/// Says who set the relayed rate when the relay's own CPU was not full:
+/// with drops at its input queue the relay refused the load (its own
+/// pacing limit); without them the generator never offered more.
+fn warn_about_the_limit(report: &mut Report, flow: &Flow, drops: QueueDrops) {
+    let Some(cores) = flow.cpu.relay_cores else {
+        return;
+    };
+    if cores >= RELAY_BUSY {
+        return;
+    }
+    if drops.relay > 0 {
+        report.warn(format!(
+            "the relay dropped {} packets at its input queue while its process used only {:.0}% \
+             of a core: its own pacing, not CPU, limits the rate",
+            drops.relay,
+            cores * 100.0
+        ));
+    } else if flow.cpu.generator_cores >= RELAY_BUSY {
+        report.warn(format!(
+            "the relay used only {:.0}% of a core and dropped nothing while the generator was \
+             busy: the relayed rate is the generator's limit; see the capacity estimate",
+            cores * 100.0
+        ));
+    }
 }
 
 fn port_of(sock: &UdpSocket) -> u16 {

@@ -108,14 +108,69 @@ fn timeval_ns(tv: nix::sys::time::TimeVal) -> u64 {
 /// How many CPUs this process may run on (its affinity mask), which is the
 /// ceiling of its own CPU use.
 pub fn allowed_cpus() -> usize {
+    affinity_of(0).len().max(1)
+}
+
+/// Busy and total clock ticks of one CPU since boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// Ticks spent on anything but idle and iowait: processes of every
+    /// owner, interrupts and softirqs.
+    pub busy: u64,
+    /// All ticks.
+    pub total: u64,
+}
+
+/// Per-CPU tick counters from `/proc/stat`, indexed by CPU number; empty
+/// when it cannot be read.
+pub fn read_cpu_times() -> Vec<CpuTicks> {
+    std::fs::read_to_string("/proc/stat")
+        .map(|text| parse_cpu_times(&text))
+        .unwrap_or_default()
+}
+
+/// Parses the `cpuN ...` lines of `/proc/stat`. Softirq time gets its own
+/// column there and is charged to no process, which is why a relay's own
+/// utime+stime understates what its core did for it.
+pub fn parse_cpu_times(text: &str) -> Vec<CpuTicks> {
+    let mut cpus = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(name) = fields.next() else { continue };
+        let Some(index) = name
+            .strip_prefix("cpu")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        // user nice system idle iowait irq softirq steal; guest time is
+        // already inside user and nice.
+        let v: Vec<u64> = fields.take(8).filter_map(|f| f.parse().ok()).collect();
+        if v.len() < 8 {
+            continue;
+        }
+        let total: u64 = v.iter().sum();
+        let idle = v[3] + v[4];
+        if cpus.len() <= index {
+            cpus.resize(index + 1, CpuTicks::default());
+        }
+        cpus[index] = CpuTicks {
+            busy: total - idle,
+            total,
+        };
+    }
+    cpus
+}
+
+/// The CPUs process `pid` may run on (0 = this process).
+pub fn affinity_of(pid: i32) -> Vec<usize> {
     use nix::sched::{sched_getaffinity, CpuSet};
     use nix::unistd::Pid;
-    match sched_getaffinity(Pid::from_raw(0)) {
+    match sched_getaffinity(Pid::from_raw(pid)) {
         Ok(set) => (0..CpuSet::count())
             .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
-            .count()
-            .max(1),
-        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -193,6 +248,37 @@ mod tests {
         let ports: HashSet<u16> = [30000, 30002, 30004].into_iter().collect();
         assert_eq!(parse_udp_drops(text, &ports), 22);
         assert_eq!(parse_udp_drops("header only\n", &ports), 0);
+    }
+
+    #[test]
+    fn cpu_times_count_softirq_as_busy() {
+        let text = "cpu  10 0 10 100 0 0 5 0 0 0\n\
+                    cpu0 4 0 6 50 2 0 5 0 3 0\n\
+                    cpu1 6 0 4 48 0 0 0 0 0 0\n\
+                    intr 12345\n";
+        let cpus = parse_cpu_times(text);
+        assert_eq!(cpus.len(), 2);
+        assert_eq!(
+            cpus[0],
+            CpuTicks {
+                busy: 15,
+                total: 67
+            }
+        );
+        assert_eq!(
+            cpus[1],
+            CpuTicks {
+                busy: 10,
+                total: 58
+            }
+        );
+        assert!(parse_cpu_times("cpu0 1 2\n").is_empty());
+    }
+
+    #[test]
+    fn own_affinity_is_not_empty() {
+        assert!(!affinity_of(0).is_empty());
+        assert!(allowed_cpus() >= 1);
     }
 
     #[test]

@@ -203,6 +203,8 @@ pub fn json_number(v: f64, decimals: usize) -> String {
 pub struct GeneratorLoad {
     /// CPU the harness used over the measured window, in cores.
     pub cpu_cores: f64,
+    /// How busy the harness's CPUs were by anyone, softirq included.
+    pub cpus_busy: Option<f64>,
     /// CPUs the harness may run on.
     pub allowed_cpus: usize,
     /// Packets that were due in the measured window but never sent.
@@ -230,6 +232,12 @@ pub fn saturation_reasons(load: &GeneratorLoad) -> Vec<String> {
             "the generator used {:.0}% of the {} CPU(s) it may run on",
             100.0 * load.cpu_cores / ceiling,
             load.allowed_cpus
+        ));
+    }
+    if let Some(busy) = load.cpus_busy.filter(|&b| b >= SATURATED_SHARE) {
+        reasons.push(format!(
+            "the CPU(s) the generator runs on were {:.0}% busy (softirq and other processes included)",
+            100.0 * busy
         ));
     }
     if load.unsent > 0 {
@@ -323,6 +331,7 @@ mod tests {
     fn each_sign_of_saturation_is_named() {
         let load = GeneratorLoad {
             cpu_cores: 0.95,
+            cpus_busy: Some(0.97),
             allowed_cpus: 1,
             unsent: 3,
             late: 50,
@@ -330,7 +339,7 @@ mod tests {
             receive_drops: 7,
         };
         let reasons = saturation_reasons(&load);
-        assert_eq!(reasons.len(), 4);
+        assert_eq!(reasons.len(), 5);
         assert!(reasons[0].contains("95%"));
     }
 

@@ -5,11 +5,14 @@ use crate::procfs;
 use crate::report::Report;
 
 /// A snapshot taken at one edge of the measured window.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CpuSample {
     wall_ns: u64,
     self_cpu_ns: u64,
     relay_ticks: Option<u64>,
+    per_cpu: Vec<procfs::CpuTicks>,
+    generator_cpus: Vec<usize>,
+    relay_cpus: Vec<usize>,
 }
 
 /// Takes a snapshot; the relay part is absent when no pid is known or the
@@ -19,7 +22,22 @@ pub fn sample(relay_pid: Option<i32>) -> CpuSample {
         wall_ns: now_ns(),
         self_cpu_ns: procfs::self_cpu_ns(),
         relay_ticks: relay_pid.and_then(|pid| procfs::read_cpu_ticks(pid).ok()),
+        per_cpu: procfs::read_cpu_times(),
+        generator_cpus: procfs::affinity_of(0),
+        relay_cpus: relay_pid.map(procfs::affinity_of).unwrap_or_default(),
     }
+}
+
+/// How busy the CPUs in `set` were between two snapshots (0.0 to 1.0,
+/// averaged over the set).
+fn busy_share(start: &CpuSample, end: &CpuSample, set: &[usize]) -> Option<f64> {
+    let (mut busy, mut total) = (0u64, 0u64);
+    for &cpu in set {
+        let (a, b) = (start.per_cpu.get(cpu)?, end.per_cpu.get(cpu)?);
+        busy += b.busy.saturating_sub(a.busy);
+        total += b.total.saturating_sub(a.total);
+    }
+    (total > 0).then(|| busy as f64 / total as f64)
 }
 
 /// CPU used between two snapshots.
@@ -33,6 +51,10 @@ pub struct CpuUse {
     pub relay_cores: Option<f64>,
     /// The relay's CPU, in microseconds.
     pub relay_cpu_us: Option<f64>,
+    /// How busy the generator's CPUs were, by anyone (softirq included).
+    pub generator_cpus_busy: Option<f64>,
+    /// How busy the relay's CPUs were, by anyone (softirq included).
+    pub relay_cpus_busy: Option<f64>,
 }
 
 /// What was used between `start` and `end`.
@@ -57,6 +79,8 @@ pub fn between(start: &CpuSample, end: &CpuSample) -> CpuUse {
         generator_cores,
         relay_cores: relay_cpu_us.map(|us| us / 1e6 / wall_s),
         relay_cpu_us,
+        generator_cpus_busy: busy_share(start, end, &start.generator_cpus),
+        relay_cpus_busy: busy_share(start, end, &start.relay_cpus),
     }
 }
 
@@ -91,6 +115,13 @@ pub fn add_rows(report: &mut Report, cpu: &CpuUse, relayed: Option<u64>, relay_p
             "us",
         );
     }
+    report.float(
+        "relay_cpus_busy_pct",
+        "relay's CPU(s) busy, softirq included",
+        cpu.relay_cpus_busy.map(|b| b * 100.0),
+        1,
+        "%",
+    );
     let memory = relay_pid.and_then(|pid| procfs::read_rss_kib(pid).ok());
     report.float(
         "relay_rss_kib",
@@ -110,6 +141,13 @@ pub fn add_rows(report: &mut Report, cpu: &CpuUse, relayed: Option<u64>, relay_p
         "generator_cpu_pct",
         "generator CPU (% of one core)",
         Some(cpu.generator_cores * 100.0),
+        1,
+        "%",
+    );
+    report.float(
+        "generator_cpus_busy_pct",
+        "generator's CPU(s) busy, softirq included",
+        cpu.generator_cpus_busy.map(|b| b * 100.0),
         1,
         "%",
     );
