@@ -340,6 +340,7 @@ pub fn run_calls(
         timing: cfg.timing,
         run,
     };
+    let background = usage::background_load();
     let setup_start = now_ns();
     let calls = set_up_calls(&sig, n)?;
     let setup_s = (now_ns() - setup_start) as f64 / 1e9;
@@ -358,6 +359,7 @@ pub fn run_calls(
     let generator_drops = procfs::read_udp_drops(&generator_ports);
     let teardown = tear_down_calls(&sig, calls);
     let outcome = CallsRun {
+        background,
         calls: n,
         setup_s,
         traffic: traffic?,
@@ -370,6 +372,7 @@ pub fn run_calls(
 
 /// What one `calls` run gathered, before it is turned into a report.
 struct CallsRun {
+    background: Option<f64>,
     calls: usize,
     setup_s: f64,
     traffic: Traffic,
@@ -416,6 +419,7 @@ fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option
         "pkts",
     );
     usage::add_rows(&mut report, &traffic.cpu, Some(traffic.received), relay_pid);
+    usage::add_background_row(&mut report, run.background);
     report.int("deleted", "sessions deleted (D)", run.teardown.deleted, "");
     report.int("delete_failed", "deletes failed", run.teardown.failed, "");
     let load = GeneratorLoad {

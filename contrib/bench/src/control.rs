@@ -190,6 +190,7 @@ pub fn run_control(cfg: &Config, relay_pid: Option<i32>, run: u32) -> Result<Rep
         .local_addr()
         .map(|a| a.port())
         .map_err(|e| e.to_string())?;
+    let background = usage::background_load();
     let t0 = now_ns() + 50 * crate::clock::NS_PER_MS;
     let window = (
         t0 + cfg.warmup_s * NS_PER_SEC,
@@ -234,15 +235,9 @@ pub fn run_control(cfg: &Config, relay_pid: Option<i32>, run: u32) -> Result<Rep
     } else {
         clean_leftovers(spec, run, cfg.timing, &all.leftovers)
     };
-    Ok(control_report(
-        cfg,
-        spec,
-        &all,
-        &cpu,
-        relay_pid,
-        interrupted,
-        cleaned,
-    ))
+    let mut report = control_report(cfg, spec, &all, &cpu, relay_pid, interrupted, cleaned);
+    usage::add_background_row(&mut report, background);
+    Ok(report)
 }
 
 fn merge_worker(all: &mut WorkerStats, s: WorkerStats) {

@@ -46,6 +46,7 @@ struct FloodPath<'a> {
 
 #[derive(Default)]
 struct Flow {
+    background: Option<f64>,
     sent_measured: u64,
     sent_total: u64,
     send_errors: u64,
@@ -240,6 +241,7 @@ fn prime_callee(receiver: &UdpSocket, relay_out: SocketAddr, run: u32) {
 
 /// Floods `path` for warm-up + duration and gathers the counts.
 fn drive_flood(cfg: &Config, path: &FloodPath, run: u32) -> Result<Flow, String> {
+    let background = usage::background_load();
     let t0 = now_ns() + 50 * NS_PER_MS;
     let window = Window {
         start: t0 + cfg.warmup_s * NS_PER_SEC,
@@ -273,6 +275,7 @@ fn drive_flood(cfg: &Config, path: &FloodPath, run: u32) -> Result<Flow, String>
         flow.send_errors = send_errors;
         flow.cpu = usage::between(&start, &end);
         flow.interrupted = interrupted || stop_requested();
+        flow.background = background;
         Ok(flow)
     })
 }
@@ -395,6 +398,7 @@ fn flood_report(
         "pps",
     );
     warn_about_the_limit(&mut report, flow, drops);
+    usage::add_background_row(&mut report, flow.background);
     // A flood saturates the sender by design; what must not saturate is
     // the generator's receive side, or the relayed rate is understated.
     let load = GeneratorLoad {

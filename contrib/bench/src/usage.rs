@@ -162,6 +162,41 @@ pub fn add_rows(report: &mut Report, cpu: &CpuUse, relayed: Option<u64>, relay_p
     }
 }
 
+/// Share of the whole machine busy before a run: other work on a shared
+/// machine takes CPU from the relay or the generator and skews every figure.
+pub fn background_load() -> Option<f64> {
+    let before = procfs::read_cpu_times();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = procfs::read_cpu_times();
+    let (mut busy, mut total) = (0u64, 0u64);
+    for (a, b) in before.iter().zip(&after) {
+        busy += b.busy.saturating_sub(a.busy);
+        total += b.total.saturating_sub(a.total);
+    }
+    (total > 0).then(|| busy as f64 / total as f64)
+}
+
+/// Above this share of the machine busy before the run, the figures are
+/// flagged as possibly disturbed.
+const BACKGROUND_WARN: f64 = 0.15;
+
+/// Adds the background-load row, and a warning when it was high.
+pub fn add_background_row(report: &mut Report, busy: Option<f64>) {
+    report.float(
+        "machine_busy_before_pct",
+        "machine busy before the run (all CPUs)",
+        busy.map(|b| b * 100.0),
+        1,
+        "%",
+    );
+    if let Some(b) = busy.filter(|&b| b > BACKGROUND_WARN) {
+        report.warn(format!(
+            "the machine was {:.0}% busy before the run started: other work may have disturbed these figures",
+            b * 100.0
+        ));
+    }
+}
+
 /// Warns when the relay died during the run.
 pub fn check_relay_alive(report: &mut Report, relay_pid: Option<i32>) {
     if let Some(pid) = relay_pid {
