@@ -432,7 +432,8 @@ fn warn_about_the_limit(report: &mut Report, flow: &Flow, drops: QueueDrops) {
     if drops.relay > 0 {
         report.warn(format!(
             "the relay dropped {} packets at its input queue while its process used only {:.0}% \
-             of a core: its own pacing, not CPU, limits the rate",
+             of a core: something other than its CPU time limits it (its own pacing, or other \
+             work on its CPU)",
             drops.relay,
             cores * 100.0
         ));
