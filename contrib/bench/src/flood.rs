@@ -385,19 +385,16 @@ fn flood_report(
         relay_pid,
     );
     let relayed_pps = flow.received_measured as f64 / secs;
-    let capacity = flow
-        .cpu
-        .relay_cores
-        .filter(|&c| c > MIN_CORES_FOR_ESTIMATE)
-        .map(|c| relayed_pps / c);
+    let (capacity, basis) = capacity_estimate(flow, relayed_pps);
     report.float(
         "relay_capacity_pps_est",
-        "relay capacity if CPU-bound (estimate)",
+        "relay capacity at a full core (estimate)",
         capacity,
         0,
         "pps",
     );
-    warn_about_the_limit(&mut report, flow, drops);
+    report.text("relay_capacity_basis", "capacity estimated from", basis);
+    add_limit_row(&mut report, flow, drops);
     usage::add_background_row(&mut report, flow.background);
     // A flood saturates the sender by design; what must not saturate is
     // the generator's receive side, or the relayed rate is understated.
@@ -419,31 +416,62 @@ fn flood_report(
     report
 }
 
-/// Says who set the relayed rate when the relay's own CPU was not full:
-/// with drops at its input queue the relay refused the load (its own
-/// pacing limit); without them the generator never offered more.
-fn warn_about_the_limit(report: &mut Report, flow: &Flow, drops: QueueDrops) {
-    let Some(cores) = flow.cpu.relay_cores else {
-        return;
-    };
-    if cores >= RELAY_BUSY {
-        return;
+/// The relay's rate scaled to a full core. When the relay has a CPU of
+/// its own, that CPU's whole load is its cost (softirq delivery included);
+/// otherwise only its process time is known.
+fn capacity_estimate(flow: &Flow, relayed_pps: f64) -> (Option<f64>, &'static str) {
+    let cpu = &flow.cpu;
+    if cpu.relay_core_exclusive {
+        if let Some(busy) = cpu.relay_cpus_busy.filter(|&b| b > MIN_CORES_FOR_ESTIMATE) {
+            return (Some(relayed_pps / busy), "its own CPU, softirq included");
+        }
     }
-    if drops.relay > 0 {
+    match cpu.relay_cores.filter(|&c| c > MIN_CORES_FOR_ESTIMATE) {
+        Some(cores) => (Some(relayed_pps / cores), "its process time only"),
+        None => (None, "-"),
+    }
+}
+
+/// Names what set the relayed rate, and warns when it was not the relay's
+/// CPU: with drops at its input queue and CPU to spare the relay refused
+/// the load (its own pacing); without drops the generator never offered
+/// more.
+fn add_limit_row(report: &mut Report, flow: &Flow, drops: QueueDrops) {
+    let cpu = &flow.cpu;
+    let process = cpu.relay_cores.unwrap_or(0.0);
+    let core = cpu
+        .relay_cpus_busy
+        .filter(|_| cpu.relay_core_exclusive)
+        .unwrap_or(0.0);
+    let generator_busy = cpu
+        .generator_cores
+        .max(cpu.generator_cpus_busy.unwrap_or(0.0));
+    let limit = if cpu.relay_cores.is_none() {
+        "unknown (no relay pid)"
+    } else if process >= RELAY_BUSY {
+        "relay process CPU"
+    } else if core >= RELAY_BUSY {
+        "relay's CPU, softirq included"
+    } else if drops.relay > 0 {
         report.warn(format!(
-            "the relay dropped {} packets at its input queue while its process used only {:.0}% \
-             of a core: something other than its CPU time limits it (its own pacing, or other \
-             work on its CPU)",
+            "the relay dropped {} packets at its input queue while its CPU was {:.0}% busy \
+             (its process {:.0}%): its own pacing, not CPU, limits the rate",
             drops.relay,
-            cores * 100.0
+            core.max(process) * 100.0,
+            process * 100.0
         ));
-    } else if flow.cpu.generator_cores >= RELAY_BUSY {
+        "relay pacing"
+    } else if generator_busy >= RELAY_BUSY {
         report.warn(format!(
             "the relay used only {:.0}% of a core and dropped nothing while the generator was \
              busy: the relayed rate is the generator's limit; see the capacity estimate",
-            cores * 100.0
+            process * 100.0
         ));
-    }
+        "generator"
+    } else {
+        "not found"
+    };
+    report.text("limited_by", "rate limited by", limit);
 }
 
 fn port_of(sock: &UdpSocket) -> u16 {
@@ -760,6 +788,68 @@ fn relay_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Value;
+
+    fn flow_with(cpu: CpuUse) -> Flow {
+        Flow {
+            cpu,
+            ..Flow::default()
+        }
+    }
+
+    #[test]
+    fn capacity_uses_the_relays_own_core_when_pinned() {
+        let pinned = flow_with(CpuUse {
+            relay_cores: Some(0.5),
+            relay_cpus_busy: Some(0.8),
+            relay_core_exclusive: true,
+            ..CpuUse::default()
+        });
+        assert_eq!(capacity_estimate(&pinned, 80_000.0).0, Some(100_000.0));
+        let shared = flow_with(CpuUse {
+            relay_cores: Some(0.5),
+            relay_cpus_busy: Some(0.8),
+            relay_core_exclusive: false,
+            ..CpuUse::default()
+        });
+        assert_eq!(capacity_estimate(&shared, 80_000.0).0, Some(160_000.0));
+        assert_eq!(
+            capacity_estimate(&flow_with(CpuUse::default()), 1.0).0,
+            None
+        );
+    }
+
+    #[test]
+    fn limit_is_named() {
+        let drops = QueueDrops {
+            relay: 10,
+            generator: 0,
+        };
+        let idle_dropping = flow_with(CpuUse {
+            relay_cores: Some(0.02),
+            relay_cpus_busy: Some(0.3),
+            relay_core_exclusive: true,
+            ..CpuUse::default()
+        });
+        let mut r = Report::new("flood", "t".into());
+        add_limit_row(&mut r, &idle_dropping, drops);
+        assert_eq!(
+            r.value("limited_by"),
+            Some(&Value::Text("relay pacing".into()))
+        );
+        let softirq_bound = flow_with(CpuUse {
+            relay_cores: Some(0.5),
+            relay_cpus_busy: Some(0.99),
+            relay_core_exclusive: true,
+            ..CpuUse::default()
+        });
+        let mut r = Report::new("flood", "t".into());
+        add_limit_row(&mut r, &softirq_bound, drops);
+        assert_eq!(
+            r.value("limited_by"),
+            Some(&Value::Text("relay's CPU, softirq included".into()))
+        );
+    }
 
     #[test]
     fn window_is_half_open() {
@@ -781,17 +871,11 @@ mod tests {
         let mut base = Report::new("baseline", "b".into());
         base.float("relayed_pps", "r", Some(100.0), 0, "pps");
         let cmp = compare_with_baseline(&flood, &base);
-        assert_eq!(
-            cmp.value("meets_80pct_bar"),
-            Some(&crate::report::Value::Bool(true))
-        );
+        assert_eq!(cmp.value("meets_80pct_bar"), Some(&Value::Bool(true)));
         let mut slow = Report::new("flood", "f".into());
         slow.float("relayed_pps", "r", Some(70.0), 0, "pps");
         let cmp = compare_with_baseline(&slow, &base);
-        assert_eq!(
-            cmp.value("meets_80pct_bar"),
-            Some(&crate::report::Value::Bool(false))
-        );
+        assert_eq!(cmp.value("meets_80pct_bar"), Some(&Value::Bool(false)));
     }
 
     #[test]

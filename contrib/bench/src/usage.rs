@@ -55,6 +55,9 @@ pub struct CpuUse {
     pub generator_cpus_busy: Option<f64>,
     /// How busy the relay's CPUs were, by anyone (softirq included).
     pub relay_cpus_busy: Option<f64>,
+    /// The relay is pinned to one CPU the generator may not use, so that
+    /// CPU's whole load is work done for the relay.
+    pub relay_core_exclusive: bool,
 }
 
 /// What was used between `start` and `end`.
@@ -81,6 +84,8 @@ pub fn between(start: &CpuSample, end: &CpuSample) -> CpuUse {
         relay_cpu_us,
         generator_cpus_busy: busy_share(start, end, &start.generator_cpus),
         relay_cpus_busy: busy_share(start, end, &start.relay_cpus),
+        relay_core_exclusive: start.relay_cpus.len() == 1
+            && !start.generator_cpus.contains(&start.relay_cpus[0]),
     }
 }
 
