@@ -420,6 +420,7 @@ fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option
     );
     usage::add_rows(&mut report, &traffic.cpu, Some(traffic.received), relay_pid);
     usage::add_background_row(&mut report, run.background);
+    usage::add_disturbance_rows(&mut report, &traffic.cpu);
     report.int("deleted", "sessions deleted (D)", run.teardown.deleted, "");
     report.int("delete_failed", "deletes failed", run.teardown.failed, "");
     let load = GeneratorLoad {

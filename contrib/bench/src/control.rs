@@ -237,6 +237,7 @@ pub fn run_control(cfg: &Config, relay_pid: Option<i32>, run: u32) -> Result<Rep
     };
     let mut report = control_report(cfg, spec, &all, &cpu, relay_pid, interrupted, cleaned);
     usage::add_background_row(&mut report, background);
+    usage::add_disturbance_rows(&mut report, &cpu);
     Ok(report)
 }
 

@@ -396,6 +396,7 @@ fn flood_report(
     report.text("relay_capacity_basis", "capacity estimated from", basis);
     add_limit_row(&mut report, flow, drops);
     usage::add_background_row(&mut report, flow.background);
+    usage::add_disturbance_rows(&mut report, &flow.cpu);
     // A flood saturates the sender by design; what must not saturate is
     // the generator's receive side, or the relayed rate is understated.
     let load = GeneratorLoad {

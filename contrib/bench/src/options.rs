@@ -133,6 +133,12 @@ Modes:
   sweep     calls for each count in --sweep-calls; writes --csv and, when
             gnuplot is installed, --png (relay CPU per packet and p99
             latency against the number of calls)
+  baseline-relay
+            internal: the minimal relay that baseline starts as a child
+
+On a machine shared with other work, `nice -n -10` on both the relay and
+the generator keeps that work from delaying them; each report says how busy
+the machine was before the run.
 
 Pin the relay and the generator to different CPUs so neither steals the
 other's time, e.g. on 2 cores:

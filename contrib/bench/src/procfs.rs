@@ -117,6 +117,9 @@ pub struct CpuTicks {
     /// Ticks spent on anything but idle and iowait: processes of every
     /// owner, interrupts and softirqs.
     pub busy: u64,
+    /// Ticks spent running processes (user, nice, system), plus ticks the
+    /// hypervisor gave to someone else (steal): what other work can take.
+    pub tasks: u64,
     /// All ticks.
     pub total: u64,
 }
@@ -156,6 +159,7 @@ pub fn parse_cpu_times(text: &str) -> Vec<CpuTicks> {
         }
         cpus[index] = CpuTicks {
             busy: total - idle,
+            tasks: v[0] + v[1] + v[2] + v[7],
             total,
         };
     }
@@ -262,6 +266,7 @@ mod tests {
             cpus[0],
             CpuTicks {
                 busy: 15,
+                tasks: 10,
                 total: 67
             }
         );
@@ -269,6 +274,7 @@ mod tests {
             cpus[1],
             CpuTicks {
                 busy: 10,
+                tasks: 10,
                 total: 58
             }
         );

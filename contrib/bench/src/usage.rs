@@ -28,16 +28,30 @@ pub fn sample(relay_pid: Option<i32>) -> CpuSample {
     }
 }
 
-/// How busy the CPUs in `set` were between two snapshots (0.0 to 1.0,
-/// averaged over the set).
-fn busy_share(start: &CpuSample, end: &CpuSample, set: &[usize]) -> Option<f64> {
-    let (mut busy, mut total) = (0u64, 0u64);
+/// Tick deltas of the CPUs in `set` between two snapshots: (busy, tasks,
+/// total).
+fn tick_deltas(start: &CpuSample, end: &CpuSample, set: &[usize]) -> Option<(u64, u64, u64)> {
+    let (mut busy, mut tasks, mut total) = (0u64, 0u64, 0u64);
     for &cpu in set {
         let (a, b) = (start.per_cpu.get(cpu)?, end.per_cpu.get(cpu)?);
         busy += b.busy.saturating_sub(a.busy);
+        tasks += b.tasks.saturating_sub(a.tasks);
         total += b.total.saturating_sub(a.total);
     }
-    (total > 0).then(|| busy as f64 / total as f64)
+    (total > 0).then_some((busy, tasks, total))
+}
+
+/// How busy the CPUs in `set` were between two snapshots (0.0 to 1.0,
+/// averaged over the set).
+fn busy_share(start: &CpuSample, end: &CpuSample, set: &[usize]) -> Option<f64> {
+    tick_deltas(start, end, set).map(|(busy, _, total)| busy as f64 / total as f64)
+}
+
+/// The share of the CPUs in `set` that went to processes other than
+/// `own_ticks` worth of ours (and to the hypervisor's other guests).
+fn foreign_share(start: &CpuSample, end: &CpuSample, set: &[usize], own_ticks: f64) -> Option<f64> {
+    tick_deltas(start, end, set)
+        .map(|(_, tasks, total)| ((tasks as f64 - own_ticks) / total as f64).max(0.0))
 }
 
 /// CPU used between two snapshots.
@@ -58,6 +72,10 @@ pub struct CpuUse {
     /// The relay is pinned to one CPU the generator may not use, so that
     /// CPU's whole load is work done for the relay.
     pub relay_core_exclusive: bool,
+    /// Share of the relay's CPU taken by other processes (pinned relay).
+    pub relay_cpu_foreign: Option<f64>,
+    /// Share of the generator's CPUs taken by other processes.
+    pub generator_cpus_foreign: Option<f64>,
 }
 
 /// What was used between `start` and `end`.
@@ -77,6 +95,11 @@ pub fn between(start: &CpuSample, end: &CpuSample) -> CpuUse {
         }
         _ => None,
     };
+    let ticks_per_s = procfs::ticks_per_second() as f64;
+    let relay_core_exclusive =
+        start.relay_cpus.len() == 1 && !start.generator_cpus.contains(&start.relay_cpus[0]);
+    let relay_ticks = relay_cpu_us.map(|us| us / 1e6 * ticks_per_s);
+    let generator_ticks = generator_cores * wall_s * ticks_per_s;
     CpuUse {
         wall_s,
         generator_cores,
@@ -84,8 +107,11 @@ pub fn between(start: &CpuSample, end: &CpuSample) -> CpuUse {
         relay_cpu_us,
         generator_cpus_busy: busy_share(start, end, &start.generator_cpus),
         relay_cpus_busy: busy_share(start, end, &start.relay_cpus),
-        relay_core_exclusive: start.relay_cpus.len() == 1
-            && !start.generator_cpus.contains(&start.relay_cpus[0]),
+        relay_core_exclusive,
+        relay_cpu_foreign: relay_ticks
+            .filter(|_| relay_core_exclusive)
+            .and_then(|own| foreign_share(start, end, &start.relay_cpus, own)),
+        generator_cpus_foreign: foreign_share(start, end, &start.generator_cpus, generator_ticks),
     }
 }
 
@@ -164,6 +190,41 @@ pub fn add_rows(report: &mut Report, cpu: &CpuUse, relayed: Option<u64>, relay_p
     );
     if relay_pid.is_none() {
         report.warn("relay CPU and memory not measured: give --pid or --pidfile".into());
+    }
+}
+
+/// Above this share of a CPU taken by other processes during the run, the
+/// figures are flagged as disturbed.
+const FOREIGN_WARN: f64 = 0.05;
+
+/// Adds the rows saying how much other processes took from the relay's
+/// and the generator's CPUs during the window, warning when it mattered.
+pub fn add_disturbance_rows(report: &mut Report, cpu: &CpuUse) {
+    report.float(
+        "relay_cpu_foreign_pct",
+        "other processes on the relay's CPU",
+        cpu.relay_cpu_foreign.map(|f| f * 100.0),
+        1,
+        "%",
+    );
+    report.float(
+        "generator_cpus_foreign_pct",
+        "other processes on the generator's CPU(s)",
+        cpu.generator_cpus_foreign.map(|f| f * 100.0),
+        1,
+        "%",
+    );
+    let worst = cpu
+        .relay_cpu_foreign
+        .unwrap_or(0.0)
+        .max(cpu.generator_cpus_foreign.unwrap_or(0.0));
+    report.flag("disturbed", "disturbed by other work", worst > FOREIGN_WARN);
+    if worst > FOREIGN_WARN {
+        report.warn(format!(
+            "DISTURBED: other processes took up to {:.0}% of a CPU the relay or the generator ran on; \
+             repeat the run on a quieter machine",
+            worst * 100.0
+        ));
     }
 }
 
