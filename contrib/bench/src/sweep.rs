@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The report rows that make the CSV's columns, in order.
-const COLUMNS: [&str; 13] = [
+const COLUMNS: [&str; 14] = [
     "calls",
     "sent",
     "received",
@@ -25,6 +25,7 @@ const COLUMNS: [&str; 13] = [
     "relay_rss_kib",
     "generator_cpu_pct",
     "generator_saturated",
+    "disturbed",
 ];
 /// Longest gnuplot may take to draw one small plot.
 const GNUPLOT_LIMIT: Duration = Duration::from_secs(30);
