@@ -1,0 +1,438 @@
+//! Per-call accounting: what a session did, taken when it ends, written as
+//! one INFO log line and, with `-A FILE`, as one JSON line per call
+//! appended to FILE (rtpproxy(8), "ACCOUNTING").
+//!
+//! Formatting is pure (`CallRecord::log_line`, `CallRecord::json_line`);
+//! `AccountFile` only appends finished lines.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::rtpp_log;
+use crate::rtpp_session::{Session, CALLEE, CALLER, RTCP, RTP};
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// `D`.
+    Deleted,
+    /// `X`.
+    DeletedAll,
+    /// Idle for `-T` seconds.
+    Timeout,
+    /// The daemon exited on a signal.
+    Shutdown,
+}
+
+impl EndReason {
+    /// The `reason` value of the JSON record.
+    pub fn name(self) -> &'static str {
+        match self {
+            EndReason::Deleted => "deleted",
+            EndReason::DeletedAll => "deleted_all",
+            EndReason::Timeout => "timeout",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Packets and bytes one party sent on one stream (strangers' packets,
+/// dropped by latching, are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The accounting record of one ended session. Index 0 of each pair is the
+/// caller (the from-tag party of the creating `U`), 1 the callee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord<'a> {
+    pub call_id: &'a [u8],
+    /// The creating from-tag, media number included.
+    pub from_tag: &'a [u8],
+    /// The other party's tag, when a command named it.
+    pub to_tag: Option<&'a [u8]>,
+    pub reason: EndReason,
+    /// When the session was created, since the Unix epoch.
+    pub start: Duration,
+    pub duration: Duration,
+    /// The relay ports of the two legs; 0 for a leg never opened.
+    pub ports: [u16; 2],
+    pub rtp: [Sent; 2],
+    pub rtcp: [Sent; 2],
+    /// RTP and RTCP packets relayed, both directions.
+    pub relayed: u64,
+    /// RTP and RTCP packets dropped, both directions.
+    pub dropped: u64,
+    /// RTP packets each party sent that never reached the relay, estimated
+    /// from the sequence numbers.
+    pub lost: [u64; 2],
+}
+
+impl<'a> CallRecord<'a> {
+    /// The record of a session ending now (`now` is the wall clock).
+    pub fn of(s: &'a Session, reason: EndReason, now: SystemTime) -> CallRecord<'a> {
+        let duration = s.created.elapsed();
+        // The session's monotonic age, taken back from the wall clock, so
+        // that start + duration is the moment it ended.
+        let start = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(duration);
+        let sent = |kind: usize, party: usize| Sent {
+            packets: s.streams[kind].parties[party].packets,
+            bytes: s.streams[kind].parties[party].bytes,
+        };
+        CallRecord {
+            call_id: &s.call_id,
+            from_tag: &s.tag,
+            to_tag: s.to_tag.as_deref(),
+            reason,
+            start,
+            duration,
+            ports: [s.port(CALLER), s.port(CALLEE)],
+            rtp: [sent(RTP, CALLER), sent(RTP, CALLEE)],
+            rtcp: [sent(RTCP, CALLER), sent(RTCP, CALLEE)],
+            relayed: s.streams[RTP].relayed + s.streams[RTCP].relayed,
+            dropped: s.streams[RTP].dropped + s.streams[RTCP].dropped,
+            lost: [
+                s.streams[RTP].parties[CALLER].seq.lost(),
+                s.streams[RTP].parties[CALLEE].seq.lost(),
+            ],
+        }
+    }
+
+    /// The INFO line logged when the session ends.
+    pub fn log_line(&self) -> String {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        format!(
+            "session ended ({:?}): call_id={} from_tag={} to_tag={} start={} duration={}s \
+             ports={}/{} rtp_caller={}p/{}b rtp_callee={}p/{}b rtcp_caller={}p/{}b \
+             rtcp_callee={}p/{}b relayed={} dropped={} lost_caller={} lost_callee={}",
+            self.reason,
+            text(self.call_id),
+            text(self.from_tag),
+            self.to_tag.map_or("NONE".into(), text),
+            seconds(self.start),
+            seconds(self.duration),
+            self.ports[CALLER],
+            self.ports[CALLEE],
+            self.rtp[CALLER].packets,
+            self.rtp[CALLER].bytes,
+            self.rtp[CALLEE].packets,
+            self.rtp[CALLEE].bytes,
+            self.rtcp[CALLER].packets,
+            self.rtcp[CALLER].bytes,
+            self.rtcp[CALLEE].packets,
+            self.rtcp[CALLEE].bytes,
+            self.relayed,
+            self.dropped,
+            self.lost[CALLER],
+            self.lost[CALLEE],
+        )
+    }
+
+    /// The same record as one JSON object on one line, newline included.
+    pub fn json_line(&self) -> String {
+        let mut out = String::with_capacity(512);
+        out.push_str("{\"call_id\":");
+        json_string(&mut out, self.call_id);
+        out.push_str(",\"from_tag\":");
+        json_string(&mut out, self.from_tag);
+        out.push_str(",\"to_tag\":");
+        match self.to_tag {
+            Some(t) => json_string(&mut out, t),
+            None => out.push_str("null"),
+        }
+        let _ = write!(
+            out,
+            ",\"reason\":\"{}\",\"start\":{},\"duration\":{}",
+            self.reason.name(),
+            seconds(self.start),
+            seconds(self.duration)
+        );
+        let numbers = [
+            ("port_caller", u64::from(self.ports[CALLER])),
+            ("port_callee", u64::from(self.ports[CALLEE])),
+            ("rtp_caller_packets", self.rtp[CALLER].packets),
+            ("rtp_caller_bytes", self.rtp[CALLER].bytes),
+            ("rtp_callee_packets", self.rtp[CALLEE].packets),
+            ("rtp_callee_bytes", self.rtp[CALLEE].bytes),
+            ("rtcp_caller_packets", self.rtcp[CALLER].packets),
+            ("rtcp_caller_bytes", self.rtcp[CALLER].bytes),
+            ("rtcp_callee_packets", self.rtcp[CALLEE].packets),
+            ("rtcp_callee_bytes", self.rtcp[CALLEE].bytes),
+            ("relayed", self.relayed),
+            ("dropped", self.dropped),
+            ("lost_caller", self.lost[CALLER]),
+            ("lost_callee", self.lost[CALLEE]),
+        ];
+        for (name, value) in numbers {
+            let _ = write!(out, ",\"{name}\":{value}");
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// Seconds with millisecond precision: `12.345`.
+fn seconds(d: Duration) -> String {
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
+/// Appends `bytes` as a JSON string. Call-IDs and tags are whatever bytes
+/// the SIP proxy sent: valid UTF-8 is kept, `"` and `\` are escaped,
+/// control characters become `\u00XX`, and every byte that is not part of
+/// valid UTF-8 becomes `\u00XX` of that byte, so the line is always valid
+/// JSON and one line.
+pub fn json_string(out: &mut String, bytes: &[u8]) {
+    out.push('"');
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() && (c as u32) < 0x80 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\u{b:04x}");
+        }
+    }
+    out.push('"');
+}
+
+/// Mode of a newly created `-A` file (less the umask): call records name
+/// who called whom, not for every local account.
+const ACCOUNT_FILE_MODE: u32 = 0o640;
+
+/// The `-A` file, kept open for appending. After the first failed write
+/// it is given up: one ERR line says so and later records go only to the
+/// log, so a full disk costs no more than a log line.
+pub struct AccountFile {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl AccountFile {
+    /// Opens (creating it when missing) `path` for appending. Non-blocking,
+    /// so that neither opening a FIFO nobody reads nor writing to a full
+    /// pipe can stall the daemon; a regular file is not affected.
+    pub fn open(path: &Path) -> io::Result<AccountFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(ACCOUNT_FILE_MODE)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(path)?;
+        Ok(AccountFile {
+            file: Some(file),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// True until a write failed.
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Appends one finished line with a single write(2), so that lines of
+    /// concurrent writers (or a copy-and-truncate rotation) never interleave
+    /// within a line.
+    pub fn append(&mut self, line: &str) {
+        let Some(file) = &mut self.file else {
+            return;
+        };
+        // Bounded: a write to a local file is interrupted rarely, if ever.
+        let mut result = file.write(line.as_bytes());
+        for _ in 0..3 {
+            match &result {
+                Err(e) if e.kind() == ErrorKind::Interrupted => {
+                    result = file.write(line.as_bytes());
+                }
+                _ => break,
+            }
+        }
+        let failure = match result {
+            Ok(n) if n == line.len() => return,
+            Ok(n) => format!("short write ({n} of {} bytes)", line.len()),
+            Err(e) => e.to_string(),
+        };
+        rtpp_log!(
+            Err,
+            "accounting file {}: {failure}; no more call records are written to it",
+            self.path.display()
+        );
+        self.file = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        json_string(&mut out, bytes);
+        out
+    }
+
+    #[test]
+    fn plain_text_is_quoted() {
+        assert_eq!(json(b"1-2345@127.0.0.1"), r#""1-2345@127.0.0.1""#);
+        assert_eq!(json(b""), r#""""#);
+    }
+
+    #[test]
+    fn quote_and_backslash_are_escaped() {
+        assert_eq!(json(br#"a"b\c"#), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn control_characters_become_u_escapes() {
+        assert_eq!(
+            json(b"a\nb\tc\rd\0e\x1f\x7f"),
+            r#""a\u000ab\u0009c\u000dd\u0000e\u001f\u007f""#
+        );
+    }
+
+    #[test]
+    fn utf8_is_kept() {
+        assert_eq!(
+            json("caf\u{e9} \u{2603}".as_bytes()),
+            "\"caf\u{e9} \u{2603}\""
+        );
+    }
+
+    #[test]
+    fn bytes_outside_utf8_become_u_escapes_of_the_byte() {
+        assert_eq!(json(b"a\xffb\xc3"), r#""a\u00ffb\u00c3""#);
+        // A truncated sequence followed by valid text.
+        assert_eq!(json(b"\xe2\x98x"), r#""\u00e2\u0098x""#);
+    }
+
+    fn record<'a>() -> CallRecord<'a> {
+        CallRecord {
+            call_id: b"c\"1",
+            from_tag: b"ft;1",
+            to_tag: Some(b"tt;1"),
+            reason: EndReason::Deleted,
+            start: Duration::from_millis(1_700_000_000_123),
+            duration: Duration::from_millis(12_045),
+            ports: [35000, 35002],
+            rtp: [
+                Sent {
+                    packets: 5,
+                    bytes: 860,
+                },
+                Sent {
+                    packets: 4,
+                    bytes: 688,
+                },
+            ],
+            rtcp: [
+                Sent {
+                    packets: 1,
+                    bytes: 28,
+                },
+                Sent::default(),
+            ],
+            relayed: 10,
+            dropped: 0,
+            lost: [0, 1],
+        }
+    }
+
+    #[test]
+    fn json_line_holds_every_field_on_one_line() {
+        assert_eq!(
+            record().json_line(),
+            "{\"call_id\":\"c\\\"1\",\"from_tag\":\"ft;1\",\"to_tag\":\"tt;1\",\
+             \"reason\":\"deleted\",\"start\":1700000000.123,\"duration\":12.045,\
+             \"port_caller\":35000,\"port_callee\":35002,\
+             \"rtp_caller_packets\":5,\"rtp_caller_bytes\":860,\
+             \"rtp_callee_packets\":4,\"rtp_callee_bytes\":688,\
+             \"rtcp_caller_packets\":1,\"rtcp_caller_bytes\":28,\
+             \"rtcp_callee_packets\":0,\"rtcp_callee_bytes\":0,\
+             \"relayed\":10,\"dropped\":0,\"lost_caller\":0,\"lost_callee\":1}\n"
+        );
+    }
+
+    #[test]
+    fn missing_to_tag_is_null() {
+        let r = CallRecord {
+            to_tag: None,
+            reason: EndReason::Timeout,
+            ..record()
+        };
+        let line = r.json_line();
+        assert!(
+            line.contains(",\"to_tag\":null,\"reason\":\"timeout\","),
+            "{line}"
+        );
+        assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn log_line_names_the_same_fields() {
+        let line = record().log_line();
+        assert!(line.starts_with("session ended (Deleted): call_id=c\"1 from_tag=ft;1 to_tag=tt;1 start=1700000000.123 duration=12.045s ports=35000/35002 "), "{line}");
+        assert!(
+            line.ends_with("relayed=10 dropped=0 lost_caller=0 lost_callee=1"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn reasons_have_json_names() {
+        let names: Vec<&str> = [
+            EndReason::Deleted,
+            EndReason::DeletedAll,
+            EndReason::Timeout,
+            EndReason::Shutdown,
+        ]
+        .iter()
+        .map(|r| r.name())
+        .collect();
+        assert_eq!(names, ["deleted", "deleted_all", "timeout", "shutdown"]);
+    }
+
+    #[test]
+    fn account_file_appends_lines() {
+        let path = std::env::temp_dir().join(format!("rtpp-acct-unit-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, "earlier\n").unwrap();
+        let mut f = AccountFile::open(&path).unwrap();
+        f.append("one\n");
+        f.append("two\n");
+        assert!(f.is_open());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "earlier\none\ntwo\n"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn account_file_gives_up_after_a_failed_write() {
+        // Every write to /dev/full fails with ENOSPC.
+        let mut f = AccountFile::open(Path::new("/dev/full")).unwrap();
+        f.append("one\n");
+        assert!(!f.is_open());
+        f.append("two\n");
+        assert!(!f.is_open());
+    }
+
+    #[test]
+    fn account_file_open_fails_on_a_missing_directory() {
+        assert!(AccountFile::open(Path::new("/nonexistent-rtpp-dir/acct.json")).is_err());
+    }
+}

@@ -1,0 +1,338 @@
+//! Control sockets: a listening unix stream socket (one command per
+//! connection, no cookie) or a UDP socket (one command per datagram, cookie
+//! first). Reading is non-blocking: a client that connects and never writes
+//! costs a poll slot until its deadline, never the loop's time.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::rtpp_command::{split_cookie, ErrorCode, Reply};
+use crate::rtpp_defines::{ControlSpec, COMMAND_BATCH, CONTROL_CLIENT_TIMEOUT, MAX_COMMAND_LEN};
+use crate::rtpp_network::PollSet;
+use crate::rtpp_session::{Owner, Sessions};
+
+/// Unix clients served at once; more wait in the listen backlog.
+pub const MAX_CLIENTS: usize = 32;
+/// A command without a final newline is taken as complete after this much
+/// silence (every real client writes its command in one go).
+const QUIET: Duration = Duration::from_millis(10);
+
+struct Client {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    deadline: Instant,
+    quiet_at: Option<Instant>,
+}
+
+enum Kind {
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+        clients: Vec<Option<Client>>,
+    },
+    Udp(UdpSocket, ReplyCache),
+}
+
+/// How long a UDP reply is kept for a retransmitted command.
+pub const REPLY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// At most this many replies are kept (the oldest go first): about 20 000
+/// commands a second for 30 s would need more, but a SIP proxy retransmits
+/// within a second or two, and this bounds the memory to a few MiB.
+pub const REPLY_CACHE_MAX: usize = 65536;
+
+type CacheKey = (SocketAddr, Box<[u8]>);
+
+/// Replies by (sender, cookie), so a SIP proxy that missed a reply and sends
+/// the same command again gets the same answer without it running twice.
+#[derive(Default)]
+struct ReplyCache {
+    replies: HashMap<CacheKey, Box<[u8]>>,
+    order: VecDeque<(Instant, CacheKey)>,
+}
+
+impl ReplyCache {
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.saturating_duration_since(*at) < REPLY_CACHE_TTL
+                && self.order.len() <= REPLY_CACHE_MAX
+            {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.replies.remove(&key);
+            }
+        }
+    }
+
+    fn get(&self, from: SocketAddr, cookie: &[u8]) -> Option<&[u8]> {
+        self.replies
+            .get(&(from, Box::<[u8]>::from(cookie)))
+            .map(|r| &r[..])
+    }
+
+    fn put(&mut self, from: SocketAddr, cookie: &[u8], reply: &[u8], now: Instant) {
+        let key: CacheKey = (from, cookie.into());
+        if self.replies.insert(key.clone(), reply.into()).is_none() {
+            self.order.push_back((now, key));
+        }
+        self.expire(now);
+    }
+}
+
+/// The daemon's control socket and its pending clients.
+pub struct Control {
+    kind: Kind,
+    /// Poll slot of the listener/UDP socket; client `i` is at `first + 1 + i`.
+    first: usize,
+    buf: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl Control {
+    /// Opens the socket `-s` names. A unix socket file left by a dead
+    /// daemon is replaced; one a live daemon answers on is refused.
+    pub fn open(spec: &ControlSpec) -> io::Result<Control> {
+        let kind = match spec {
+            ControlSpec::Udp(addr) => {
+                let sock = UdpSocket::bind(addr)?;
+                sock.set_nonblocking(true)?;
+                Kind::Udp(sock, ReplyCache::default())
+            }
+            ControlSpec::Unix(path) => {
+                if path.exists() {
+                    if UnixStream::connect(path).is_ok() {
+                        return Err(io::Error::new(
+                            ErrorKind::AddrInUse,
+                            format!("{} is in use by a running daemon", path.display()),
+                        ));
+                    }
+                    std::fs::remove_file(path)?;
+                }
+                let listener = UnixListener::bind(path)?;
+                listener.set_nonblocking(true)?;
+                Kind::Unix {
+                    listener,
+                    path: path.clone(),
+                    clients: (0..MAX_CLIENTS).map(|_| None).collect(),
+                }
+            }
+        };
+        Ok(Control {
+            kind,
+            first: 0,
+            buf: vec![0; MAX_COMMAND_LEN],
+            reply: Vec::with_capacity(1024),
+        })
+    }
+
+    /// The unix socket's path, if any (to chown or remove it).
+    pub fn unix_path(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Unix { path, .. } => Some(path),
+            Kind::Udp(..) => None,
+        }
+    }
+
+    /// The UDP socket's address, if any.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        match &self.kind {
+            Kind::Udp(s, _) => s.local_addr().ok(),
+            Kind::Unix { .. } => None,
+        }
+    }
+
+    /// Puts the control socket and the (empty) client slots into the poll
+    /// set. Must run before any media socket is added: these slots are
+    /// never removed, so they stay at the front of the set.
+    pub fn register(&mut self, polls: &mut PollSet<Owner>) {
+        match &self.kind {
+            Kind::Udp(s, _) => self.first = polls.add(s.as_raw_fd(), Owner::Control),
+            Kind::Unix {
+                listener, clients, ..
+            } => {
+                self.first = polls.add(listener.as_raw_fd(), Owner::Control);
+                for i in 0..clients.len() {
+                    polls.add(-1, Owner::Client(i));
+                }
+            }
+        }
+    }
+
+    /// Serves whatever is ready: new connections, client data, datagrams.
+    /// `exec` runs one command (without cookie) and returns the reply.
+    pub fn serve(
+        &mut self,
+        sessions: &mut Sessions,
+        now: Instant,
+        mut exec: impl FnMut(&mut Sessions, &[u8]) -> Reply,
+    ) {
+        let listener_ready = sessions.polls.ready(self.first);
+        match &mut self.kind {
+            Kind::Udp(sock, cache) => {
+                if listener_ready {
+                    serve_udp(
+                        sock,
+                        &mut self.buf,
+                        &mut self.reply,
+                        cache,
+                        now,
+                        |c| match c {
+                            Some(command) => Some(exec(sessions, command)),
+                            None => {
+                                // Counted at once: a G later in this batch sees it.
+                                sessions.totals.commands_repeated += 1;
+                                None
+                            }
+                        },
+                    );
+                }
+            }
+            Kind::Unix {
+                listener, clients, ..
+            } => {
+                for (i, slot) in clients.iter_mut().enumerate() {
+                    let Some(client) = slot else { continue };
+                    let pslot = self.first + 1 + i;
+                    let done = if sessions.polls.ready(pslot) {
+                        read_client(client, now)
+                    } else {
+                        false
+                    };
+                    let quiet = client.quiet_at.is_some_and(|t| now >= t);
+                    if done || quiet || now >= client.deadline {
+                        if !client.buf.is_empty() {
+                            let reply = exec(sessions, &client.buf);
+                            // Silent: the connection closes with no reply.
+                            reply.format(None, &mut self.reply);
+                            // The reply is a few bytes into an empty socket
+                            // buffer; a client that is gone just misses it.
+                            let _ = client.stream.write(&self.reply);
+                        }
+                        sessions.polls.set_fd(pslot, -1);
+                        *slot = None;
+                    }
+                }
+                if listener_ready {
+                    accept_clients(listener, clients, &mut sessions.polls, self.first, now);
+                }
+            }
+        }
+    }
+
+    /// When the loop must wake for a client's quiet time or deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match &self.kind {
+            Kind::Udp(..) => None,
+            Kind::Unix { clients, .. } => clients
+                .iter()
+                .flatten()
+                .map(|c| c.quiet_at.map_or(c.deadline, |q| q.min(c.deadline)))
+                .min(),
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        if let Kind::Unix { path, .. } = &self.kind {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn serve_udp(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    reply: &mut Vec<u8>,
+    cache: &mut ReplyCache,
+    now: Instant,
+    mut exec: impl FnMut(Option<&[u8]>) -> Option<Reply>,
+) {
+    cache.expire(now);
+    for _ in 0..COMMAND_BATCH {
+        let (len, from) = match sock.recv_from(buf) {
+            Ok(got) => got,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let Some(datagram) = buf.get(..len) else {
+            return;
+        };
+        let answer = match split_cookie(datagram) {
+            Some((cookie, command)) => match cache.get(from, cookie) {
+                Some(cached) => {
+                    exec(None);
+                    cached
+                }
+                None => {
+                    let answer = exec(Some(command)).unwrap_or(Reply::Error(ErrorCode::EMPTY));
+                    if answer == Reply::Silent {
+                        continue;
+                    }
+                    answer.format(Some(cookie), reply);
+                    cache.put(from, cookie, reply, now);
+                    &reply[..]
+                }
+            },
+            // Not even a cookie: nothing to echo.
+            None => b"E0\n",
+        };
+        // The sender may be gone; its loss, not ours.
+        let _ = sock.send_to(answer, from);
+    }
+}
+
+fn accept_clients(
+    listener: &UnixListener,
+    clients: &mut [Option<Client>],
+    polls: &mut PollSet<Owner>,
+    first: usize,
+    now: Instant,
+) {
+    for (i, slot) in clients.iter_mut().enumerate() {
+        if slot.is_some() {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(_) => return,
+        };
+        if stream.set_nonblocking(true).is_err() {
+            continue;
+        }
+        polls.set_fd(first + 1 + i, stream.as_raw_fd());
+        *slot = Some(Client {
+            stream,
+            buf: Vec::new(),
+            deadline: now + CONTROL_CLIENT_TIMEOUT,
+            quiet_at: None,
+        });
+    }
+}
+
+/// Reads what the client sent; true when its command is complete (a final
+/// newline, end of file, an error, or the size limit).
+fn read_client(client: &mut Client, now: Instant) -> bool {
+    let mut chunk = [0u8; 2048];
+    loop {
+        match client.stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => {
+                let room = MAX_COMMAND_LEN.saturating_sub(client.buf.len());
+                client.buf.extend_from_slice(&chunk[..n.min(room)]);
+                if client.buf.len() >= MAX_COMMAND_LEN || client.buf.ends_with(b"\n") {
+                    return true;
+                }
+                client.quiet_at = Some(now + QUIET);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}

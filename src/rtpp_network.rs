@@ -1,0 +1,520 @@
+//! Addresses and sockets: parsing and printing addresses, opening media
+//! sockets with TOS set, the media port table and the poll(2) set.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+
+use nix::libc;
+
+use crate::rtpp_defines::{ControlSpec, CPORT};
+use crate::rtpp_util::Random;
+
+/// Parses the `-s` argument: `unix:PATH`, `udp:ADDR[:PORT]`,
+/// `udp6:ADDR[:PORT]` or a bare path.
+pub fn parse_control_spec(spec: &str) -> Result<ControlSpec, String> {
+    if let Some(rest) = spec.strip_prefix("udp:") {
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, parse_port(p)?),
+            None => (rest, CPORT),
+        };
+        let ip = resolve_host(host, false)?;
+        return Ok(ControlSpec::Udp(SocketAddr::new(ip, port)));
+    }
+    if let Some(rest) = spec.strip_prefix("udp6:") {
+        // `[::1]:9000` is unambiguous; otherwise the port follows the LAST
+        // colon, as the classic daemon read it (`udp6:::1:9000`).
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            match inner.split_once(']') {
+                Some((h, "")) => (h, CPORT),
+                Some((h, p)) => match p.strip_prefix(':') {
+                    Some(p) => (h, parse_port(p)?),
+                    None => return Err(format!("invalid udp6 address: {rest}")),
+                },
+                None => return Err(format!("invalid udp6 address: {rest}")),
+            }
+        } else if rest == "*" {
+            (rest, CPORT)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() => (h, parse_port(p)?),
+                _ => (rest, CPORT),
+            }
+        };
+        let ip = resolve_host(host, true)?;
+        return Ok(ControlSpec::Udp(SocketAddr::new(ip, port)));
+    }
+    let path = spec.strip_prefix("unix:").unwrap_or(spec);
+    if path.is_empty() {
+        return Err("empty control socket path".into());
+    }
+    Ok(ControlSpec::Unix(PathBuf::from(path)))
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("invalid port: {s}")),
+    }
+}
+
+/// Resolves a listen address: an IP literal, `*` (any) or a host name.
+pub fn resolve_host(host: &str, ipv6: bool) -> Result<IpAddr, String> {
+    if host == "*" || host.is_empty() {
+        return Ok(if ipv6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        });
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return if ip.is_ipv6() == ipv6 {
+            Ok(ip)
+        } else {
+            Err(format!(
+                "{host} is not an {} address",
+                if ipv6 { "IPv6" } else { "IPv4" }
+            ))
+        };
+    }
+    let found = (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("can't resolve {host}: {e}"))?
+        .map(|a| a.ip())
+        .find(|ip| ip.is_ipv6() == ipv6);
+    found.ok_or_else(|| {
+        format!(
+            "no {} address for {host}",
+            if ipv6 { "IPv6" } else { "IPv4" }
+        )
+    })
+}
+
+/// Parses the ADDR and PORT of `U`/`L`; `None` for anything unusable,
+/// including the unspecified address and port 0 (nothing to pre-fill).
+pub fn parse_remote(addr: &[u8], port: &[u8], ipv6: bool) -> Option<SocketAddr> {
+    let addr = std::str::from_utf8(addr).ok()?;
+    let port: u16 = std::str::from_utf8(port).ok()?.parse().ok()?;
+    let ip: IpAddr = if ipv6 {
+        IpAddr::V6(
+            addr.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()?,
+        )
+    } else {
+        IpAddr::V4(addr.parse().ok()?)
+    };
+    if ip.is_unspecified() || port == 0 {
+        return None;
+    }
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Opens a non-blocking UDP socket bound to `addr` with the media TOS set.
+pub fn open_udp(addr: SocketAddr, tos: Option<u8>) -> io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(addr)?;
+    sock.set_nonblocking(true)?;
+    if let Some(tos) = tos {
+        set_tos(sock.as_raw_fd(), addr.is_ipv6(), tos);
+    }
+    Ok(sock)
+}
+
+fn set_tos(fd: RawFd, ipv6: bool, tos: u8) {
+    let value: libc::c_int = tos.into();
+    let (level, name) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_TOS)
+    };
+    // SAFETY: fd is an open socket and value lives across the call.
+    // A failure only means the kernel refused the marking; media still flows.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// The even RTP ports of the `-m`/`-M` range, handed out in random order.
+/// A released pair goes to the back of the queue, so a port is not reused
+/// right away while stray packets for the old call may still arrive.
+pub struct PortTable {
+    free: VecDeque<u16>,
+    total: usize,
+}
+
+impl PortTable {
+    /// Builds the table for `[min, max]`; every pair (p, p+1) lies inside.
+    pub fn new(min: u16, max: u16, rng: &mut Random) -> PortTable {
+        let first = min + (min % 2);
+        let mut ports: Vec<u16> = (u32::from(first)..u32::from(max))
+            .step_by(2)
+            .map(|p| p as u16)
+            .collect();
+        rng.shuffle(&mut ports);
+        PortTable {
+            total: ports.len(),
+            free: ports.into(),
+        }
+    }
+
+    /// Opens an RTP/RTCP socket pair on `ip`, trying free ports until both
+    /// bind (a port may be taken by another program); `None` when exhausted.
+    pub fn allocate_pair(
+        &mut self,
+        ip: IpAddr,
+        tos: Option<u8>,
+    ) -> Option<(u16, UdpSocket, UdpSocket)> {
+        for _ in 0..self.free.len() {
+            let port = self.free.pop_front()?;
+            let rtp = open_udp(SocketAddr::new(ip, port), tos);
+            let rtcp = open_udp(SocketAddr::new(ip, port + 1), tos);
+            match (rtp, rtcp) {
+                (Ok(a), Ok(b)) => return Some((port, a, b)),
+                _ => self.free.push_back(port),
+            }
+        }
+        None
+    }
+
+    /// Returns a pair to the table.
+    pub fn release(&mut self, port: u16) {
+        self.free.push_back(port);
+    }
+
+    /// Pairs currently free.
+    pub fn free_pairs(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Pairs in the range.
+    pub fn total_pairs(&self) -> usize {
+        self.total
+    }
+}
+
+/// A dense poll(2) set: slot `i` of the pollfd array belongs to `owners[i]`.
+/// Removal moves the last entry into the hole, so the set never has gaps and
+/// poll's cost follows the live sockets; the caller learns which owner moved.
+pub struct PollSet<T: Copy> {
+    fds: Vec<libc::pollfd>,
+    owners: Vec<T>,
+}
+
+impl<T: Copy> PollSet<T> {
+    /// An empty set.
+    pub fn new() -> PollSet<T> {
+        PollSet {
+            fds: Vec::new(),
+            owners: Vec::new(),
+        }
+    }
+
+    /// Watches `fd` for input; returns its slot.
+    pub fn add(&mut self, fd: RawFd, owner: T) -> usize {
+        self.fds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        self.owners.push(owner);
+        self.fds.len() - 1
+    }
+
+    /// Stops watching a slot; returns the owner that now sits in `slot`
+    /// (moved from the end), whose recorded slot must be updated.
+    pub fn remove(&mut self, slot: usize) -> Option<T> {
+        if slot >= self.fds.len() {
+            return None;
+        }
+        self.fds.swap_remove(slot);
+        self.owners.swap_remove(slot);
+        self.owners.get(slot).copied()
+    }
+
+    /// Points a slot at another descriptor (-1 = ignored by poll).
+    pub fn set_fd(&mut self, slot: usize, fd: RawFd) {
+        if let Some(p) = self.fds.get_mut(slot) {
+            p.fd = fd;
+            p.revents = 0;
+        }
+    }
+
+    /// Waits up to `timeout_ms` for input on any slot.
+    pub fn poll(&mut self, timeout_ms: i32) -> io::Result<usize> {
+        for p in self.fds.iter_mut() {
+            p.revents = 0;
+        }
+        // SAFETY: the pointer and length describe our own live Vec.
+        let n = unsafe {
+            libc::poll(
+                self.fds.as_mut_ptr(),
+                self.fds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// True when the slot has input (or an error/hang-up to collect).
+    pub fn ready(&self, slot: usize) -> bool {
+        self.fds
+            .get(slot)
+            .is_some_and(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+    }
+
+    /// Who owns a slot.
+    pub fn owner(&self, slot: usize) -> Option<T> {
+        self.owners.get(slot).copied()
+    }
+
+    /// Number of watched sockets.
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// True when nothing is watched.
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+}
+
+impl<T: Copy> Default for PollSet<T> {
+    fn default() -> Self {
+        PollSet::new()
+    }
+}
+
+/// Datagrams one `recvmmsg(2)` call may return.
+pub const RECV_BATCH: usize = 16;
+/// Room per datagram: the largest UDP payload.
+const RECV_SLOT: usize = 65536;
+
+/// Buffers for reading a socket's queued datagrams in one system call.
+/// Allocated once; reading allocates nothing.
+pub struct RecvBatch {
+    data: Vec<u8>,
+    lens: [usize; RECV_BATCH],
+    addrs: [libc::sockaddr_storage; RECV_BATCH],
+    count: usize,
+}
+
+impl RecvBatch {
+    /// Allocates room for [`RECV_BATCH`] datagrams of any size.
+    pub fn new() -> RecvBatch {
+        RecvBatch {
+            data: vec![0; RECV_BATCH * RECV_SLOT],
+            lens: [0; RECV_BATCH],
+            // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+            addrs: unsafe { std::mem::zeroed() },
+            count: 0,
+        }
+    }
+
+    /// Reads what `fd` holds, without blocking: one call, however many
+    /// datagrams are queued (up to [`RECV_BATCH`]), so a socket with one
+    /// packet costs one system call, not a read plus an EAGAIN.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.count = 0;
+        // SAFETY: plain data, filled in below.
+        let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for (i, (iov, hdr)) in iovs.iter_mut().zip(hdrs.iter_mut()).enumerate() {
+            let slot = &mut self.data[i * RECV_SLOT..(i + 1) * RECV_SLOT];
+            iov.iov_base = slot.as_mut_ptr().cast();
+            iov.iov_len = RECV_SLOT;
+            hdr.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            hdr.msg_hdr.msg_iov = iov;
+            hdr.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every pointer in hdrs points into buffers that live
+        // across the call, with the lengths given.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                RECV_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = (n as usize).min(RECV_BATCH);
+        for (len, hdr) in self.lens.iter_mut().zip(&hdrs).take(n) {
+            *len = (hdr.msg_len as usize).min(RECV_SLOT);
+        }
+        self.count = n;
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last read and its sender.
+    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        if i >= self.count {
+            return None;
+        }
+        let from = sockaddr_to_std(&self.addrs[i])?;
+        let data = self.data.get(i * RECV_SLOT..i * RECV_SLOT + self.lens[i])?;
+        Some((data, from))
+    }
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch::new()
+    }
+}
+
+/// Converts a kernel socket address to the std type.
+fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: &libc::sockaddr_in = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 =
+                unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_specs_parse() {
+        assert_eq!(
+            parse_control_spec("udp:127.0.0.1:9000"),
+            Ok(ControlSpec::Udp("127.0.0.1:9000".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_control_spec("udp:127.0.0.1"),
+            Ok(ControlSpec::Udp("127.0.0.1:22222".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_control_spec("udp:*"),
+            Ok(ControlSpec::Udp("0.0.0.0:22222".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_control_spec("udp6:::1:9000"),
+            Ok(ControlSpec::Udp("[::1]:9000".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_control_spec("udp6:[::1]:9001"),
+            Ok(ControlSpec::Udp("[::1]:9001".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_control_spec("udp6:[::1]"),
+            Ok(ControlSpec::Udp("[::1]:22222".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_control_spec("unix:/tmp/x.sock"),
+            Ok(ControlSpec::Unix("/tmp/x.sock".into()))
+        );
+        assert_eq!(
+            parse_control_spec("/tmp/y.sock"),
+            Ok(ControlSpec::Unix("/tmp/y.sock".into()))
+        );
+        assert!(parse_control_spec("udp:127.0.0.1:0").is_err());
+        assert!(parse_control_spec("udp:127.0.0.1:99999").is_err());
+        assert!(parse_control_spec("udp:::1").is_err());
+        assert!(parse_control_spec("unix:").is_err());
+    }
+
+    #[test]
+    fn remotes_parse() {
+        assert_eq!(
+            parse_remote(b"10.0.0.1", b"4000", false),
+            Some("10.0.0.1:4000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_remote(b"::1", b"4000", true),
+            Some("[::1]:4000".parse().unwrap())
+        );
+        assert_eq!(parse_remote(b"0.0.0.0", b"4000", false), None);
+        assert_eq!(parse_remote(b"10.0.0.1", b"0", false), None);
+        assert_eq!(parse_remote(b"::1", b"4000", false), None);
+        assert_eq!(parse_remote(b"junk", b"4000", false), None);
+        assert_eq!(parse_remote(b"10.0.0.1", b"x", false), None);
+    }
+
+    #[test]
+    fn port_table_stays_in_range_and_even() {
+        let mut rng = Random::with_seed(7);
+        let t = PortTable::new(35001, 35011, &mut rng);
+        let mut ports: Vec<u16> = t.free.iter().copied().collect();
+        ports.sort();
+        assert_eq!(ports, vec![35002, 35004, 35006, 35008, 35010]);
+        assert_eq!(t.total_pairs(), 5);
+    }
+
+    #[test]
+    fn recv_batch_reads_all_queued_datagrams_with_senders() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx6 = UdpSocket::bind("[::1]:0");
+        for i in 0..3u8 {
+            tx.send_to(&[i; 10], rx.local_addr().unwrap()).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut b = RecvBatch::new();
+        assert_eq!(b.recv(rx.as_raw_fd()).unwrap(), 3);
+        for i in 0..3u8 {
+            let (d, from) = b.get(usize::from(i)).unwrap();
+            assert_eq!(d, &[i; 10]);
+            assert_eq!(from, tx.local_addr().unwrap());
+        }
+        assert!(b.get(3).is_none());
+        assert_eq!(
+            b.recv(rx.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        if let Ok(tx6) = tx6 {
+            let rx6 = UdpSocket::bind("[::1]:0").unwrap();
+            rx6.set_nonblocking(true).unwrap();
+            tx6.send_to(b"six", rx6.local_addr().unwrap()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert_eq!(b.recv(rx6.as_raw_fd()).unwrap(), 1);
+            assert_eq!(b.get(0).unwrap(), (&b"six"[..], tx6.local_addr().unwrap()));
+        }
+    }
+
+    #[test]
+    fn poll_set_reports_moved_owner() {
+        let mut set: PollSet<u32> = PollSet::new();
+        set.add(10, 100);
+        set.add(11, 101);
+        set.add(12, 102);
+        assert_eq!(set.remove(0), Some(102));
+        assert_eq!(set.owner(0), Some(102));
+        assert_eq!(set.remove(1), None);
+        assert_eq!(set.len(), 1);
+    }
+}

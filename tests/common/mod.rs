@@ -1,0 +1,699 @@
+//! The one harness every integration test uses: start the real daemon on
+//! loopback, talk to its control socket, send and receive media, and clean
+//! up (the daemon is killed and its temp dir removed on drop, also when a
+//! test fails).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A directory removed when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Makes a fresh directory under the system temp dir.
+    pub fn new(name: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("rtpp-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The daemon binary under test.
+pub fn bin_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rtpproxy"))
+}
+
+enum Ctrl {
+    Unix(PathBuf),
+    Udp(SocketAddr),
+}
+
+/// A running daemon in the foreground.
+pub struct Rtpproxy {
+    child: Child,
+    ctrl: Ctrl,
+    log_path: PathBuf,
+    dir: TempDir,
+    cookie: AtomicU32,
+}
+
+impl Rtpproxy {
+    /// Starts the daemon with `-f` and `args`. Without `-s` it listens on a
+    /// unix socket in its temp dir; without `-p` its pidfile goes there too.
+    /// As root, `-F` is added for UDP control (tests run as root in CI).
+    /// Waits until the control socket answers `V`.
+    pub fn start(args: &[&str]) -> Rtpproxy {
+        match Rtpproxy::try_start(args) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like `start`, but reports a daemon that does not come up.
+    pub fn try_start(args: &[&str]) -> Result<Rtpproxy, String> {
+        let dir = TempDir::new("daemon");
+        let mut argv: Vec<String> = vec!["-f".into()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let spec = match args.iter().position(|a| *a == "-s") {
+            Some(i) => args.get(i + 1).map(|s| s.to_string()).unwrap_or_default(),
+            None => {
+                let p = dir.path().join("ctl.sock");
+                argv.push("-s".into());
+                argv.push(format!("unix:{}", p.display()));
+                format!("unix:{}", p.display())
+            }
+        };
+        if !args.contains(&"-p") {
+            argv.push("-p".into());
+            argv.push(dir.path().join("rtpproxy.pid").display().to_string());
+        }
+        let ctrl = parse_ctrl(&spec);
+        if matches!(ctrl, Ctrl::Udp(_)) && !args.contains(&"-u") && !args.contains(&"-F") {
+            argv.push("-F".into());
+        }
+        let log_path = dir.path().join("stderr.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let child = Command::new(bin_path())
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn rtpproxy: {e}"))?;
+        let mut r = Rtpproxy {
+            child,
+            ctrl,
+            log_path,
+            dir,
+            cookie: AtomicU32::new(1),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                return Err(format!(
+                    "rtpproxy {argv:?} exited with {status}:\n{}",
+                    r.log()
+                ));
+            }
+            if r.try_command_within(b"V", Duration::from_millis(100))
+                .as_deref()
+                == Some("20040107")
+            {
+                return Ok(r);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("rtpproxy {argv:?} did not answer V:\n{}", r.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends one command, returns the reply without cookie or final newline.
+    pub fn command(&self, cmd: &str) -> String {
+        self.command_bytes(cmd.as_bytes())
+    }
+
+    /// Sends one command given as raw bytes.
+    pub fn command_bytes(&self, cmd: &[u8]) -> String {
+        match self.try_command_bytes(cmd) {
+            Some(r) => r,
+            None => panic!(
+                "no reply to {:?}; daemon log:\n{}",
+                String::from_utf8_lossy(cmd),
+                self.log()
+            ),
+        }
+    }
+
+    fn try_command_bytes(&self, cmd: &[u8]) -> Option<String> {
+        self.try_command_within(cmd, Duration::from_secs(3))
+    }
+
+    fn try_command_within(&self, cmd: &[u8], timeout: Duration) -> Option<String> {
+        let timeout = Some(timeout);
+        match &self.ctrl {
+            Ctrl::Unix(path) => {
+                let mut s = UnixStream::connect(path).ok()?;
+                s.set_read_timeout(timeout).ok()?;
+                s.write_all(cmd).ok()?;
+                s.shutdown(std::net::Shutdown::Write).ok()?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).ok()?;
+                Some(out.trim_end_matches('\n').to_string())
+            }
+            Ctrl::Udp(addr) => {
+                let bind = if addr.is_ipv6() {
+                    "[::1]:0"
+                } else {
+                    "127.0.0.1:0"
+                };
+                let s = UdpSocket::bind(bind).ok()?;
+                s.set_read_timeout(timeout).ok()?;
+                let cookie = format!(
+                    "{}_{}",
+                    std::process::id(),
+                    self.cookie.fetch_add(1, Ordering::SeqCst)
+                );
+                let mut msg = cookie.clone().into_bytes();
+                msg.push(b' ');
+                msg.extend_from_slice(cmd);
+                s.send_to(&msg, addr).ok()?;
+                let mut buf = vec![0u8; 65536];
+                let n = s.recv(&mut buf).ok()?;
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let rest = text.strip_prefix(&format!("{cookie} "))?;
+                Some(rest.trim_end_matches('\n').to_string())
+            }
+        }
+    }
+
+    /// Where a unix control socket lives (None for UDP).
+    pub fn control_path(&self) -> Option<&Path> {
+        match &self.ctrl {
+            Ctrl::Unix(p) => Some(p),
+            Ctrl::Udp(_) => None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The daemon's temp dir (pidfile, default control socket, stderr log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit; SIGKILL if it hangs.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Rtpproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the daemon on IPv4 loopback with UDP control on `port`, media
+/// ports `range` and INFO logging, plus `extra` options.
+pub fn udp(port: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
+    let s = format!("udp:127.0.0.1:{port}");
+    let (m, mm) = (range.0.to_string(), range.1.to_string());
+    let mut args = vec![
+        "-s",
+        &s,
+        "-l",
+        "127.0.0.1",
+        "-m",
+        &m,
+        "-M",
+        &mm,
+        "-d",
+        "INFO",
+    ];
+    args.extend_from_slice(extra);
+    Rtpproxy::start(&args)
+}
+
+/// Sends a signal by name to a pid we started.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn parse_ctrl(spec: &str) -> Ctrl {
+    if let Some(rest) = spec.strip_prefix("udp:") {
+        let addr = if rest.contains(':') {
+            rest.to_string()
+        } else {
+            format!("{rest}:22222")
+        };
+        return Ctrl::Udp(addr.parse().expect("udp control address"));
+    }
+    if let Some(rest) = spec.strip_prefix("udp6:") {
+        let addr = if let Some(b) = rest.strip_prefix('[') {
+            format!("[{}", b)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => format!("[{h}]:{p}"),
+                None => format!("[{rest}]:22222"),
+            }
+        };
+        return Ctrl::Udp(addr.parse().expect("udp6 control address"));
+    }
+    Ctrl::Unix(PathBuf::from(spec.strip_prefix("unix:").unwrap_or(spec)))
+}
+
+/// A media endpoint: one UDP socket on loopback.
+pub struct Peer {
+    pub sock: UdpSocket,
+}
+
+impl Peer {
+    /// Binds an ephemeral port on `ip` ("127.0.0.1" or "::1").
+    pub fn new(ip: &str) -> Peer {
+        let bind = if ip.contains(':') {
+            format!("[{ip}]:0")
+        } else {
+            format!("{ip}:0")
+        };
+        let sock = UdpSocket::bind(bind).expect("bind peer");
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        Peer { sock }
+    }
+
+    /// Binds a given port (for RTP/RTCP pairs); None if it is taken.
+    pub fn at(addr: &str) -> Option<Peer> {
+        let sock = UdpSocket::bind(addr).ok()?;
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .ok()?;
+        Some(Peer { sock })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().expect("local addr")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr().port()
+    }
+
+    pub fn send(&self, to: SocketAddr, data: &[u8]) {
+        self.sock.send_to(data, to).expect("send");
+    }
+
+    /// Next datagram within `ms`, with its source.
+    pub fn recv_within(&self, ms: u64) -> Option<(Vec<u8>, SocketAddr)> {
+        self.sock
+            .set_read_timeout(Some(Duration::from_millis(ms.max(1))))
+            .ok()?;
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = self.sock.recv_from(&mut buf).ok()?;
+        buf.truncate(n);
+        Some((buf, from))
+    }
+
+    /// Next datagram within 500 ms.
+    pub fn recv(&self) -> Option<(Vec<u8>, SocketAddr)> {
+        self.recv_within(500)
+    }
+
+    /// Reads until nothing arrives for `ms`; returns how many came.
+    pub fn drain(&self, ms: u64) -> usize {
+        let mut n = 0;
+        while self.recv_within(ms).is_some() {
+            n += 1;
+            if n > 1_000_000 {
+                break;
+            }
+        }
+        n
+    }
+}
+
+/// A 172-byte G.711-shaped RTP packet with a sequence number.
+pub fn rtp_packet(seq: u16, marker: u8) -> Vec<u8> {
+    let mut p = vec![0x80, marker << 7, (seq >> 8) as u8, seq as u8];
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend((0..160).map(|i| (i as u8).wrapping_add(seq as u8)));
+    p
+}
+
+/// Parses a `PORT [ADDR [6]]` reply into the relay's address for that leg.
+pub fn reply_addr(reply: &str, default_ip: &str) -> SocketAddr {
+    let mut it = reply.split_whitespace();
+    let port: u16 = it
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not a port reply: {reply:?}"));
+    let ip = it.next().unwrap_or(default_ip);
+    if ip.contains(':') {
+        format!("[{ip}]:{port}").parse().expect("addr")
+    } else {
+        format!("{ip}:{port}").parse().expect("addr")
+    }
+}
+
+impl Rtpproxy {
+    /// Waits (bounded) for the process to exit on its own, e.g. after a
+    /// signal sent with `signal`; None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// What `/proc/PID/stat` says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+    pub session: u32,
+}
+
+/// Reads `/proc/PID/stat`; None when there is no such process.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the
+    // last `)`.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+    })
+}
+
+/// True while `pid` runs (a zombie waiting to be reaped does not count).
+pub fn pid_alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+/// Waits (bounded) until `pid` no longer runs; true if it ended in time.
+pub fn wait_pid_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Sends one command to a unix control socket and returns the reply
+/// without its final newline; None when nobody answers within a second.
+pub fn unix_command(path: &Path, cmd: &str) -> Option<String> {
+    let mut s = UnixStream::connect(path).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(cmd.as_bytes()).ok()?;
+    s.shutdown(std::net::Shutdown::Write).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.trim_end_matches('\n').to_string())
+}
+
+/// A daemon started without `-f`: the command returns once the daemon has
+/// forked into the background (or failed to start), and the daemon's pid
+/// comes from its pidfile. A daemon still running when this is dropped is
+/// killed by that pid, after checking that the pid still is this daemon
+/// (its command line names this daemon's temp dir).
+pub struct Background {
+    dir: TempDir,
+    /// How the starting command exited.
+    pub status: std::process::ExitStatus,
+    /// What the starting command wrote to stderr.
+    pub stderr: String,
+    /// The daemon's pid, read from the pidfile after a successful start.
+    pub pid: Option<u32>,
+    pidfile: PathBuf,
+    control: Option<PathBuf>,
+}
+
+impl Background {
+    /// Runs the daemon without `-f` in a fresh temp dir. Unless given, `-p`
+    /// puts the pidfile and `-s` a unix control socket (`ctl.sock`) there.
+    pub fn start(args: &[&str]) -> Background {
+        Background::start_in(TempDir::new("bg"), args)
+    }
+
+    /// Like `start`, in a temp dir the caller prepared (e.g. chowned).
+    pub fn start_in(dir: TempDir, args: &[&str]) -> Background {
+        let mut argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let control = match args.iter().position(|a| *a == "-s") {
+            Some(i) => args.get(i + 1).and_then(|s| match parse_ctrl(s) {
+                Ctrl::Unix(p) => Some(p),
+                Ctrl::Udp(_) => None,
+            }),
+            None => {
+                let p = dir.path().join("ctl.sock");
+                argv.push("-s".into());
+                argv.push(format!("unix:{}", p.display()));
+                Some(p)
+            }
+        };
+        let pidfile = match args.iter().position(|a| *a == "-p") {
+            Some(i) => PathBuf::from(args.get(i + 1).copied().unwrap_or_default()),
+            None => {
+                let p = dir.path().join("rtpproxy.pid");
+                argv.push("-p".into());
+                argv.push(p.display().to_string());
+                p
+            }
+        };
+        let err_path = dir.path().join("start.err");
+        let err = std::fs::File::create(&err_path).expect("stderr file");
+        let mut child = Command::new(bin_path())
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn rtpproxy");
+        // The starting process waits up to 10 s for the daemon's report.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("rtpproxy {argv:?} did not return to its caller within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let mut bg = Background {
+            dir,
+            status,
+            stderr,
+            pid: None,
+            pidfile,
+            control,
+        };
+        if status.success() {
+            bg.pid = std::fs::read_to_string(&bg.pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+        }
+        bg
+    }
+
+    /// The pid of a daemon that started; panics with its stderr otherwise.
+    pub fn running_pid(&self) -> u32 {
+        match (self.status.success(), self.pid) {
+            (true, Some(pid)) => pid,
+            _ => panic!(
+                "rtpproxy did not start ({}), pid {:?}:\n{}",
+                self.status, self.pid, self.stderr
+            ),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pidfile(&self) -> &Path {
+        &self.pidfile
+    }
+
+    /// The unix control socket's path (None for UDP control).
+    pub fn control_path(&self) -> Option<&Path> {
+        self.control.as_deref()
+    }
+
+    /// Sends a command over the unix control socket.
+    pub fn command(&self, cmd: &str) -> Option<String> {
+        unix_command(self.control.as_deref()?, cmd)
+    }
+
+    /// True when `pid` is a process of this daemon (its command line names
+    /// this daemon's temp dir), so it may be signalled.
+    fn owns(&self, pid: u32) -> bool {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let dir = self.dir.path().display().to_string();
+        pid_alive(pid) && String::from_utf8_lossy(&cmdline).contains(&dir)
+    }
+
+    /// Sends a signal by name to the daemon, if it still runs.
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.pid.filter(|&p| self.owns(p)) {
+            signal(pid, name);
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let from_file = std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        for pid in [self.pid, from_file].into_iter().flatten() {
+            if self.owns(pid) {
+                signal(pid, "KILL");
+                wait_pid_gone(pid, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A JSON value of a flat accounting record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    Str(String),
+    Num(f64),
+    Null,
+}
+
+/// Parses one flat JSON object (string, number and null values only, as
+/// the `-A` records are), strictly: anything else is an error.
+pub fn parse_flat_json(line: &str) -> Result<BTreeMap<String, Json>, String> {
+    let mut it = line.trim_end_matches('\n').chars().peekable();
+    let mut out = BTreeMap::new();
+    let expect = |it: &mut std::iter::Peekable<std::str::Chars>, c: char| match it.next() {
+        Some(x) if x == c => Ok(()),
+        other => Err(format!("expected {c:?}, found {other:?}")),
+    };
+    fn string(it: &mut std::iter::Peekable<std::str::Chars>) -> Result<String, String> {
+        if it.next() != Some('"') {
+            return Err("expected a string".into());
+        }
+        let mut s = String::new();
+        loop {
+            match it.next().ok_or("unterminated string")? {
+                '"' => return Ok(s),
+                '\\' => match it.next().ok_or("unterminated escape")? {
+                    '"' => s.push('"'),
+                    '\\' => s.push('\\'),
+                    '/' => s.push('/'),
+                    'n' => s.push('\n'),
+                    't' => s.push('\t'),
+                    'r' => s.push('\r'),
+                    'b' => s.push('\u{8}'),
+                    'f' => s.push('\u{c}'),
+                    'u' => {
+                        let hex: String = it.by_ref().take(4).collect();
+                        let code = u32::from_str_radix(&hex, 16).map_err(|e| e.to_string())?;
+                        s.push(char::from_u32(code).ok_or("surrogate escape")?);
+                    }
+                    other => return Err(format!("bad escape \\{other}")),
+                },
+                c if (c as u32) < 0x20 => return Err("raw control character".into()),
+                c => s.push(c),
+            }
+        }
+    }
+    expect(&mut it, '{')?;
+    loop {
+        let key = string(&mut it)?;
+        expect(&mut it, ':')?;
+        let value = match it.peek() {
+            Some('"') => Json::Str(string(&mut it)?),
+            Some('n') => {
+                let word: String = it.by_ref().take(4).collect();
+                if word != "null" {
+                    return Err(format!("bad literal {word}"));
+                }
+                Json::Null
+            }
+            _ => {
+                let mut num = String::new();
+                while let Some(&c) = it.peek() {
+                    if !(c.is_ascii_digit() || c == '.' || c == '-') {
+                        break;
+                    }
+                    num.push(c);
+                    it.next();
+                }
+                Json::Num(num.parse().map_err(|_| format!("bad number {num:?}"))?)
+            }
+        };
+        if out.insert(key.clone(), value).is_some() {
+            return Err(format!("duplicate key {key}"));
+        }
+        match it.next() {
+            Some(',') => continue,
+            Some('}') => break,
+            other => return Err(format!("expected , or }}, found {other:?}")),
+        }
+    }
+    if it.next().is_some() {
+        return Err("text after the object".into());
+    }
+    Ok(out)
+}
+
+/// Puts a process (or, with 0, the calling thread) in the real-time
+/// scheduling class, when allowed (root). Timing tests use it so that what
+/// they measure is the daemon, not the other processes of a busy machine
+/// preempting it. Returns whether it was granted.
+pub fn make_realtime(pid: u32) -> bool {
+    use nix::libc::{sched_param, sched_setscheduler, SCHED_FIFO};
+    let param = sched_param { sched_priority: 10 };
+    // SAFETY: a plain system call on a process the test started (or on the
+    // calling thread); `param` outlives the call.
+    unsafe { sched_setscheduler(pid as i32, SCHED_FIFO, &param) == 0 }
+}
