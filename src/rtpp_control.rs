@@ -19,9 +19,6 @@ use crate::rtpp_session::{Owner, Sessions};
 
 /// Unix clients served at once; more wait in the listen backlog.
 pub const MAX_CLIENTS: usize = 32;
-/// A command without a final newline is taken as complete after this much
-/// silence (every real client writes its command in one go).
-const QUIET: Duration = Duration::from_millis(10);
 /// How long the listener rests when no descriptor is left to accept with.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -29,7 +26,6 @@ struct Client {
     stream: UnixStream,
     buf: Vec<u8>,
     deadline: Instant,
-    quiet_at: Option<Instant>,
 }
 
 enum Kind {
@@ -240,12 +236,11 @@ impl Control {
                     let Some(client) = slot else { continue };
                     let pslot = self.first + 1 + i;
                     let done = if sessions.polls.ready(pslot) {
-                        read_client(client, now)
+                        read_client(client)
                     } else {
                         false
                     };
-                    let quiet = client.quiet_at.is_some_and(|t| now >= t);
-                    if done || quiet || now >= client.deadline {
+                    if done || now >= client.deadline {
                         if !client.buf.is_empty() {
                             let reply = exec(sessions, &client.buf);
                             // Silent: the connection closes with no reply.
@@ -289,7 +284,7 @@ impl Control {
         }
     }
 
-    /// When the loop must wake for a client's quiet time or deadline.
+    /// When the loop must wake for a client's deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.kind {
             Kind::Udp(..) => None,
@@ -300,7 +295,7 @@ impl Control {
             } => clients
                 .iter()
                 .flatten()
-                .map(|c| c.quiet_at.map_or(c.deadline, |q| q.min(c.deadline)))
+                .map(|c| c.deadline)
                 .chain(*paused_until)
                 .min(),
         }
@@ -407,15 +402,17 @@ fn accept_clients(
             stream,
             buf: Vec::new(),
             deadline: now + CONTROL_CLIENT_TIMEOUT,
-            quiet_at: None,
         });
     }
     false
 }
 
-/// Reads what the client sent; true when its command is complete (a final
-/// newline, end of file, an error, or the size limit).
-fn read_client(client: &mut Client, now: Instant) -> bool {
+/// Reads what the client sent; true when its command is complete: what
+/// one write brought (Kamailio writes the command at once, with no final
+/// newline and no half-close, then waits for the reply, and the classic
+/// daemon took one read as the command), end of file, an error, or the
+/// size limit.
+fn read_client(client: &mut Client) -> bool {
     let mut chunk = [0u8; 2048];
     loop {
         match client.stream.read(&mut chunk) {
@@ -423,13 +420,12 @@ fn read_client(client: &mut Client, now: Instant) -> bool {
             Ok(n) => {
                 let room = MAX_COMMAND_LEN.saturating_sub(client.buf.len());
                 client.buf.extend_from_slice(&chunk[..n.min(room)]);
-                if client.buf.len() >= MAX_COMMAND_LEN || client.buf.ends_with(b"\n") {
+                if client.buf.len() >= MAX_COMMAND_LEN {
                     return true;
                 }
-                client.quiet_at = Some(now + QUIET);
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return !client.buf.is_empty(),
             Err(_) => return true,
         }
     }
