@@ -53,6 +53,26 @@ impl CtrlSpec {
     }
 }
 
+/// Whether process `pid` holds the control socket `spec`; `None` when it
+/// cannot be told (no such socket found, or no access to the process).
+pub fn pid_holds_control_socket(pid: i32, spec: &CtrlSpec) -> Option<bool> {
+    use crate::procfs::{holds_socket, parse_udp_inodes, parse_unix_inodes};
+    let inodes: Vec<u64> = match spec {
+        CtrlSpec::Udp(addr) => ["/proc/net/udp", "/proc/net/udp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .flat_map(|text| parse_udp_inodes(&text, addr.port()))
+            .collect(),
+        CtrlSpec::Unix(path) => std::fs::read_to_string("/proc/net/unix")
+            .map(|text| parse_unix_inodes(&text, &path.to_string_lossy()))
+            .unwrap_or_default(),
+    };
+    if inodes.is_empty() {
+        return None;
+    }
+    holds_socket(pid, &inodes)
+}
+
 impl fmt::Display for CtrlSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -42,12 +42,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// A wrong `--pid` (a shell, a wrapper) would silently report the relay
+/// as idle; the relay is the process holding the control socket.
+fn warn_if_pid_is_not_the_relay(cfg: &Config, relay_pid: Option<i32>) {
+    let (Some(pid), Some(spec)) = (relay_pid, cfg.ctrl.as_ref()) else {
+        return;
+    };
+    if ctrl::pid_holds_control_socket(pid, spec) == Some(false) {
+        eprintln!(
+            "rtpp_bench: warning: process {pid} does not hold the control socket {spec}; \
+             its CPU and memory are not the relay's (is --pid the relay itself, not a shell \
+             or wrapper?)"
+        );
+    }
+}
+
 fn run(cfg: &Config) -> Result<(), String> {
     if cfg.mode == Mode::BaselineRelay {
         return flood::serve_baseline_relay(cfg);
     }
     runctl::install_stop_handlers()?;
     let relay_pid = procfs::resolve_pid(cfg.pid, cfg.pidfile.as_deref())?;
+    warn_if_pid_is_not_the_relay(cfg, relay_pid);
     let run = runctl::new_run_id();
     let json = cfg.json.as_deref();
     match cfg.mode {

@@ -178,6 +178,56 @@ pub fn affinity_of(pid: i32) -> Vec<usize> {
     }
 }
 
+/// Socket inodes of the UDP sockets bound to `port`, from the text of
+/// `/proc/net/udp` or `/proc/net/udp6` (the inode is the tenth column).
+pub fn parse_udp_inodes(text: &str, port: u16) -> Vec<u64> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            let (_, port_hex) = fields.get(1)?.rsplit_once(':')?;
+            if u16::from_str_radix(port_hex, 16).ok()? != port {
+                return None;
+            }
+            fields.get(9)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Socket inodes of the unix sockets bound to `path`, from the text of
+/// `/proc/net/unix` (inode in the seventh column, path in the eighth).
+pub fn parse_unix_inodes(text: &str, path: &str) -> Vec<u64> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            if fields.get(7) != Some(&path) {
+                return None;
+            }
+            fields.get(6)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Whether process `pid` holds one of the sockets `inodes`; `None` when
+/// its descriptors cannot be read.
+pub fn holds_socket(pid: i32, inodes: &[u64]) -> Option<bool> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let held = entries.filter_map(|e| e.ok()).any(|entry| {
+        std::fs::read_link(entry.path())
+            .ok()
+            .and_then(|target| {
+                let t = target.to_string_lossy().into_owned();
+                t.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_some_and(|inode| inodes.contains(&inode))
+    });
+    Some(held)
+}
+
 /// Sum of the `drops` column of `/proc/net/udp` and `/proc/net/udp6` over
 /// the sockets bound to one of `ports`: datagrams the kernel threw away
 /// because that socket's receive queue was full.
@@ -285,6 +335,30 @@ mod tests {
     fn own_affinity_is_not_empty() {
         assert!(!affinity_of(0).is_empty());
         assert!(allowed_cpus() >= 1);
+    }
+
+    #[test]
+    fn socket_inodes_are_found_by_port_and_path() {
+        let udp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  1: 0100007F:56FC 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0\n\
+  2: 0100007F:7530 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4343 2 0000000000000000 0\n";
+        assert_eq!(parse_udp_inodes(udp, 22268), vec![4242]);
+        assert!(parse_udp_inodes(udp, 1).is_empty());
+        let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+0000000000000000: 00000002 00000000 00010000 0001 01 5151 /tmp/rtpp.sock\n\
+0000000000000000: 00000002 00000000 00000000 0001 03 5252\n";
+        assert_eq!(parse_unix_inodes(unix, "/tmp/rtpp.sock"), vec![5151]);
+        assert!(parse_unix_inodes(unix, "/tmp/other.sock").is_empty());
+    }
+
+    #[test]
+    fn a_process_holding_a_socket_is_recognised() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let text = std::fs::read_to_string("/proc/net/udp").unwrap();
+        let inodes = parse_udp_inodes(&text, port);
+        assert_eq!(holds_socket(std::process::id() as i32, &inodes), Some(true));
+        assert_eq!(holds_socket(std::process::id() as i32, &[0]), Some(false));
     }
 
     #[test]
