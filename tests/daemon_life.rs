@@ -20,7 +20,7 @@ use common::{
 };
 
 /// The account `-u` tests switch to.
-const TEST_USER: &str = "rtpp-test";
+use common::{test_user, TEST_USER};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -31,31 +31,6 @@ fn require_root(what: &str) {
         is_root(),
         "{what} needs root (to switch users and create {TEST_USER}); run the tests as root"
     );
-}
-
-/// The test account's uid and gid, creating the account when missing.
-/// Creation is idempotent and tolerates another test creating it at the
-/// same time: whatever useradd says, the account is looked up again.
-fn test_user() -> (u32, u32) {
-    let lookup = || {
-        nix::unistd::User::from_name(TEST_USER)
-            .ok()
-            .flatten()
-            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
-    };
-    if let Some(ids) = lookup() {
-        return ids;
-    }
-    let _ = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            TEST_USER,
-        ])
-        .status();
-    lookup().unwrap_or_else(|| panic!("cannot create the test user {TEST_USER} with useradd"))
 }
 
 /// The four ids of a `Uid:`/`Gid:` line and the `Groups:` list.

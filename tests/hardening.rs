@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{reply_addr, rtp_packet, Peer, Rtpproxy, TempDir};
+use common::{reply_addr, rtp_packet, test_user, Peer, Rtpproxy, TempDir, TEST_USER};
 
 const LO: &str = "127.0.0.1";
 
@@ -1182,32 +1182,6 @@ fn sigterm_under_load_finishes_every_recording() {
         "SIGTERM under load: {CALLS} calls, {rounds} rounds sent, {recorded} packets recorded, \
          {files} files moved out of the spool, socket and pidfile removed"
     );
-}
-
-/// The `-u` account of the tests (tests/daemon_life.rs makes it the same
-/// way).
-const TEST_USER: &str = "rtpp-test";
-
-fn test_user() -> (u32, u32) {
-    let lookup = || {
-        nix::unistd::User::from_name(TEST_USER)
-            .ok()
-            .flatten()
-            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
-    };
-    if let Some(ids) = lookup() {
-        return ids;
-    }
-    let _ = std::process::Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            TEST_USER,
-        ])
-        .status();
-    lookup().unwrap_or_else(|| panic!("cannot create the test user {TEST_USER} with useradd"))
 }
 
 /// Every file under `dir`, recursively.

@@ -261,6 +261,34 @@ pub fn udp(port: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
     Rtpproxy::start(&args)
 }
 
+/// The account tests run the daemon as with `-u`.
+pub const TEST_USER: &str = "rtpp-test";
+
+/// The test account's uid and gid, creating the account when missing.
+/// Creation is idempotent and tolerates another test creating it at the
+/// same time: whatever useradd says, the account is looked up again.
+pub fn test_user() -> (u32, u32) {
+    let lookup = || {
+        nix::unistd::User::from_name(TEST_USER)
+            .ok()
+            .flatten()
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+    };
+    if let Some(ids) = lookup() {
+        return ids;
+    }
+    let _ = std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            TEST_USER,
+        ])
+        .status();
+    lookup().unwrap_or_else(|| panic!("cannot create the test user {TEST_USER} with useradd"))
+}
+
 /// Sends a signal by name to a pid we started.
 pub fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
