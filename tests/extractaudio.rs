@@ -1,6 +1,9 @@
 //! extractaudio turns synthetic recordings of a known tone back into audio
 //! with the call's timing.
 
+mod common;
+
+use common::TempDir;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -20,23 +23,6 @@ const PACKETS: usize = 100;
 const LOST: std::ops::Range<usize> = 40..45;
 /// Frames in the whole call: the answerer ends last.
 const CALL_FRAMES: usize = (A_DELAY_PACKETS + PACKETS) * PACKET;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("extractaudio_{tag}_{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn tone(n: usize) -> i16 {
     let t = n as f64 / RATE as f64;
@@ -213,8 +199,8 @@ fn check_sox(path: &Path, channels: u16) {
 #[test]
 fn stereo_keeps_each_direction_on_its_channel_with_timing() {
     let dir = TempDir::new("stereo");
-    let base = record_call(&dir.0, RecordFormat::Adhoc, RecordFormat::Adhoc);
-    let wav = dir.0.join("out.wav");
+    let base = record_call(dir.path(), RecordFormat::Adhoc, RecordFormat::Adhoc);
+    let wav = dir.path().join("out.wav");
     assert_ok(&extractaudio(&["-s", &base, wav.to_str().unwrap()]));
     let samples = read_wav(&wav, 2);
     assert_eq!(samples.len(), CALL_FRAMES * 2);
@@ -233,8 +219,8 @@ fn stereo_keeps_each_direction_on_its_channel_with_timing() {
 #[test]
 fn mono_averages_both_directions() {
     let dir = TempDir::new("mono");
-    let base = record_call(&dir.0, RecordFormat::Adhoc, RecordFormat::Adhoc);
-    let wav = dir.0.join("out.wav");
+    let base = record_call(dir.path(), RecordFormat::Adhoc, RecordFormat::Adhoc);
+    let wav = dir.path().join("out.wav");
     assert_ok(&extractaudio(&[&base, wav.to_str().unwrap()]));
     let samples = read_wav(&wav, 1);
     assert_eq!(samples.len(), CALL_FRAMES);
@@ -250,7 +236,7 @@ fn mono_of_a_one_way_call_keeps_the_full_level() {
     let dir = TempDir::new("oneway");
     let base = "oneway=tag1";
     record_direction(
-        &dir.0,
+        dir.path(),
         &format!("{base}.o.rtp"),
         RecordFormat::Adhoc,
         addrs(false),
@@ -260,12 +246,12 @@ fn mono_of_a_one_way_call_keeps_the_full_level() {
     );
     // The answerer never sent: its file exists and is empty.
     let empty = format!("{base}.a.rtp");
-    RecordFile::create(&dir.0, None, &empty, RecordFormat::Adhoc)
+    RecordFile::create(dir.path(), None, &empty, RecordFormat::Adhoc)
         .unwrap()
         .finish()
         .unwrap();
-    let wav = dir.0.join("out.wav");
-    let base = dir.0.join(base);
+    let wav = dir.path().join("out.wav");
+    let base = dir.path().join(base);
     assert_ok(&extractaudio(&[
         base.to_str().unwrap(),
         wav.to_str().unwrap(),
@@ -280,9 +266,9 @@ fn mono_of_a_one_way_call_keeps_the_full_level() {
 #[test]
 fn pcap_recordings_given_as_explicit_pair() {
     let dir = TempDir::new("pcap");
-    let base = record_call(&dir.0, RecordFormat::Pcap, RecordFormat::Pcap);
+    let base = record_call(dir.path(), RecordFormat::Pcap, RecordFormat::Pcap);
     let (o, a) = (format!("{base}.o.rtp"), format!("{base}.a.rtp"));
-    let wav = dir.0.join("out.wav");
+    let wav = dir.path().join("out.wav");
     assert_ok(&extractaudio(&["-s", &o, &a, wav.to_str().unwrap()]));
     let samples = read_wav(&wav, 2);
     assert_eq!(samples.len(), CALL_FRAMES * 2);
@@ -296,8 +282,8 @@ fn pcap_recordings_given_as_explicit_pair() {
 #[test]
 fn one_file_alone_is_decoded_in_full() {
     let dir = TempDir::new("single");
-    let base = record_call(&dir.0, RecordFormat::Pcap, RecordFormat::Adhoc);
-    let wav = dir.0.join("out.wav");
+    let base = record_call(dir.path(), RecordFormat::Pcap, RecordFormat::Adhoc);
+    let wav = dir.path().join("out.wav");
     assert_ok(&extractaudio(&[
         &format!("{base}.a.rtp"),
         wav.to_str().unwrap(),
@@ -312,8 +298,8 @@ fn one_file_alone_is_decoded_in_full() {
 #[test]
 fn au_output_is_accepted_by_sox() {
     let dir = TempDir::new("au");
-    let base = record_call(&dir.0, RecordFormat::Adhoc, RecordFormat::Pcap);
-    let au = dir.0.join("out.au");
+    let base = record_call(dir.path(), RecordFormat::Adhoc, RecordFormat::Pcap);
+    let au = dir.path().join("out.au");
     assert_ok(&extractaudio(&[
         "-s",
         "-F",
@@ -337,7 +323,7 @@ fn assert_fails(out: &Output, needle: &str) {
 #[test]
 fn bad_arguments_and_inputs_fail_with_one_line() {
     let dir = TempDir::new("bad");
-    let out = dir.0.join("out.wav");
+    let out = dir.path().join("out.wav");
     let out = out.to_str().unwrap();
     assert_fails(&extractaudio(&[]), "usage");
     assert_fails(&extractaudio(&["-x", "a", out]), "unknown option -x");
@@ -346,18 +332,18 @@ fn bad_arguments_and_inputs_fail_with_one_line() {
         "unknown output file format",
     );
     assert_fails(&extractaudio(&["a", "b", "c", "d"]), "usage");
-    let missing = dir.0.join("nothing");
+    let missing = dir.path().join("nothing");
     assert_fails(
         &extractaudio(&[missing.to_str().unwrap(), out]),
         "no such file",
     );
-    let garbage = dir.0.join("garbage");
+    let garbage = dir.path().join("garbage");
     std::fs::write(&garbage, [0x55u8; 1000]).unwrap();
     assert_fails(
         &extractaudio(&[garbage.to_str().unwrap(), out]),
         "not a recording",
     );
-    let empty = dir.0.join("empty");
+    let empty = dir.path().join("empty");
     std::fs::write(&empty, b"").unwrap();
     assert_fails(
         &extractaudio(&[empty.to_str().unwrap(), out]),
@@ -369,7 +355,7 @@ fn bad_arguments_and_inputs_fail_with_one_line() {
 #[test]
 fn unsupported_payload_type_is_named() {
     let dir = TempDir::new("gsm");
-    let mut f = RecordFile::create(&dir.0, None, "gsm.rtp", RecordFormat::Adhoc).unwrap();
+    let mut f = RecordFile::create(dir.path(), None, "gsm.rtp", RecordFormat::Adhoc).unwrap();
     let (src, dst) = addrs(false);
     for k in 0..10u16 {
         let mut p = rtp_packet(k, u32::from(k) * 160, 1, 0);
@@ -378,7 +364,7 @@ fn unsupported_payload_type_is_named() {
         f.write_packet(src, dst, arrival(k.into(), 0), &p).unwrap();
     }
     let path = f.finish().unwrap();
-    let out = dir.0.join("out.wav");
+    let out = dir.path().join("out.wav");
     let res = extractaudio(&[path.to_str().unwrap(), out.to_str().unwrap()]);
     assert_fails(&res, "payload type 3 (GSM) not supported in this build");
 }
@@ -392,7 +378,7 @@ fn garbage_packets_never_crash_it() {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
         (x >> 16) as u8
     };
-    let mut f = RecordFile::create(&dir.0, None, "junk.rtp", RecordFormat::Adhoc).unwrap();
+    let mut f = RecordFile::create(dir.path(), None, "junk.rtp", RecordFormat::Adhoc).unwrap();
     for k in 0..300u64 {
         let len = usize::from(next()) % 200;
         let mut p: Vec<u8> = (0..len).map(|_| next()).collect();
@@ -404,7 +390,7 @@ fn garbage_packets_never_crash_it() {
         f.write_packet(src, dst, t, &p).unwrap();
     }
     let path = f.finish().unwrap();
-    let out = dir.0.join("out.wav");
+    let out = dir.path().join("out.wav");
     let res = extractaudio(&[path.to_str().unwrap(), out.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(!err.contains("panicked"), "{err}");
