@@ -457,14 +457,13 @@ fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdo
         if sessions.draining && sessions.active() == 0 {
             break;
         }
-        let wake = [
-            control.next_deadline(),
-            next_timer(sessions),
-            Some(next_rtcp),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(next_tick, Instant::min);
+        // RTCP is polled on its own clock, and only while there is any, so
+        // an idle daemon sleeps in poll's 1 s timeout.
+        let rtcp_due = (!sessions.rtcp_polls.is_empty()).then_some(next_rtcp);
+        let wake = [control.next_deadline(), next_timer(sessions), rtcp_due]
+            .into_iter()
+            .flatten()
+            .fold(next_tick, Instant::min);
         if busy && sessions.polls.len() >= BATCH_MIN_SOCKETS {
             // Let packets gather (see BATCH_WINDOW), but never past a timer.
             let until = (last_poll + BATCH_WINDOW).min(wake);
@@ -490,7 +489,7 @@ fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdo
         };
         let now = Instant::now();
         busy = ready > 0 && relay_ready(cfg, sessions, RTP, now, &mut batch, ready);
-        if now >= next_rtcp {
+        if rtcp_due.is_some_and(|due| now >= due) {
             if let Ok(n) = sessions.rtcp_polls.poll(0) {
                 if n > 0 {
                     relay_ready(cfg, sessions, RTCP, now, &mut batch, n);

@@ -721,3 +721,29 @@ fn media_carries_tos() {
         assert_eq!(recv_tos(&call.callee), Some(want), "-t {tos:?}");
     }
 }
+
+/// Voluntary context switches so far: one per wake-up from poll(2).
+fn wakeups(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+#[test]
+fn idle_daemon_wakes_once_a_second() {
+    // A whole port table and no sessions: poll's 1 s timeout is the only
+    // wake-up, also after the last session of a busy spell ended.
+    let rp = udp(22431, (11000, 11999), &["-d", "WARN"]);
+    let u = rp.command("U idle-wake 127.0.0.1 9 ftag");
+    assert!(reply_addr(&u, "127.0.0.1").port() >= 11000, "{u}");
+    assert_eq!(rp.command("D idle-wake ftag"), "0");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = wakeups(rp.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let woke = wakeups(rp.pid()) - before;
+    // Three timer ticks; the margin covers a tick landing at either edge.
+    assert!(woke <= 6, "{woke} wake-ups in 3 s with no sessions");
+}
