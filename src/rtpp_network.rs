@@ -207,6 +207,9 @@ impl PortTable {
 pub struct PollSet<T: Copy> {
     fds: Vec<libc::pollfd>,
     owners: Vec<T>,
+    /// The pass (call to `poll`) in which each slot was last read.
+    read_in: Vec<u32>,
+    pass: u32,
 }
 
 impl<T: Copy> PollSet<T> {
@@ -215,6 +218,8 @@ impl<T: Copy> PollSet<T> {
         PollSet {
             fds: Vec::new(),
             owners: Vec::new(),
+            read_in: Vec::new(),
+            pass: 0,
         }
     }
 
@@ -226,6 +231,7 @@ impl<T: Copy> PollSet<T> {
             revents: 0,
         });
         self.owners.push(owner);
+        self.read_in.push(0);
         self.fds.len() - 1
     }
 
@@ -237,6 +243,7 @@ impl<T: Copy> PollSet<T> {
         }
         self.fds.swap_remove(slot);
         self.owners.swap_remove(slot);
+        self.read_in.swap_remove(slot);
         self.owners.get(slot).copied()
     }
 
@@ -253,6 +260,9 @@ impl<T: Copy> PollSet<T> {
         for p in self.fds.iter_mut() {
             p.revents = 0;
         }
+        // Starts at 1 (and skips 0 on wrapping) so a new slot, stamped 0,
+        // never looks read in the pass before.
+        self.pass = self.pass.wrapping_add(1).max(1);
         // SAFETY: the pointer and length describe our own live Vec.
         let n = unsafe {
             libc::poll(
@@ -272,6 +282,18 @@ impl<T: Copy> PollSet<T> {
         self.fds
             .get(slot)
             .is_some_and(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+    }
+
+    /// Notes that a slot is being read in this pass; true when it was read
+    /// in the previous pass too, i.e. its socket is receiving faster than
+    /// the loop polls and likely holds several datagrams.
+    pub fn read_again(&mut self, slot: usize) -> bool {
+        let Some(stamp) = self.read_in.get_mut(slot) else {
+            return false;
+        };
+        let again = *stamp != 0 && stamp.wrapping_add(1) == self.pass;
+        *stamp = self.pass;
+        again
     }
 
     /// Who owns a slot.
@@ -361,6 +383,32 @@ impl RecvBatch {
         Ok(n)
     }
 
+    /// Reads one datagram from `fd`, without blocking: cheaper than
+    /// [`RecvBatch::recv`] when one is all the socket is likely to hold,
+    /// as on a call's stream between two passes of the loop.
+    pub fn recv_one(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.count = 0;
+        let mut namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: the buffer and address storage are ours and outlive the
+        // call; the lengths given are theirs.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                self.data.as_mut_ptr().cast(),
+                RECV_SLOT,
+                libc::MSG_DONTWAIT,
+                (&mut self.addrs[0] as *mut libc::sockaddr_storage).cast(),
+                &mut namelen,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.lens[0] = (n as usize).min(RECV_SLOT);
+        self.count = 1;
+        Ok(1)
+    }
+
     /// Datagram `i` of the last read and its sender.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         if i >= self.count {
@@ -406,6 +454,29 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_read_in_consecutive_passes_is_read_again() {
+        let mut set = PollSet::new();
+        let a = set.add(-1, 'a');
+        let b = set.add(-1, 'b');
+        set.poll(0).unwrap();
+        assert!(!set.read_again(a), "first read of a new slot");
+        set.poll(0).unwrap();
+        assert!(set.read_again(a), "read in the pass before");
+        assert!(!set.read_again(b));
+        set.poll(0).unwrap();
+        set.poll(0).unwrap();
+        assert!(!set.read_again(a), "a pass without a read in between");
+        // Removal moves the last slot's history along with it.
+        set.poll(0).unwrap();
+        assert!(set.read_again(a));
+        assert_eq!(set.remove(a), Some('b'));
+        let c = set.add(-1, 'c');
+        set.poll(0).unwrap();
+        assert!(!set.read_again(a), "b was not read in the pass before");
+        assert!(!set.read_again(c), "a new slot has no history");
+    }
 
     #[test]
     fn control_specs_parse() {

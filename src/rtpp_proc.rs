@@ -33,17 +33,26 @@ pub fn drain_slot(
         return;
     };
     let (party, kind) = (usize::from(party), usize::from(kind));
+    let busy = sessions.poll_set(set).read_again(slot);
     let Some(s) = sessions.get_mut(session) else {
         return;
     };
     let Some(leg) = &s.legs[party] else {
         return;
     };
-    // One read takes everything queued (up to RECV_BATCH); more than that
-    // waits for the next pass, so one busy stream cannot starve the rest.
-    // An error (WouldBlock, or a queued ICMP error now consumed) just
-    // means nothing to relay this time.
-    let n = batch.recv(leg.sockets[kind].as_raw_fd()).unwrap_or(0);
+    // A call's stream brings one packet per pass: one plain read, no
+    // batch set-up and no second look that would only find EAGAIN. A
+    // socket ready in consecutive passes holds more, and one batched read
+    // takes up to RECV_BATCH; the rest waits for the next pass, so one
+    // busy stream cannot starve the others. An error (WouldBlock, or a
+    // queued ICMP error now consumed) just means nothing to relay now.
+    let fd = leg.sockets[kind].as_raw_fd();
+    let n = if busy {
+        batch.recv(fd)
+    } else {
+        batch.recv_one(fd)
+    }
+    .unwrap_or(0);
     for i in 0..n {
         let Some((packet, src)) = batch.get(i) else {
             break;

@@ -1,6 +1,6 @@
 //! The daemon core driven over its real sockets on loopback: every command
 //! and error code, latching, timeouts, streams, IPv6 and bridging.
-//! Each test uses its own control port (224xx) and media range (12000-15699, below the kernel's ephemeral ports).
+//! Each test uses its own control port (224xx) and media range (10600-15849, below the kernel's ephemeral ports).
 
 mod common;
 
@@ -746,4 +746,29 @@ fn idle_daemon_wakes_once_a_second() {
     let woke = wakeups(rp.pid()) - before;
     // Three timer ticks; the margin covers a tick landing at either edge.
     assert!(woke <= 6, "{woke} wake-ups in 3 s with no sessions");
+}
+
+#[test]
+fn a_burst_on_one_stream_arrives_whole_and_in_order() {
+    // Enough calls for the loop to batch (64 polled sockets and more);
+    // one stream then gets 200 back-to-back packets, more than one read
+    // takes and more than a call's stream brings between two passes.
+    let rp = udp(22432, (11000 - 400, 10999), &["-d", "WARN"]);
+    let calls: Vec<Call> = (0..40)
+        .map(|i| setup_call(&rp, &format!("burst-{i}"), ""))
+        .collect();
+    let call = &calls[7];
+    assert_relays(call, 1);
+    const N: u16 = 200;
+    for seq in 0..N {
+        call.caller.send(call.to_caller_leg, &rtp_packet(seq, 0));
+    }
+    let mut got = Vec::new();
+    while got.len() < usize::from(N) {
+        let Some((p, _)) = call.callee.recv_within(2000) else {
+            break;
+        };
+        got.push(u16::from_be_bytes([p[2], p[3]]));
+    }
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
 }

@@ -4,10 +4,13 @@
 //! `2 * call + direction`. Stream `k` of `2N` sends at phase `k * 20 ms / 2N`
 //! of every 20 ms period, so the load is smooth rather than a burst every
 //! 20 ms. Senders own streams round-robin and sleep to absolute deadlines;
-//! receivers own calls round-robin and wait on epoll.
+//! receivers own calls round-robin and wait on epoll. Arrival times are the
+//! kernel's receive timestamps, so the latency is what the relay added, not
+//! how long a busy generator took to get round to reading.
 
 use crate::clock::{
-    now_ns, sleep_until_ns, sleep_until_or_stop, tighten_timer_slack, NS_PER_MS, NS_PER_SEC,
+    arrival_ns, now_ns, realtime_ns, sleep_until_ns, sleep_until_or_stop, tighten_timer_slack,
+    timespec_ns, NS_PER_MS, NS_PER_SEC,
 };
 use crate::ctrl::CtrlSpec;
 use crate::options::Config;
@@ -19,8 +22,11 @@ use crate::session::{set_up_calls, tear_down_calls, Call, Signalling, Teardown};
 use crate::stats::{LatencyHistogram, SeqMark, SeqTracker};
 use crate::usage::{self, CpuUse};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
 use std::collections::HashSet;
+use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// G.711 at 20 ms per packet.
@@ -253,6 +259,8 @@ fn run_receiver(
             let sock = stream_sink(calls, stream);
             sock.set_nonblocking(true)
                 .map_err(|e| format!("making a socket non-blocking: {e}"))?;
+            setsockopt(sock, sockopt::ReceiveTimestampns, &true)
+                .map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
             // epoll rather than poll: its cost follows the ready sockets,
             // where poll would rescan thousands of idle ones on every wake.
             epoll
@@ -278,10 +286,9 @@ fn run_receiver(
             // One read per readiness: at 50 pps a socket rarely holds a
             // second datagram, and level-triggered epoll reports it again
             // if it does, so a read that would only say EAGAIN is saved.
-            let Ok(len) = stream_sink(calls, stream).recv(&mut buf) else {
+            let Some((len, arrived)) = recv_stamped(stream_sink(calls, stream), &mut buf) else {
                 continue;
             };
-            let arrived = now_ns();
             stats.count(
                 &buf[..len],
                 stream,
@@ -297,6 +304,30 @@ fn run_receiver(
         }
     }
     Ok(stats)
+}
+
+/// Reads one datagram and when it reached the socket, on the monotonic
+/// clock (the kernel's timestamp when there is one, else now).
+fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, u64)> {
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .ok()?;
+    let (now_mono, now_real) = (now_ns(), realtime_ns());
+    let mut arrived = now_mono;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                arrived = arrival_ns(timespec_ns(&ts), now_mono, now_real);
+            }
+        }
+    }
+    Some((msg.bytes, arrived))
 }
 
 fn check_memory(calls: usize, total_cycles: u64) -> Result<(), String> {

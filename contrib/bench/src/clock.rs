@@ -23,6 +23,30 @@ pub fn now_ns() -> u64 {
     }
 }
 
+/// The current CLOCK_REALTIME in nanoseconds, the clock of the kernel's
+/// receive timestamps (SO_TIMESTAMPNS).
+pub fn realtime_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_REALTIME)
+        .map(|ts| timespec_to_ns(&ts))
+        .unwrap_or(0)
+}
+
+/// Converts a kernel receive timestamp (CLOCK_REALTIME) to the monotonic
+/// clock the senders stamp with: the datagram's age when read, measured on
+/// the realtime clock, taken back from the monotonic reading. A realtime
+/// step between the two readings shows up as an absurd age; then the read
+/// time itself is used.
+pub fn arrival_ns(kernel_realtime_ns: u64, now_mono_ns: u64, now_real_ns: u64) -> u64 {
+    match now_real_ns.checked_sub(kernel_realtime_ns) {
+        Some(age) if age < NS_PER_SEC => now_mono_ns.saturating_sub(age),
+        _ => now_mono_ns,
+    }
+}
+
+pub fn timespec_ns(ts: &TimeSpec) -> u64 {
+    timespec_to_ns(ts)
+}
+
 fn fallback_ns() -> u64 {
     use std::sync::OnceLock;
     use std::time::Instant;
@@ -110,6 +134,15 @@ mod tests {
         let start = now_ns();
         sleep_until_ns(start + 2 * NS_PER_MS);
         assert!(now_ns() >= start + 2 * NS_PER_MS);
+    }
+
+    #[test]
+    fn kernel_timestamps_map_to_the_monotonic_clock() {
+        // Read 300 us after the kernel stamped it.
+        assert_eq!(arrival_ns(5_000_000, 90_000_000, 5_300_000), 89_700_000);
+        // A timestamp from the future or a second old: the read time.
+        assert_eq!(arrival_ns(6_000_000, 90_000_000, 5_300_000), 90_000_000);
+        assert_eq!(arrival_ns(1, 90_000_000, 2 * NS_PER_SEC), 90_000_000);
     }
 
     #[test]
