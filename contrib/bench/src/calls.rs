@@ -250,6 +250,7 @@ fn run_receiver(
     sched: Schedule,
     sending_over_at: &AtomicU64,
     drain_ns: u64,
+    poll_ns: u64,
 ) -> Result<ReceiverStats, String> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| format!("epoll: {e}"))?;
     let mut trackers: Vec<SeqTracker> = Vec::new();
@@ -274,9 +275,16 @@ fn run_receiver(
     let mut stats = ReceiverStats::default();
     let mut events = vec![EpollEvent::empty(); 256];
     let mut buf = [0u8; 2048];
+    // With poll_ns, look without waiting and sleep in between, so that no
+    // relayed packet has a sleeping receiver to wake.
+    let timeout = if poll_ns > 0 {
+        EpollTimeout::ZERO
+    } else {
+        EpollTimeout::from(10u16)
+    };
     // Bounded by hard_end: every pass waits at most 10 ms.
     loop {
-        let n = match epoll.wait(&mut events, EpollTimeout::from(10u16)) {
+        let n = match epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => 0,
             Err(e) => return Err(format!("epoll_wait: {e}")),
@@ -298,6 +306,9 @@ fn run_receiver(
             );
         }
         let now = now_ns();
+        if poll_ns > 0 && n == 0 {
+            sleep_until_ns(now + poll_ns);
+        }
         let over = sending_over_at.load(Ordering::Acquire);
         if (over != 0 && now >= over + drain_ns) || now >= hard_end {
             break;
@@ -429,6 +440,12 @@ fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option
     report.int("calls", "calls", run.calls as u64, "");
     report.int("duration_s", "measured seconds", cfg.duration_s, "s");
     report.int("warmup_s", "warm-up seconds", cfg.warmup_s, "s");
+    report.int(
+        "rx_poll_us",
+        "receivers look every (0: sleep until a packet)",
+        cfg.rx_poll_us,
+        "us",
+    );
     report.float(
         "setup_s",
         "set-up time (Us + Ls)",
@@ -532,12 +549,15 @@ fn drive_traffic(
     let receivers = cfg.receivers.min(calls.len()).max(1);
     let tick_ns = cfg.tick_us * 1_000;
     let drain_ns = cfg.drain_ms * NS_PER_MS;
+    let rx_poll_ns = cfg.rx_poll_us * 1_000;
     let sending_over_at = AtomicU64::new(0);
     std::thread::scope(|scope| {
         let rx: Vec<_> = (0..receivers)
             .map(|r| {
                 let over = &sending_over_at;
-                scope.spawn(move || run_receiver(calls, r, receivers, sched, over, drain_ns))
+                scope.spawn(move || {
+                    run_receiver(calls, r, receivers, sched, over, drain_ns, rx_poll_ns)
+                })
             })
             .collect();
         let tx: Vec<_> = (0..senders)
