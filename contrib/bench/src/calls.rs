@@ -10,7 +10,7 @@
 
 use crate::clock::{
     arrival_ns, now_ns, realtime_ns, sleep_until_ns, sleep_until_or_stop, tighten_timer_slack,
-    timespec_ns, NS_PER_MS, NS_PER_SEC,
+    timespec_to_ns, NS_PER_MS, NS_PER_SEC,
 };
 use crate::ctrl::CtrlSpec;
 use crate::options::Config;
@@ -334,7 +334,7 @@ fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, u64)> {
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             if let ControlMessageOwned::ScmTimestampns(ts) = c {
-                arrived = arrival_ns(timespec_ns(&ts), now_mono, now_real);
+                arrived = arrival_ns(timespec_to_ns(&ts), now_mono, now_real);
             }
         }
     }

@@ -43,10 +43,6 @@ pub fn arrival_ns(kernel_realtime_ns: u64, now_mono_ns: u64, now_real_ns: u64) -
     }
 }
 
-pub fn timespec_ns(ts: &TimeSpec) -> u64 {
-    timespec_to_ns(ts)
-}
-
 fn fallback_ns() -> u64 {
     use std::sync::OnceLock;
     use std::time::Instant;
@@ -55,7 +51,7 @@ fn fallback_ns() -> u64 {
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn timespec_to_ns(ts: &TimeSpec) -> u64 {
+pub fn timespec_to_ns(ts: &TimeSpec) -> u64 {
     let secs = u64::try_from(ts.tv_sec()).unwrap_or(0);
     let nanos = u64::try_from(ts.tv_nsec()).unwrap_or(0);
     secs.saturating_mul(NS_PER_SEC).saturating_add(nanos)

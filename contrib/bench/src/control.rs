@@ -397,51 +397,47 @@ fn control_report(
 fn add_kind_rows(report: &mut Report, kinds: &[KindStats; 3]) {
     let ms = |ns: Option<u64>| ns.map(|v| v as f64 / 1e6);
     let [u, l, d] = kinds;
-    report.int("u_ok", "Us answered", u.ok, "");
-    report.float(
-        "u_p50_ms",
-        "Us latency p50",
-        ms(u.latency.percentile(50.0)),
-        3,
-        "ms",
-    );
-    report.float(
-        "u_p99_ms",
-        "Us latency p99",
-        ms(u.latency.percentile(99.0)),
-        3,
-        "ms",
-    );
-    report.int("l_ok", "Ls answered", l.ok, "");
-    report.float(
-        "l_p50_ms",
-        "Ls latency p50",
-        ms(l.latency.percentile(50.0)),
-        3,
-        "ms",
-    );
-    report.float(
-        "l_p99_ms",
-        "Ls latency p99",
-        ms(l.latency.percentile(99.0)),
-        3,
-        "ms",
-    );
-    report.int("d_ok", "D answered", d.ok, "");
-    report.float(
-        "d_p50_ms",
-        "D latency p50",
-        ms(d.latency.percentile(50.0)),
-        3,
-        "ms",
-    );
-    report.float(
-        "d_p99_ms",
-        "D latency p99",
-        ms(d.latency.percentile(99.0)),
-        3,
-        "ms",
-    );
+    // Keys and labels are spelled out: the JSON keys are a stable interface.
+    let rows = [
+        (
+            u,
+            [
+                "u_ok",
+                "Us answered",
+                "u_p50_ms",
+                "Us latency p50",
+                "u_p99_ms",
+                "Us latency p99",
+            ],
+        ),
+        (
+            l,
+            [
+                "l_ok",
+                "Ls answered",
+                "l_p50_ms",
+                "Ls latency p50",
+                "l_p99_ms",
+                "Ls latency p99",
+            ],
+        ),
+        (
+            d,
+            [
+                "d_ok",
+                "D answered",
+                "d_p50_ms",
+                "D latency p50",
+                "d_p99_ms",
+                "D latency p99",
+            ],
+        ),
+    ];
+    for (k, [ok, ok_label, p50, p50_label, p99, p99_label]) in rows {
+        report.int(ok, ok_label, k.ok, "");
+        report.float(p50, p50_label, ms(k.latency.percentile(50.0)), 3, "ms");
+        report.float(p99, p99_label, ms(k.latency.percentile(99.0)), 3, "ms");
+    }
     let max = [u, l, d].iter().filter_map(|k| k.latency.max()).max();
     report.float("max_ms", "slowest command", ms(max), 3, "ms");
 }

@@ -161,28 +161,7 @@ fn flood_receiver(
     let mut lengths = vec![0usize; batch];
     // Bounded by hard_end: each blocking receive wakes within RECV_WAKE.
     loop {
-        let got = {
-            let mut slices: Vec<[IoSliceMut; 1]> =
-                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-            match recvmmsg(
-                fd,
-                &mut headers,
-                slices.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
-                None,
-            ) {
-                Ok(results) => {
-                    let mut n = 0;
-                    for (i, msg) in results.enumerate() {
-                        lengths[i] = msg.bytes;
-                        n = i + 1;
-                    }
-                    n
-                }
-                Err(Errno::EAGAIN) | Err(Errno::EINTR) => 0,
-                Err(e) => return Err(format!("recvmmsg: {e}")),
-            }
-        };
+        let got = recv_batch(fd, &mut headers, &mut bufs, &mut lengths)?;
         let arrived = now_ns();
         for (buf, &len) in bufs.iter().zip(&lengths).take(got) {
             count_flood_packet(&mut flow, &mut tracker, &buf[..len], window, arrived);
@@ -742,28 +721,12 @@ fn relay_until(
     let addrs = vec![Some(dest); batch];
     // Bounded by the deadline: a receive wakes at least every 100 ms.
     while now_ns() < deadline {
-        let got = {
-            let mut slices: Vec<[IoSliceMut; 1]> =
-                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-            match recvmmsg(
-                inbound.as_raw_fd(),
-                &mut rx_headers,
-                slices.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
-                None,
-            ) {
-                Ok(results) => {
-                    let mut n = 0;
-                    for (i, msg) in results.enumerate() {
-                        lengths[i] = msg.bytes;
-                        n = i + 1;
-                    }
-                    n
-                }
-                Err(Errno::EAGAIN) | Err(Errno::EINTR) => 0,
-                Err(e) => return Err(format!("recvmmsg: {e}")),
-            }
-        };
+        let got = recv_batch(
+            inbound.as_raw_fd(),
+            &mut rx_headers,
+            &mut bufs,
+            &mut lengths,
+        )?;
         if got == 0 {
             continue;
         }
@@ -784,6 +747,36 @@ fn relay_until(
         );
     }
     Ok(())
+}
+
+/// One `recvmmsg(2)` that waits for the first datagram and takes what else
+/// is queued, up to `bufs.len()`; their lengths go to `lengths`. A timeout
+/// or a signal is 0 datagrams.
+fn recv_batch<const N: usize>(
+    fd: std::os::fd::RawFd,
+    headers: &mut MultiHeaders<SockaddrIn>,
+    bufs: &mut [[u8; N]],
+    lengths: &mut [usize],
+) -> Result<usize, String> {
+    let mut slices: Vec<[IoSliceMut; 1]> = bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+    match recvmmsg(
+        fd,
+        headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_WAITFORONE,
+        None,
+    ) {
+        Ok(results) => {
+            let mut n = 0;
+            for (len, msg) in lengths.iter_mut().zip(results) {
+                *len = msg.bytes;
+                n += 1;
+            }
+            Ok(n)
+        }
+        Err(Errno::EAGAIN) | Err(Errno::EINTR) => Ok(0),
+        Err(e) => Err(format!("recvmmsg: {e}")),
+    }
 }
 
 #[cfg(test)]
