@@ -5,10 +5,12 @@
 //! and executes control commands, `rtpp_session` keeps the session table,
 //! `rtpp_proc` relays packets, `rtpp_control` serves the control socket,
 //! `rtpp_network`/`rtpp_util` hold socket and system helpers, `rtpp_record`
-//! writes recordings, `rtp_server` plays prompts, `rtp` parses RTP,
-//! `rtp_resizer` re-packetizes it for the `z` modifier, `rtpp_notify` sends
-//! timeout notifications, `rtpp_account` writes per-call accounting, `g711`/`wav` and the optional codec modules serve
-//! `makeann` and `extractaudio`.
+//! writes recordings, `rtpp_record_reader` reads them back for
+//! `extractaudio`, `rtpp_copy` sends the remote copies of `C`, `rtp_server`
+//! plays prompts, `rtp` parses RTP, `rtp_resizer` re-packetizes it for the
+//! `z` modifier, `rtpp_notify` sends timeout notifications, `rtpp_account`
+//! writes per-call accounting, `g711`/`wav` and the optional codec modules
+//! serve `makeann` and `extractaudio`.
 
 // Declared first: the logging macro is used by the modules below.
 pub mod rtpp_log;
@@ -24,11 +26,13 @@ pub mod rtp_server;
 pub mod rtpp_account;
 pub mod rtpp_command;
 pub mod rtpp_control;
+pub mod rtpp_copy;
 pub mod rtpp_defines;
 pub mod rtpp_network;
 pub mod rtpp_notify;
 pub mod rtpp_proc;
 pub mod rtpp_record;
+pub mod rtpp_record_reader;
 pub mod rtpp_session;
 pub mod rtpp_util;
 pub mod wav;

@@ -108,6 +108,81 @@ struct Plan {
     due: Instant,
 }
 
+impl Plan {
+    /// All that is left of `slot` as one packet: how an input that cannot
+    /// be split or joined goes out.
+    fn rest_of(slot: &Slot, due: Instant) -> Plan {
+        Plan {
+            touched: 1,
+            last_bytes: slot.rem,
+            last_samples: slot.end.wrapping_sub(slot.next),
+            bytes: slot.rem,
+            end: slot.end,
+            due,
+        }
+    }
+}
+
+/// An input packet the resizer can take: RTP of a codec it can split, with
+/// a payload.
+#[derive(Debug, Clone, Copy)]
+struct Input<'a> {
+    header: rtp::RtpHeader,
+    payload: &'a [u8],
+    /// Duration of the payload, in samples.
+    samples: u32,
+    /// Size of the codec's splitting unit (see [`unit()`]).
+    frame_bytes: usize,
+}
+
+impl<'a> Input<'a> {
+    /// `None` for what passes through unchanged: not RTP, a codec that
+    /// cannot be split, or no payload.
+    fn parse(packet: &'a [u8]) -> Option<Input<'a>> {
+        let header = rtp::parse(packet).ok()?;
+        let (frame_bytes, _) = unit(header.payload_type)?;
+        let payload = packet
+            .get(header.payload_offset..header.payload_offset + header.payload_len)
+            .unwrap_or_default();
+        // Nothing to re-packetize, and a keepalive must not disturb timing.
+        if payload.is_empty() {
+            return None;
+        }
+        let samples = rtp::samples_in(header.payload_type, payload.len())?;
+        Some(Input {
+            header,
+            payload,
+            samples,
+            frame_bytes,
+        })
+    }
+
+    /// Timestamp just past the input's last sample.
+    fn end(&self) -> u32 {
+        self.header.timestamp.wrapping_add(self.samples)
+    }
+
+    /// The queue slot of this input on `timeline`, its payload stored at
+    /// `off`.
+    fn slot(&self, timeline: u32, off: usize, arrival: Instant) -> Slot {
+        let h = &self.header;
+        Slot {
+            timeline,
+            ssrc: h.ssrc,
+            payload_type: h.payload_type,
+            seq: h.seq,
+            ts: h.timestamp,
+            end: self.end(),
+            next: h.timestamp,
+            off,
+            rem: self.payload.len(),
+            marker: h.marker,
+            joinable: self.payload.len().is_multiple_of(self.frame_bytes),
+            arrival,
+        }
+    }
+}
+
 /// Re-packetizes the audio one party sends into packets of a fixed duration.
 #[derive(Debug)]
 pub struct Resizer {
@@ -174,89 +249,23 @@ impl Resizer {
 
     /// Takes one packet (complete RTP bytes) that arrived at `now`.
     pub fn enqueue(&mut self, packet: &[u8], now: Instant) -> Enqueued {
-        let Ok(h) = rtp::parse(packet) else {
+        let Some(input) = Input::parse(packet) else {
             return Enqueued::PassThrough;
         };
-        let Some((frame_bytes, _)) = unit(h.payload_type) else {
-            return Enqueued::PassThrough;
-        };
-        let payload = packet
-            .get(h.payload_offset..h.payload_offset + h.payload_len)
-            .unwrap_or_default();
-        // Nothing to re-packetize, and a keepalive must not disturb timing.
-        if payload.is_empty() {
-            return Enqueued::PassThrough;
-        }
-        let Some(samples) = rtp::samples_in(h.payload_type, payload.len()) else {
-            return Enqueued::PassThrough;
-        };
-
-        let stream = (h.ssrc, h.payload_type);
-        if self.stream != Some(stream) {
-            if self.stream.is_some() {
-                self.new_timeline();
-            }
-            self.stream = Some(stream);
-        }
-        let first = self.current_start();
-        let reference = match self.sent {
-            Some(s) => Some(s.upto),
-            None => self.slots.get(first).map(|s| s.ts),
-        };
-        if let Some(reference) = reference {
-            let d = h.timestamp.wrapping_sub(reference) as i32;
-            if !(-LATE_WINDOW..=MAX_FORWARD).contains(&d) {
-                self.new_timeline();
-            } else if d < 0 && self.sent.is_some() {
+        self.follow_stream(input.header.ssrc, input.header.payload_type);
+        match self.offset_on_timeline(input.header.timestamp) {
+            Some(d) if !(-LATE_WINDOW..=MAX_FORWARD).contains(&d) => self.new_timeline(),
+            Some(d) if d < 0 && self.sent.is_some() => {
                 self.late += 1;
                 return Enqueued::Dropped;
             }
+            _ => {}
         }
-
         let first = self.current_start();
-        let ts = h.timestamp;
-        let end = ts.wrapping_add(samples);
-        let duplicate = self.slots[first..].iter().any(|s| {
-            (s.ts == ts && s.seq == h.seq)
-                || (samples > 0 && s.duration() > 0 && before(ts, s.end) && before(s.ts, end))
-        });
-        if duplicate {
+        if self.is_duplicate(&input, first) || !self.store(&input, first, now) {
             self.dropped += 1;
             return Enqueued::Dropped;
         }
-
-        let mut pos = self.slots[first..]
-            .iter()
-            .position(|s| before(ts, s.ts))
-            .map_or(self.slots.len(), |i| first + i);
-        if !self.make_room(payload.len(), &mut pos) {
-            self.dropped += 1;
-            return Enqueued::Dropped;
-        }
-        let off = self.tail;
-        let Some(store) = self.audio.get_mut(off..off + payload.len()) else {
-            self.dropped += 1;
-            return Enqueued::Dropped;
-        };
-        store.copy_from_slice(payload);
-        self.tail += payload.len();
-        self.slots.insert(
-            pos,
-            Slot {
-                timeline: self.timeline,
-                ssrc: h.ssrc,
-                payload_type: h.payload_type,
-                seq: h.seq,
-                ts,
-                end,
-                next: ts,
-                off,
-                rem: payload.len(),
-                marker: h.marker,
-                joinable: payload.len() % frame_bytes == 0,
-                arrival: now,
-            },
-        );
         Enqueued::Queued
     }
 
@@ -291,6 +300,62 @@ impl Resizer {
                 return Some(len);
             }
         }
+    }
+
+    /// A change of SSRC or payload type starts a new timeline, so the old
+    /// stream's audio is flushed instead of being joined with the new one.
+    fn follow_stream(&mut self, ssrc: u32, payload_type: u8) {
+        let stream = (ssrc, payload_type);
+        if self.stream != Some(stream) {
+            if self.stream.is_some() {
+                self.new_timeline();
+            }
+            self.stream = Some(stream);
+        }
+    }
+
+    /// How far `ts` lies after the audio the current timeline last sent,
+    /// or, before anything was sent, after its first queued input; `None`
+    /// when the timeline has neither, so any timestamp fits.
+    fn offset_on_timeline(&self, ts: u32) -> Option<i32> {
+        let reference = match self.sent {
+            Some(s) => s.upto,
+            None => self.slots.get(self.current_start())?.ts,
+        };
+        Some(ts.wrapping_sub(reference) as i32)
+    }
+
+    /// Whether the current timeline (from slot `first`) already holds this
+    /// audio: the same packet again, or one overlapping a queued input.
+    fn is_duplicate(&self, input: &Input, first: usize) -> bool {
+        let (ts, end, seq) = (input.header.timestamp, input.end(), input.header.seq);
+        self.slots[first..].iter().any(|s| {
+            (s.ts == ts && s.seq == seq)
+                || (input.samples > 0 && s.duration() > 0 && before(ts, s.end) && before(s.ts, end))
+        })
+    }
+
+    /// Copies the payload into the audio store and inserts its slot in
+    /// timestamp order among the current timeline's (from slot `first`);
+    /// false when there is no room for it.
+    fn store(&mut self, input: &Input, first: usize, now: Instant) -> bool {
+        let ts = input.header.timestamp;
+        let mut pos = self.slots[first..]
+            .iter()
+            .position(|s| before(ts, s.ts))
+            .map_or(self.slots.len(), |i| first + i);
+        let len = input.payload.len();
+        if !self.make_room(len, &mut pos) {
+            return false;
+        }
+        let off = self.tail;
+        let Some(store) = self.audio.get_mut(off..off + len) else {
+            return false;
+        };
+        store.copy_from_slice(input.payload);
+        self.tail += len;
+        self.slots.insert(pos, input.slot(self.timeline, off, now));
+        true
     }
 
     /// Starts a new timeline: what is queued is flushed (due at once, in
@@ -377,89 +442,103 @@ impl Resizer {
     /// Works out the next output packet and when it is due.
     fn plan(&self) -> Option<Plan> {
         let head = self.slots.first()?;
-        let flushed = head.timeline != self.timeline;
         let target = self.target_samples(head.payload_type);
         // Pacing: the part of an input that starts `k` samples in is due
         // `k` samples' time after the input arrived.
         let sched = later(head.arrival, head.next.wrapping_sub(head.ts));
-
-        let mut plan = Plan {
-            touched: 1,
-            last_bytes: head.rem,
-            last_samples: head.end.wrapping_sub(head.next),
-            bytes: head.rem,
-            end: head.end,
-            due: sched,
+        let (mut plan, last, full) = if head.joinable {
+            self.join(target, sched)?
+        } else {
+            (Plan::rest_of(head, sched), head, false)
         };
-        let mut last = head;
-        let mut full = false;
-        if head.joinable {
-            let (frame_bytes, frame_samples) = unit(head.payload_type)?;
-            let mut samples = 0u32;
-            plan.bytes = 0;
-            plan.end = head.next;
-            for (i, s) in self.slots.iter().enumerate() {
-                if samples >= target {
-                    break;
-                }
-                if i > 0 && (s.timeline != head.timeline || !s.joinable || s.ts != plan.end) {
-                    break;
-                }
-                let take = s.end.wrapping_sub(s.next).min(target - samples);
-                let take_bytes = (take / frame_samples) as usize * frame_bytes;
-                samples += take;
-                plan.touched = i + 1;
-                plan.last_bytes = take_bytes;
-                plan.last_samples = take;
-                plan.bytes += take_bytes;
-                plan.end = s.next.wrapping_add(take);
-                last = s;
-            }
-            full = samples >= target;
-        }
-
-        plan.due = if flushed {
+        if head.timeline != self.timeline {
             // Flushed by a new stream or timeline: out at once, ahead of it.
-            head.arrival
-        } else if full {
+            plan.due = head.arrival;
+            return Some(plan);
+        }
+        let due = if full {
             sched.max(last.arrival)
         } else if !head.joinable {
             sched
         } else {
-            let blocked = self
-                .slots
-                .get(plan.touched)
-                .is_some_and(|s| s.timeline == head.timeline && s.ts == plan.end);
-            if blocked {
-                // An unsplittable packet follows: nothing can fill this one.
-                sched
-            } else {
-                // The next input was expected one input's duration after
-                // the last; give it that much again (capped at one target)
-                // before sending a short packet, so a lost packet never
-                // holds audio longer than one target plus one input.
-                let d = last.duration();
-                sched.max(later(last.arrival, d.saturating_add(d.min(target))))
-            }
+            self.short_packet_due(last, &plan, target, sched)
         };
-        if !flushed {
-            if let Some(s) = self.sent {
-                if head.next != s.upto {
-                    // A gap before the head: wait the same bounded time for
-                    // the missing audio to come in out of order.
-                    let d = s.duration;
-                    plan.due = plan
-                        .due
-                        .max(later(s.arrival, d.saturating_add(d.min(target))));
-                }
-            }
-            // The waits above follow the previous input's arrival; an input
-            // that came in early, or one much longer than the target, must
-            // still not hold its first sample past one target plus itself.
-            let bound = later(head.arrival, target.saturating_add(head.duration()));
-            plan.due = plan.due.min(bound);
-        }
+        plan.due = self.bounded_due(head, due, target);
         Some(plan)
+    }
+
+    /// Joins whole frames of the head and of the inputs that continue it
+    /// without a gap, up to `target` samples. Returns the plan (due at
+    /// `due` for now), the last slot it takes audio from, and whether it
+    /// reached the target.
+    fn join(&self, target: u32, due: Instant) -> Option<(Plan, &Slot, bool)> {
+        let head = self.slots.first()?;
+        let (frame_bytes, frame_samples) = unit(head.payload_type)?;
+        let mut plan = Plan {
+            touched: 1,
+            last_bytes: head.rem,
+            last_samples: head.end.wrapping_sub(head.next),
+            bytes: 0,
+            end: head.next,
+            due,
+        };
+        let mut last = head;
+        let mut samples = 0u32;
+        for (i, s) in self.slots.iter().enumerate() {
+            if samples >= target {
+                break;
+            }
+            if i > 0 && (s.timeline != head.timeline || !s.joinable || s.ts != plan.end) {
+                break;
+            }
+            let take = s.end.wrapping_sub(s.next).min(target - samples);
+            let take_bytes = (take / frame_samples) as usize * frame_bytes;
+            samples += take;
+            plan.touched = i + 1;
+            plan.last_bytes = take_bytes;
+            plan.last_samples = take;
+            plan.bytes += take_bytes;
+            plan.end = s.next.wrapping_add(take);
+            last = s;
+        }
+        Some((plan, last, samples >= target))
+    }
+
+    /// When a joined packet of the current timeline that is short of the
+    /// target goes out: at its paced time `sched` if nothing can fill it,
+    /// else after waiting a bounded time for more.
+    fn short_packet_due(&self, last: &Slot, plan: &Plan, target: u32, sched: Instant) -> Instant {
+        let blocked = self
+            .slots
+            .get(plan.touched)
+            .is_some_and(|s| s.timeline == self.timeline && s.ts == plan.end);
+        if blocked {
+            // An unsplittable packet follows: nothing can fill this one.
+            return sched;
+        }
+        // The next input was expected one input's duration after the last;
+        // giving it that much again (capped at one target) before sending a
+        // short packet means a lost packet never holds audio longer than
+        // one target plus one input.
+        sched.max(grace_end(last.arrival, last.duration(), target))
+    }
+
+    /// `due` after also waiting for audio missing before the head, and
+    /// never later than the head may be held.
+    fn bounded_due(&self, head: &Slot, due: Instant, target: u32) -> Instant {
+        let mut due = due;
+        if let Some(s) = self.sent {
+            if head.next != s.upto {
+                // A gap before the head: wait the same bounded time for
+                // the missing audio to come in out of order.
+                due = due.max(grace_end(s.arrival, s.duration, target));
+            }
+        }
+        // The waits above follow the previous input's arrival; an input
+        // that came in early, or one much longer than the target, must
+        // still not hold its first sample past one target plus itself.
+        let bound = later(head.arrival, target.saturating_add(head.duration()));
+        due.min(bound)
     }
 
     /// Sends the planned packet: writes it into `out` (None, counted, when
@@ -543,6 +622,12 @@ fn before(a: u32, b: u32) -> bool {
 fn later(t: Instant, samples: u32) -> Instant {
     let span = Duration::from_micros(u64::from(samples) * 125);
     t.checked_add(span).unwrap_or(t)
+}
+
+/// End of the wait for the input expected after one of `duration` samples
+/// that arrived at `arrival`: that duration again, capped at one target.
+fn grace_end(arrival: Instant, duration: u32, target: u32) -> Instant {
+    later(arrival, duration.saturating_add(duration.min(target)))
 }
 
 #[cfg(test)]
@@ -1091,6 +1176,37 @@ mod tests {
         assert_eq!(Resizer::new(40).target_ms(), 40);
     }
 
+    /// Fills `pkt` with the `i`th input of the random test: raw random
+    /// bytes, or a plausible packet of one of a few streams with a few
+    /// bytes mutated, so parsing and queueing both see damaged input.
+    fn random_input(pkt: &mut Vec<u8>, i: u32, next: &mut impl FnMut() -> u64) {
+        pkt.clear();
+        let pts = [0u8, 8, 18, 3, 4, 96, 13];
+        match next() % 3 {
+            // Raw random bytes.
+            0 => (0..next() % 64).for_each(|_| pkt.push(next() as u8)),
+            // A plausible packet of one of a few streams, roughly in
+            // time, sometimes far off...
+            _ => {
+                let pt = pts[(next() % pts.len() as u64) as usize];
+                let seq = (i / 2) as u16 ^ (next() % 4) as u16;
+                let mut ts = (i * 80).wrapping_sub((next() % 8) as u32 * 80);
+                if next().is_multiple_of(50) {
+                    ts = ts.wrapping_add(next() as u32);
+                }
+                let ssrc = u32::from(next().is_multiple_of(20));
+                let len = (next() % 700) as usize;
+                pkt.resize(RTP_HEADER_LEN + len, 0);
+                rtp::write_header(pkt, next().is_multiple_of(4), pt, seq, ts, ssrc).unwrap();
+                // ...with a few bytes mutated.
+                for _ in 0..next() % 3 {
+                    let at = (next() % pkt.len() as u64) as usize;
+                    pkt[at] = next() as u8;
+                }
+            }
+        }
+    }
+
     #[test]
     fn never_panics_on_any_input() {
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -1112,31 +1228,7 @@ mod tests {
                 r = Resizer::new(targets[(next() % targets.len() as u64) as usize]);
             }
             let (slot_cap, store) = (r.slots.capacity(), r.audio.len());
-            pkt.clear();
-            let pts = [0u8, 8, 18, 3, 4, 96, 13];
-            match next() % 3 {
-                // Raw random bytes.
-                0 => (0..next() % 64).for_each(|_| pkt.push(next() as u8)),
-                // A plausible packet of one of a few streams, roughly in
-                // time, sometimes far off...
-                _ => {
-                    let pt = pts[(next() % pts.len() as u64) as usize];
-                    let seq = (i / 2) as u16 ^ (next() % 4) as u16;
-                    let mut ts = (i * 80).wrapping_sub((next() % 8) as u32 * 80);
-                    if next() % 50 == 0 {
-                        ts = ts.wrapping_add(next() as u32);
-                    }
-                    let ssrc = u32::from(next() % 20 == 0);
-                    let len = (next() % 700) as usize;
-                    pkt.resize(RTP_HEADER_LEN + len, 0);
-                    rtp::write_header(&mut pkt, next() % 4 == 0, pt, seq, ts, ssrc).unwrap();
-                    // ...with a few bytes mutated.
-                    for _ in 0..next() % 3 {
-                        let at = (next() % pkt.len() as u64) as usize;
-                        pkt[at] = next() as u8;
-                    }
-                }
-            }
+            random_input(&mut pkt, i, &mut next);
             now += Duration::from_micros(next() % 20_000);
             match r.enqueue(&pkt, now) {
                 Enqueued::PassThrough => {

@@ -1,5 +1,7 @@
-//! Recording channels: what `R`, `C` and `-a` write (see PROTOCOL.md,
-//! "Recording"), and the readers `extractaudio` uses to get packets back.
+//! Recording channels: the files `R`, `C` and `-a` write (see PROTOCOL.md,
+//! "Recording"). [`crate::rtpp_record_reader`] reads them back for
+//! `extractaudio`; [`crate::rtpp_copy`] sends the `C CALLID udp:HOST:PORT`
+//! copies, which write no file.
 //!
 //! # Channels
 //!
@@ -39,8 +41,9 @@
 //! The address block is the classic union of `{family, port, in_addr}` and
 //! `{family, port, in6_addr}`, 20 bytes: an IPv6 sender fills it exactly,
 //! which is how the classic daemon already stored IPv6. Only the sender is
-//! stored; the reader reports no destination for this format. IPv6 flow
-//! labels and scope ids do not fit and are not kept.
+//! stored; [`read_recording`](crate::rtpp_record_reader::read_recording)
+//! reports no destination for this format. IPv6 flow labels and scope ids
+//! do not fit and are not kept.
 //!
 //! # PCAP format (`-P`)
 //!
@@ -71,20 +74,11 @@
 //! a `.` at the start of the name. A name is therefore always one path
 //! component that is neither `.` nor `..` nor hidden, and decoding `%XX`
 //! gives back the exact Call-ID and tag bytes.
-//!
-//! # Remote copies
-//!
-//! [`RemoteCopy`] forwards every packet of a `C CALLID udp:HOST:PORT`
-//! channel to HOST:PORT (RTCP to PORT+1) from its own unconnected,
-//! non-blocking UDP socket; send errors are counted, never fatal.
 
-use std::cell::Cell;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs, UdpSocket,
-};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -104,32 +98,22 @@ pub const ADHOC_HEADER_LEN: usize = 40;
 pub const PCAP_FILE_HEADER_LEN: usize = 24;
 /// libpcap magic number for microsecond timestamps.
 pub const PCAP_MAGIC: u32 = 0xa1b2_c3d4;
-/// libpcap magic number for nanosecond timestamps (read only).
-const PCAP_MAGIC_NSEC: u32 = 0xa1b2_3c4d;
 /// Snapshot length written into the global header.
 const PCAP_SNAPLEN: u32 = 65535;
-const PCAP_RECORD_HEADER_LEN: usize = 16;
-const LINKTYPE_NULL: u32 = 0;
-const LINKTYPE_ETHERNET: u32 = 1;
-const LINKTYPE_RAW: u32 = 101;
-const LINKTYPE_LOOP: u32 = 108;
-const LINKTYPE_LINUX_SLL: u32 = 113;
-const LINKTYPE_IPV4: u32 = 228;
-const LINKTYPE_IPV6: u32 = 229;
-const LINKTYPE_LINUX_SLL2: u32 = 276;
+/// Size of the libpcap per-packet record header.
+pub(crate) const PCAP_RECORD_HEADER_LEN: usize = 16;
+/// The link type written: a host-order address family, then the IP packet.
+pub(crate) const LINKTYPE_NULL: u32 = 0;
 /// Address families as the ad-hoc header stores them (Linux values).
-const ADHOC_AF_INET: u16 = 2;
-const ADHOC_AF_INET6: u16 = 10;
+pub(crate) const ADHOC_AF_INET: u16 = 2;
+pub(crate) const ADHOC_AF_INET6: u16 = 10;
 /// Address families in a `LINKTYPE_NULL` frame.
-const NULL_AF_INET: u32 = 2;
-const NULL_AF_INET6: u32 = 24;
-/// Other IPv6 values found in `LINKTYPE_NULL` captures (FreeBSD, macOS),
-/// plus the Linux one, accepted when reading.
-const NULL_AF_INET6_OTHERS: [u32; 3] = [10, 28, 30];
-const IPV4_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
-const UDP_HEADER_LEN: usize = 8;
-const IPPROTO_UDP: u8 = 17;
+pub(crate) const NULL_AF_INET: u32 = 2;
+pub(crate) const NULL_AF_INET6: u32 = 24;
+pub(crate) const IPV4_HEADER_LEN: usize = 20;
+pub(crate) const IPV6_HEADER_LEN: usize = 40;
+pub(crate) const UDP_HEADER_LEN: usize = 8;
+pub(crate) const IPPROTO_UDP: u8 = 17;
 const SYNTH_TTL: u8 = 127;
 /// Longest PCAP per-packet header: record header, family, IPv6, UDP.
 const MAX_HEADER_LEN: usize = PCAP_RECORD_HEADER_LEN + 4 + IPV6_HEADER_LEN + UDP_HEADER_LEN;
@@ -139,9 +123,6 @@ pub const BUFFER_SIZE: usize = 64 * 1024;
 const MAX_NAME_SUFFIX: u32 = 1000;
 /// Longest file name most file systems accept (`NAME_MAX`).
 const NAME_MAX: usize = 255;
-/// Frames above this size in a PCAP file mean the file is not one we can
-/// read (libpcap itself refuses more than 256 KiB).
-const MAX_PCAP_FRAME: usize = 256 * 1024;
 
 /// A recording channel stopped on a write error; reported once per channel.
 #[derive(Debug)]
@@ -708,397 +689,19 @@ pub fn copy_file_name(name: &[u8]) -> Option<String> {
     Some(out)
 }
 
-/// Parses the target of `C CALLID udp:HOST:PORT`: `udp:1.2.3.4:9000`,
-/// `udp:[::1]:9000`, `udp6:::1:9000` (port after the last colon) or a host
-/// name (resolved now, preferring IPv4 for `udp:` and IPv6 for `udp6:`).
-///
-/// PORT must leave room for RTCP on PORT+1, so it is 1..=65534.
-pub fn parse_remote_target(spec: &str) -> Option<SocketAddr> {
-    let (rest, prefer_v6) = if let Some(r) = strip_prefix_ignore_case(spec, "udp6:") {
-        (r, true)
-    } else if let Some(r) = strip_prefix_ignore_case(spec, "udp:") {
-        (r, false)
-    } else {
-        return None;
-    };
-    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
-        let (host, after) = bracketed.split_once(']')?;
-        (host, after.strip_prefix(':')?)
-    } else {
-        rest.rsplit_once(':')?
-    };
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let port: u16 = port.parse().ok()?;
-    if port == 0 || port == u16::MAX {
-        return None;
-    }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
-    }
-    let is_host_name = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if !is_host_name {
-        return None;
-    }
-    let candidates: Vec<SocketAddr> = (host, port).to_socket_addrs().ok()?.collect();
-    candidates
-        .iter()
-        .copied()
-        .find(|a| a.is_ipv6() == prefer_v6)
-        .or_else(|| candidates.first().copied())
-}
-
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = s.get(..prefix.len())?;
-    if head.eq_ignore_ascii_case(prefix) {
-        s.get(prefix.len()..)
-    } else {
-        None
-    }
-}
-
-/// A `C CALLID udp:HOST:PORT` channel: copies of packets sent over UDP.
-#[derive(Debug)]
-pub struct RemoteCopy {
-    socket: UdpSocket,
-    rtp: SocketAddr,
-    rtcp: SocketAddr,
-    errors: Cell<u64>,
-}
-
-impl RemoteCopy {
-    /// Opens a non-blocking socket of the target's family for copies to
-    /// `target` (RTP) and the next port (RTCP).
-    pub fn new(target: SocketAddr) -> io::Result<Self> {
-        let local = match target {
-            SocketAddr::V4(_) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            SocketAddr::V6(_) => SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0)),
-        };
-        let socket = UdpSocket::bind(local)?;
-        socket.set_nonblocking(true)?;
-        let mut rtcp = target;
-        rtcp.set_port(target.port().wrapping_add(1));
-        Ok(RemoteCopy {
-            socket,
-            rtp: target,
-            rtcp,
-            errors: Cell::new(0),
-        })
-    }
-
-    /// Sends a copy of `packet`, to PORT+1 when it is RTCP; failures
-    /// (full socket buffer, unreachable target) are only counted.
-    pub fn send(&self, packet: &[u8], rtcp: bool) {
-        let to = if rtcp { self.rtcp } else { self.rtp };
-        if self.rtcp.port() == 0 && rtcp {
-            self.errors.set(self.errors.get() + 1);
-            return;
-        }
-        if self.socket.send_to(packet, to).is_err() {
-            self.errors.set(self.errors.get() + 1);
-        }
-    }
-
-    /// Where RTP copies go.
-    pub fn target(&self) -> SocketAddr {
-        self.rtp
-    }
-
-    /// How many copies could not be sent.
-    pub fn send_errors(&self) -> u64 {
-        self.errors.get()
-    }
-}
-
-/// One packet read back from a recording.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecordedPacket {
-    /// Who sent it.
-    pub src: SocketAddr,
-    /// The local address it arrived on (PCAP only; ad-hoc does not store it).
-    pub dst: Option<SocketAddr>,
-    /// Arrival time, seconds since the Unix epoch (any value a file holds).
-    pub arrival: f64,
-    /// The RTP or RTCP packet.
-    pub data: Vec<u8>,
-}
-
-/// Why a recording could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FormatError {
-    /// A PCAP file shorter than its global header.
-    TruncatedHeader,
-    /// A PCAP link type this reader does not decode.
-    UnsupportedLinkType(u32),
-    /// An ad-hoc record with an unknown address family, i.e. not a recording.
-    BadAddressFamily {
-        /// Byte offset of the record in the file.
-        offset: usize,
-        /// The family found there.
-        family: u16,
-    },
-    /// A PCAP record claiming a frame larger than any capture holds.
-    BadFrameLength {
-        /// Byte offset of the record in the file.
-        offset: usize,
-        /// The length found there.
-        length: u32,
-    },
-}
-
-impl fmt::Display for FormatError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FormatError::TruncatedHeader => write!(f, "truncated PCAP file header"),
-            FormatError::UnsupportedLinkType(t) => write!(f, "unsupported PCAP link type {t}"),
-            FormatError::BadAddressFamily { offset, family } => write!(
-                f,
-                "not a recording: unknown address family {family} at offset {offset}"
-            ),
-            FormatError::BadFrameLength { offset, length } => write!(
-                f,
-                "not a recording: frame length {length} at offset {offset}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for FormatError {}
-
-/// Reads every packet of a recording, telling ad-hoc from PCAP by the
-/// magic number; a truncated last record ends the list without an error.
-pub fn read_recording(bytes: &[u8]) -> Result<Vec<RecordedPacket>, FormatError> {
-    match pcap_byte_order(bytes) {
-        Some((big_endian, nanos)) => read_pcap(bytes, big_endian, nanos),
-        None => read_adhoc(bytes),
-    }
-}
-
-/// `Some((big_endian, nanosecond_timestamps))` when `bytes` starts with a
-/// libpcap magic number.
-fn pcap_byte_order(bytes: &[u8]) -> Option<(bool, bool)> {
-    let magic: [u8; 4] = bytes.get(0..4)?.try_into().ok()?;
-    let le = u32::from_le_bytes(magic);
-    let be = u32::from_be_bytes(magic);
-    match (le, be) {
-        (PCAP_MAGIC, _) => Some((false, false)),
-        (PCAP_MAGIC_NSEC, _) => Some((false, true)),
-        (_, PCAP_MAGIC) => Some((true, false)),
-        (_, PCAP_MAGIC_NSEC) => Some((true, true)),
-        _ => None,
-    }
-}
-
-fn read_u16(bytes: &[u8], at: usize, big_endian: bool) -> Option<u16> {
-    let b: [u8; 2] = bytes.get(at..at.checked_add(2)?)?.try_into().ok()?;
-    Some(if big_endian {
-        u16::from_be_bytes(b)
-    } else {
-        u16::from_le_bytes(b)
-    })
-}
-
-fn read_u32(bytes: &[u8], at: usize, big_endian: bool) -> Option<u32> {
-    let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
-    Some(if big_endian {
-        u32::from_be_bytes(b)
-    } else {
-        u32::from_le_bytes(b)
-    })
-}
-
-fn read_adhoc(bytes: &[u8]) -> Result<Vec<RecordedPacket>, FormatError> {
-    let native_be = cfg!(target_endian = "big");
-    let mut packets = Vec::new();
-    let mut offset = 0usize;
-    while let Some(h) = bytes.get(offset..offset + ADHOC_HEADER_LEN) {
-        let family = read_u16(h, 0, native_be).unwrap_or(0);
-        let port = read_u16(h, 2, true).unwrap_or(0);
-        let src = match family {
-            ADHOC_AF_INET => {
-                let mut a = [0u8; 4];
-                a.copy_from_slice(&h[4..8]);
-                SocketAddr::new(IpAddr::from(a), port)
-            }
-            ADHOC_AF_INET6 => {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&h[4..20]);
-                SocketAddr::new(IpAddr::from(a), port)
-            }
-            _ => return Err(FormatError::BadAddressFamily { offset, family }),
-        };
-        let mut t = [0u8; 8];
-        t.copy_from_slice(&h[24..32]);
-        let arrival = f64::from_ne_bytes(t);
-        let len = usize::from(read_u16(h, 32, native_be).unwrap_or(0));
-        let start = offset + ADHOC_HEADER_LEN;
-        let Some(data) = bytes.get(start..start + len) else {
-            break;
-        };
-        packets.push(RecordedPacket {
-            src,
-            dst: None,
-            arrival,
-            data: data.to_vec(),
-        });
-        offset = start + len;
-    }
-    Ok(packets)
-}
-
-fn read_pcap(
-    bytes: &[u8],
-    big_endian: bool,
-    nanos: bool,
-) -> Result<Vec<RecordedPacket>, FormatError> {
-    let linktype = read_u32(bytes, 20, big_endian).ok_or(FormatError::TruncatedHeader)? & 0xffff;
-    match linktype {
-        LINKTYPE_NULL | LINKTYPE_ETHERNET | LINKTYPE_RAW | LINKTYPE_LOOP | LINKTYPE_LINUX_SLL
-        | LINKTYPE_IPV4 | LINKTYPE_IPV6 | LINKTYPE_LINUX_SLL2 => {}
-        other => return Err(FormatError::UnsupportedLinkType(other)),
-    }
-    let subsec_scale = if nanos { 1e-9 } else { 1e-6 };
-    let mut packets = Vec::new();
-    let mut offset = PCAP_FILE_HEADER_LEN;
-    while let Some(h) = bytes.get(offset..offset + PCAP_RECORD_HEADER_LEN) {
-        let secs = read_u32(h, 0, big_endian).unwrap_or(0);
-        let frac = read_u32(h, 4, big_endian).unwrap_or(0);
-        let incl = read_u32(h, 8, big_endian).unwrap_or(0);
-        let incl_len = incl as usize;
-        if incl_len > MAX_PCAP_FRAME {
-            return Err(FormatError::BadFrameLength {
-                offset,
-                length: incl,
-            });
-        }
-        let start = offset + PCAP_RECORD_HEADER_LEN;
-        let Some(frame) = bytes.get(start..start + incl_len) else {
-            break;
-        };
-        offset = start + incl_len;
-        let Some((src, dst, data)) = decode_frame(linktype, frame) else {
-            continue;
-        };
-        packets.push(RecordedPacket {
-            src,
-            dst: Some(dst),
-            arrival: f64::from(secs) + f64::from(frac) * subsec_scale,
-            data: data.to_vec(),
-        });
-    }
-    Ok(packets)
-}
-
-/// The UDP datagram inside one captured frame, if it holds one.
-fn decode_frame(linktype: u32, frame: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
-    let ip = match linktype {
-        LINKTYPE_NULL | LINKTYPE_LOOP => {
-            // The family is in the byte order of the capturing host, which
-            // need not be the file's: small values tell which it is.
-            let raw: [u8; 4] = frame.get(0..4)?.try_into().ok()?;
-            let le = u32::from_le_bytes(raw);
-            let family = if le <= 0xffff {
-                le
-            } else {
-                u32::from_be_bytes(raw)
-            };
-            let is_v6 = family == NULL_AF_INET6 || NULL_AF_INET6_OTHERS.contains(&family);
-            if family != NULL_AF_INET && !is_v6 {
-                return None;
-            }
-            frame.get(4..)?
-        }
-        LINKTYPE_ETHERNET => {
-            let mut at = 12;
-            let mut ethertype = read_u16(frame, at, true)?;
-            // Skip up to two VLAN tags (802.1Q, 802.1ad).
-            for _ in 0..2 {
-                if ethertype == 0x8100 || ethertype == 0x88a8 {
-                    at += 4;
-                    ethertype = read_u16(frame, at, true)?;
-                }
-            }
-            if ethertype != 0x0800 && ethertype != 0x86dd {
-                return None;
-            }
-            frame.get(at + 2..)?
-        }
-        LINKTYPE_LINUX_SLL => frame.get(16..)?,
-        LINKTYPE_LINUX_SLL2 => frame.get(20..)?,
-        _ => frame,
-    };
-    decode_ip(ip)
-}
-
-fn decode_ip(ip: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
-    let version = ip.first()? >> 4;
-    let (src, dst, udp) = match version {
-        4 => {
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            if ihl < IPV4_HEADER_LEN || *ip.get(9)? != IPPROTO_UDP {
-                return None;
-            }
-            let frag = read_u16(ip, 6, true)?;
-            if frag & 0x3fff != 0 {
-                // Fragments of a datagram cannot be decoded one by one.
-                return None;
-            }
-            let total = usize::from(read_u16(ip, 2, true)?);
-            let end = total.min(ip.len());
-            let s: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-            let d: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
-            (IpAddr::from(s), IpAddr::from(d), ip.get(ihl..end)?)
-        }
-        6 => {
-            let s: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
-            let d: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-            let payload_len = usize::from(read_u16(ip, 4, true)?);
-            let end = (IPV6_HEADER_LEN + payload_len).min(ip.len());
-            let mut next = *ip.get(6)?;
-            let mut at = IPV6_HEADER_LEN;
-            // Hop-by-hop, routing and destination options may precede UDP.
-            for _ in 0..8 {
-                if !matches!(next, 0 | 43 | 60) {
-                    break;
-                }
-                next = *ip.get(at)?;
-                at += (usize::from(*ip.get(at + 1)?) + 1) * 8;
-            }
-            if next != IPPROTO_UDP || at > end {
-                return None;
-            }
-            (IpAddr::from(s), IpAddr::from(d), ip.get(at..end)?)
-        }
-        _ => return None,
-    };
-    let sport = read_u16(udp, 0, true)?;
-    let dport = read_u16(udp, 2, true)?;
-    let ulen = usize::from(read_u16(udp, 4, true)?);
-    if ulen < UDP_HEADER_LEN {
-        return None;
-    }
-    let data = udp.get(UDP_HEADER_LEN..ulen.min(udp.len()))?;
-    Some((
-        SocketAddr::new(src, sport),
-        SocketAddr::new(dst, dport),
-        data,
-    ))
-}
-
+/// Helpers shared by the tests of the writer and of the reader, which
+/// check the reader against files this module wrote.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
+pub(crate) mod test_support {
+    use super::{RecordFile, RecordFormat, PCAP_FILE_HEADER_LEN};
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    struct TempDir(PathBuf);
+    pub(crate) struct TempDir(pub(crate) PathBuf);
 
     impl TempDir {
-        fn new(tag: &str) -> TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
             let p = std::env::temp_dir().join(format!("rtpp_record_{tag}_{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
@@ -1112,17 +715,18 @@ mod tests {
         }
     }
 
-    fn at(secs: u64, micros: u64) -> SystemTime {
+    pub(crate) fn at(secs: u64, micros: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)
     }
 
-    fn v4(s: &str) -> SocketAddr {
+    pub(crate) fn v4(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
-    const RTP: [u8; 12] = [0x80, 0, 0, 1, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef];
+    pub(crate) const RTP: [u8; 12] = [0x80, 0, 0, 1, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef];
 
-    fn record(
+    /// Writes `packets` to a new recording in `format`; returns its bytes.
+    pub(crate) fn record(
         format: RecordFormat,
         packets: &[(SocketAddr, SocketAddr, SystemTime, &[u8])],
     ) -> Vec<u8> {
@@ -1134,6 +738,18 @@ mod tests {
         let path = f.finish().unwrap();
         std::fs::read(path).unwrap()
     }
+
+    /// The global header every PCAP recording starts with.
+    pub(crate) fn pcap_file_header() -> [u8; PCAP_FILE_HEADER_LEN] {
+        super::pcap_file_header()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{at, record, v4, TempDir, RTP};
+    use super::*;
+    use crate::rtpp_record_reader::{read_recording, read_u32};
 
     #[test]
     #[cfg(target_endian = "little")]
@@ -1241,32 +857,6 @@ mod tests {
         sum = checksum_add(sum, &[0, 0, 0, 17]);
         assert_ne!(&udp[6..8], &[0, 0]);
         assert_eq!(internet_checksum(sum, udp), 0);
-    }
-
-    #[test]
-    fn round_trip_both_formats() {
-        let a = v4("192.0.2.1:4000");
-        let b = v4("198.51.100.2:35000");
-        let a6: SocketAddr = "[2001:db8::1]:5004".parse().unwrap();
-        let b6: SocketAddr = "[2001:db8::2]:35002".parse().unwrap();
-        let big = vec![0x5a; 1500];
-        let input = [
-            (a, b, at(1_700_000_000, 20_000), &RTP[..]),
-            (a6, b6, at(1_700_000_000, 40_000), &big[..]),
-            (a, b, at(1_700_000_001, 999_999), &[][..]),
-        ];
-        for format in [RecordFormat::Adhoc, RecordFormat::Pcap] {
-            let got = read_recording(&record(format, &input)).unwrap();
-            assert_eq!(got.len(), input.len());
-            for (g, (s, d, t, p)) in got.iter().zip(input.iter()) {
-                assert_eq!(g.src, *s);
-                let want_dst = (format == RecordFormat::Pcap).then_some(*d);
-                assert_eq!(g.dst, want_dst);
-                let want_t = t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-                assert!((g.arrival - want_t).abs() < 1e-6, "{format:?}");
-                assert_eq!(&g.data[..], *p);
-            }
-        }
     }
 
     #[test]
@@ -1491,146 +1081,5 @@ mod tests {
             let err = RecordFile::create(&dir.0, None, bad, RecordFormat::Adhoc).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn remote_targets_parse() {
-        assert_eq!(
-            parse_remote_target("udp:127.0.0.1:9000"),
-            Some(v4("127.0.0.1:9000"))
-        );
-        assert_eq!(
-            parse_remote_target("udp:[::1]:9000"),
-            Some("[::1]:9000".parse().unwrap())
-        );
-        assert_eq!(
-            parse_remote_target("udp6:::1:9000"),
-            Some("[::1]:9000".parse().unwrap())
-        );
-        assert_eq!(
-            parse_remote_target("UDP:10.1.2.3:5"),
-            Some(v4("10.1.2.3:5"))
-        );
-        for bad in [
-            "",
-            "udp:",
-            "udp:1.2.3.4",
-            "udp:1.2.3.4:",
-            "udp:1.2.3.4:0",
-            "udp:1.2.3.4:65535",
-            "udp:1.2.3.4:99999",
-            "udp:1.2.3.4:+9",
-            "tcp:1.2.3.4:9",
-            "udp:[::1:9",
-            "udp:[::1]9",
-            "udp:bad host:9",
-            "udp:é:9",
-            "udp::9",
-        ] {
-            assert_eq!(parse_remote_target(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn remote_copy_sends_rtp_and_rtcp_to_adjacent_ports() {
-        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = rtp.local_addr().unwrap().port();
-        let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1)) else {
-            return; // The next port is taken by someone else: nothing to check.
-        };
-        for s in [&rtp, &rtcp] {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        }
-        let copy = RemoteCopy::new(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)).unwrap();
-        copy.send(b"rtp", false);
-        copy.send(b"rtcp", true);
-        let mut buf = [0u8; 16];
-        let (n, _) = rtp.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"rtp");
-        let (n, _) = rtcp.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"rtcp");
-        assert_eq!(copy.send_errors(), 0);
-    }
-
-    #[test]
-    fn readers_survive_garbage() {
-        assert_eq!(read_recording(&[]), Ok(vec![]));
-        assert_eq!(
-            read_recording(&[0xd4, 0xc3, 0xb2, 0xa1, 2]),
-            Err(FormatError::TruncatedHeader)
-        );
-        assert!(matches!(
-            read_recording(&[7u8; 100]),
-            Err(FormatError::BadAddressFamily { offset: 0, .. })
-        ));
-        let mut pcap = pcap_file_header().to_vec();
-        pcap[20] = 0x77;
-        assert!(matches!(
-            read_recording(&pcap),
-            Err(FormatError::UnsupportedLinkType(_))
-        ));
-        // Pseudo-random bytes behind both kinds of start: no panic, whatever the result.
-        let mut x: u32 = 12345;
-        for len in 0..600 {
-            let mut data: Vec<u8> = (0..len)
-                .map(|_| {
-                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                    (x >> 16) as u8
-                })
-                .collect();
-            let _ = read_recording(&data);
-            if data.len() >= 24 {
-                data[..24].copy_from_slice(&pcap_file_header());
-                let _ = read_recording(&data);
-                data[20] = 1;
-                let _ = read_recording(&data);
-                data[20] = 101;
-                let _ = read_recording(&data);
-            }
-            if data.len() >= 2 {
-                data[0] = 2;
-                data[1] = 0;
-                let _ = read_recording(&data);
-            }
-        }
-    }
-
-    #[test]
-    fn truncated_tail_keeps_earlier_packets() {
-        let p = (v4("10.0.0.1:1"), v4("10.0.0.2:2"), at(1, 0), &RTP[..]);
-        for format in [RecordFormat::Adhoc, RecordFormat::Pcap] {
-            let bytes = record(format, &[p, p]);
-            for cut in 1..RTP.len() + 20 {
-                let got = read_recording(&bytes[..bytes.len() - cut]).unwrap();
-                assert_eq!(got.len(), 1, "{format:?} cut {cut}");
-            }
-        }
-    }
-
-    #[test]
-    fn reads_big_endian_ethernet_captures() {
-        let mut file = Vec::new();
-        file.extend_from_slice(&PCAP_MAGIC.to_be_bytes());
-        file.extend_from_slice(&[
-            0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 1,
-        ]);
-        let mut frame = vec![0u8; 12];
-        frame.extend_from_slice(&[0x08, 0x00]);
-        frame.extend_from_slice(&[
-            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-        ]);
-        frame.extend_from_slice(&[0x13, 0x88, 0x13, 0x89, 0, 20, 0, 0]);
-        frame.extend_from_slice(&RTP);
-        file.extend_from_slice(&3u32.to_be_bytes());
-        file.extend_from_slice(&500_000u32.to_be_bytes());
-        file.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-        file.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-        file.extend_from_slice(&frame);
-        let got = read_recording(&file).unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].src, v4("10.0.0.1:5000"));
-        assert_eq!(got[0].dst, Some(v4("10.0.0.2:5001")));
-        assert_eq!(got[0].arrival, 3.5);
-        assert_eq!(got[0].data, RTP);
     }
 }

@@ -13,9 +13,10 @@ use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
 use crate::rtpp_account::AccountFile;
 use crate::rtpp_command::{match_tag, StreamIds, TagMatch};
+use crate::rtpp_copy::RemoteCopy;
 use crate::rtpp_defines::UPDATE_WINDOW;
 use crate::rtpp_network::{PollSet, PortTable};
-use crate::rtpp_record::{RecordFile, RemoteCopy};
+use crate::rtpp_record::RecordFile;
 use crate::rtpp_util::Random;
 
 /// Index of the RTP stream / socket of a leg.

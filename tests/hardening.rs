@@ -1079,7 +1079,7 @@ fn udp_clients_that_vanish_before_the_reply_cost_nothing() {
 /// Packets in a recording, by sequence number (RTP only).
 fn recorded_seqs(path: &Path) -> BTreeSet<u16> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    rtpproxy::rtpp_record::read_recording(&bytes)
+    rtpproxy::rtpp_record_reader::read_recording(&bytes)
         .expect("recording reads back")
         .iter()
         .filter(|p| p.data.len() >= 12)

@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use rtpproxy::rtpp_record::read_recording;
+use rtpproxy::rtpp_record_reader::read_recording;
 
 /// Where Debian's sip-tester package puts the recording the caller plays
 /// (named in `tests/sipp/caller.xml`).

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{reply_addr, Peer, Rtpproxy, TempDir};
 use rtpproxy::g711::{linear_to_ulaw, ulaw_to_linear};
-use rtpproxy::rtpp_record::read_recording;
+use rtpproxy::rtpp_record_reader::read_recording;
 
 /// The from-tag and to-tag of every scripted call; the files carry the
 /// from-tag with its media number.

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rtpproxy::rtpp_record::read_recording;
+use rtpproxy::rtpp_record_reader::read_recording;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(packets) = read_recording(data) else {

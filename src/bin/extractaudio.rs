@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use rtpproxy::g711::{alaw_to_linear, ulaw_to_linear};
-use rtpproxy::rtpp_record::{read_recording, RecordedPacket};
+use rtpproxy::rtpp_record_reader::{read_recording, RecordedPacket};
 
 const USAGE: &str = "usage: extractaudio [-s] [-F file_fmt] infile_base outfile\n       \
                      extractaudio [-s] [-F file_fmt] o_file [a_file] outfile";

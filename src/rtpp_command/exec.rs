@@ -11,13 +11,12 @@ use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
 use crate::rtpp_account::CallRecord;
 pub use crate::rtpp_account::EndReason;
+use crate::rtpp_copy::{parse_remote_target, RemoteCopy};
 use crate::rtpp_defines::{BindMode, Config, NOTIFY_CAP, PROTO_CAPS};
 use crate::rtpp_log;
 use crate::rtpp_network::parse_remote;
 use crate::rtpp_proc::flush_resizer;
-use crate::rtpp_record::{
-    copy_file_name, parse_remote_target, record_file_name, RecordFile, RecordFormat, RemoteCopy,
-};
+use crate::rtpp_record::{copy_file_name, record_file_name, RecordFile, RecordFormat};
 use crate::rtpp_session::{Session, Sessions, CALLEE, CALLER, RTCP, RTP};
 
 /// What a command runs against.
