@@ -11,19 +11,23 @@ use getopts::Options;
 use rtpproxy::rtpp_account::AccountFile;
 use rtpproxy::rtpp_log;
 
-use rtpproxy::rtpp_command::exec::{end_session, execute, show, Context, EndReason};
-use rtpproxy::rtpp_command::{parse, unknown_modifiers, Reply};
+use rtpproxy::rtpp_account::EndReason;
+use rtpproxy::rtpp_command::exec::{execute, Context};
+use rtpproxy::rtpp_command::{parse, Reply};
 use rtpproxy::rtpp_control::Control;
 use rtpproxy::rtpp_defines::{
     BindMode, Config, ControlSpec, BATCH_MIN_SOCKETS, BATCH_WINDOW, CPROTOVER, MAX_PACKET,
     NOTIFY_CAP, PROTO_CAPS, RTCP_POLL_INTERVAL, TIMETICK,
 };
+use rtpproxy::rtpp_log::show;
 use rtpproxy::rtpp_log::Level;
 
 use rtpproxy::rtpp_network::{resolve_host, PortTable, RecvBatch};
 use rtpproxy::rtpp_notify::Notifier;
-use rtpproxy::rtpp_proc::{drain_slot, next_timer, run_timers};
-use rtpproxy::rtpp_session::{Owner, Sessions, CALLEE, CALLER, RTCP, RTP};
+use rtpproxy::rtpp_poll::{Cadence, Poller};
+use rtpproxy::rtpp_proc::{relay_ready, run_timers};
+use rtpproxy::rtpp_session::Sessions;
+use rtpproxy::rtpp_state::Daemon;
 use rtpproxy::rtpp_util::{
     already_running_as, check_writable_dir, close_fds, drop_privileges, inherited_fds,
     raise_nofile, resolve_run_as, Random, RunAs,
@@ -372,8 +376,12 @@ fn run(cfg: &Config) -> Result<(), String> {
             eprintln!("rtpproxy: WARNING: open files limit is {granted}, not {want} (-L)");
         }
     }
+    let mut poller = Poller::new();
     let mut control = Control::open(&cfg.control)
         .map_err(|e| format!("can't open control socket {}: {e}", show_control(cfg)))?;
+    if !control.register(&mut poller) {
+        return Err("invalid value for -L: too few open files for the control socket".into());
+    }
     secure_control_socket(&control, run_as.as_ref())?;
 
     let level = cfg.log_level.unwrap_or(if cfg.foreground {
@@ -408,24 +416,23 @@ fn run(cfg: &Config) -> Result<(), String> {
 
     let mut rng = Random::new();
     let ports = PortTable::new(cfg.port_min, cfg.port_max, &mut rng);
-    let mut sessions = Sessions::new(ports);
-    sessions.accounting = accounting;
-    control.register(&mut sessions.polls);
+    let mut daemon = Daemon::new(poller, ports);
+    daemon.accounting = accounting;
+    daemon.notifier = cfg.notify_socket.clone().map(Notifier::new);
+    let mut sessions = Sessions::new();
     rtpp_log!(Info, "rtpproxy started, pid {}", std::process::id());
     if let Some(report) = report {
         report.ok();
     }
 
-    run_loop(cfg, &mut control, &mut sessions, &shutdown);
+    run_loop(cfg, &mut control, &mut sessions, &mut daemon, &shutdown);
 
     match shutdown.signal() {
         0 => rtpp_log!(Info, "drained: the last session ended, exiting"),
         sig => rtpp_log!(Info, "got signal {sig}, exiting"),
     }
-    relay_queued_media(cfg, &mut sessions);
-    for id in sessions.ids() {
-        end_session(&mut sessions, id, EndReason::Shutdown);
-    }
+    relay_queued_media(cfg, &mut sessions, &mut daemon.poller);
+    sessions.end_all(EndReason::Shutdown, &mut daemon);
     drop(control);
     drop(pidfile);
     rtpp_log!(Info, "rtpproxy ended");
@@ -436,120 +443,169 @@ fn run(cfg: &Config) -> Result<(), String> {
 /// serve control commands. Relaying comes first so media never waits
 /// behind a burst of commands, and commands are bounded per pass so they
 /// cannot starve media either.
-fn run_loop(cfg: &Config, control: &mut Control, sessions: &mut Sessions, shutdown: &Shutdown) {
+fn run_loop(
+    cfg: &Config,
+    control: &mut Control,
+    sessions: &mut Sessions,
+    daemon: &mut Daemon,
+    shutdown: &Shutdown,
+) {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut batch = RecvBatch::new();
-    let mut notifier = cfg.notify_socket.clone().map(Notifier::new);
     let mut nofile = rtpproxy::rtpp_util::NofileWatch::new();
-    let mut next_tick = Instant::now() + TIMETICK;
-    let mut next_rtcp = Instant::now();
-    let mut last_poll = Instant::now();
-    let mut busy = false;
+    let mut clock = Clock::new();
     while !shutdown.stop.load(Ordering::Relaxed) {
-        if shutdown.drain.load(Ordering::Relaxed) && !sessions.draining {
-            sessions.draining = true;
+        if shutdown.drain.load(Ordering::Relaxed) && !daemon.draining {
+            daemon.draining = true;
             rtpp_log!(
                 Warn,
                 "draining: no new sessions from now on, exiting when the last of {} ends",
                 sessions.active()
             );
         }
-        if sessions.draining && sessions.active() == 0 {
+        if daemon.draining && sessions.active() == 0 {
             break;
         }
-        // RTCP is polled on its own clock, and only while there is any, so
-        // an idle daemon sleeps in poll's 1 s timeout.
-        let rtcp_due = (!sessions.rtcp_polls.is_empty()).then_some(next_rtcp);
-        let wake = [control.next_deadline(), next_timer(sessions), rtcp_due]
+        let wake = [control.next_deadline(), sessions.next_due()]
             .into_iter()
             .flatten()
-            .fold(next_tick, Instant::min);
-        if busy && sessions.polls.len() >= BATCH_MIN_SOCKETS {
+            .fold(clock.next_wake(&daemon.poller), Instant::min);
+        let Some(ready) = clock.poll(&mut daemon.poller, wake) else {
+            continue;
+        };
+        let now = Instant::now();
+        clock.busy = ready > 0
+            && relay_ready(
+                sessions,
+                daemon.poller.events(Cadence::EveryPass),
+                cfg.double_small,
+                now,
+                &mut batch,
+            );
+        if clock.rtcp_due(now, &daemon.poller) {
+            if let Ok(n) = daemon.poller.poll(Cadence::Slow, 0) {
+                if n > 0 {
+                    let events = daemon.poller.events(Cadence::Slow);
+                    relay_ready(sessions, events, cfg.double_small, now, &mut batch);
+                }
+            }
+        }
+        run_timers(sessions, now, &mut buf, cfg.double_small);
+        if clock.tick_due(now) {
+            sessions.expire(cfg, now, daemon);
+            nofile.check(sessions.active());
+        }
+        control.serve(daemon, now, |daemon, raw| {
+            run_command(cfg, sessions, daemon, raw, now)
+        });
+    }
+}
+
+/// The loop's clock: the once-a-second tick, the RTCP poll's cadence, and
+/// the window in which packets gather between polls under load.
+struct Clock {
+    next_tick: Instant,
+    next_rtcp: Instant,
+    last_poll: Instant,
+    /// The last pass found media ready.
+    busy: bool,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let now = Instant::now();
+        Clock {
+            next_tick: now + TIMETICK,
+            next_rtcp: now,
+            last_poll: now,
+            busy: false,
+        }
+    }
+
+    /// The latest the next poll may sleep until: the tick, or the RTCP
+    /// poll while there are RTCP sockets, so an idle daemon sleeps in
+    /// poll's 1 s timeout.
+    fn next_wake(&self, poller: &Poller) -> Instant {
+        if poller.is_empty(Cadence::Slow) {
+            self.next_tick
+        } else {
+            self.next_tick.min(self.next_rtcp)
+        }
+    }
+
+    /// Polls the every-pass set until `wake` at the latest; `None` when the
+    /// poll must be retried.
+    fn poll(&mut self, poller: &mut Poller, wake: Instant) -> Option<usize> {
+        if self.busy && poller.len(Cadence::EveryPass) >= BATCH_MIN_SOCKETS {
             // Let packets gather (see BATCH_WINDOW), but never past a timer.
-            let until = (last_poll + BATCH_WINDOW).min(wake);
+            let until = (self.last_poll + BATCH_WINDOW).min(wake);
             if let Some(pause) = until.checked_duration_since(Instant::now()) {
                 std::thread::sleep(pause);
             }
         }
         let now = Instant::now();
-        let timeout = wake.saturating_duration_since(now);
         // Round up so a wake-up is never early and spinning.
-        let timeout_ms = timeout.as_micros().div_ceil(1000).min(1000) as i32;
-        last_poll = now;
-        let ready = match sessions.polls.poll(timeout_ms) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        let timeout_ms = wake
+            .saturating_duration_since(now)
+            .as_micros()
+            .div_ceil(1000)
+            .min(1000) as i32;
+        self.last_poll = now;
+        match poller.poll(Cadence::EveryPass, timeout_ms) {
+            Ok(n) => Some(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
             Err(e) => {
                 // EINVAL: more entries than the open-files limit (lowered
                 // under a running daemon). Retrying at once would spin.
                 rtpp_log!(Err, "poll failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let now = Instant::now();
-        busy = ready > 0 && relay_ready(cfg, sessions, RTP, now, &mut batch, ready);
-        if rtcp_due.is_some_and(|due| now >= due) {
-            if let Ok(n) = sessions.rtcp_polls.poll(0) {
-                if n > 0 {
-                    relay_ready(cfg, sessions, RTCP, now, &mut batch, n);
-                }
-            }
-            next_rtcp = now + RTCP_POLL_INTERVAL;
-        }
-        run_timers(sessions, now, &mut buf, cfg.double_small);
-        if now >= next_tick {
-            expire_sessions(cfg, sessions, &mut notifier, now);
-            nofile.check(sessions.active());
-            next_tick += TIMETICK;
-            if next_tick <= now {
-                next_tick = now + TIMETICK;
+                None
             }
         }
-        control.serve(sessions, now, |sessions, raw| {
-            run_command(cfg, sessions, raw, now)
-        });
     }
-}
 
-/// Relays from every ready socket of one poll set (RTP or RTCP); returns
-/// whether any media socket was ready.
-fn relay_ready(
-    cfg: &Config,
-    sessions: &mut Sessions,
-    set: usize,
-    now: Instant,
-    batch: &mut RecvBatch,
-    ready: usize,
-) -> bool {
-    let mut seen = 0;
-    let mut media = false;
-    let mut slot = 0;
-    while slot < sessions.poll_set(set).len() && seen < ready {
-        if sessions.poll_set(set).ready(slot) {
-            seen += 1;
-            if let Some(Owner::Media { .. }) = sessions.poll_set(set).owner(slot) {
-                media = true;
-                drain_slot(sessions, set, slot, cfg.double_small, now, batch);
-            }
+    /// True (once per interval) when the RTCP set is due for a poll.
+    fn rtcp_due(&mut self, now: Instant, poller: &Poller) -> bool {
+        if poller.is_empty(Cadence::Slow) || now < self.next_rtcp {
+            return false;
         }
-        slot += 1;
+        self.next_rtcp = now + RTCP_POLL_INTERVAL;
+        true
     }
-    media
+
+    /// True (once a second) when the timers are due.
+    fn tick_due(&mut self, now: Instant) -> bool {
+        if now < self.next_tick {
+            return false;
+        }
+        self.next_tick += TIMETICK;
+        if self.next_tick <= now {
+            self.next_tick = now + TIMETICK;
+        }
+        true
+    }
 }
 
 /// At shutdown: relays, and so records, what the media sockets still hold,
 /// so that a packet that arrived before the signal is in the recordings
-/// (PROTOCOL.md, "Classic defects"). Bounded, since parties keep sending.
-fn relay_queued_media(cfg: &Config, sessions: &mut Sessions) {
+/// (doc/PROTOCOL.md, "Classic defects"). Bounded, since parties keep
+/// sending.
+fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, poller: &mut Poller) {
     let mut batch = RecvBatch::new();
     let deadline = Instant::now() + FINAL_DRAIN;
     while Instant::now() < deadline {
         let mut media = false;
-        for set in [RTP, RTCP] {
-            if let Ok(n) = sessions.poll_set(set).poll(0) {
+        for cadence in [Cadence::EveryPass, Cadence::Slow] {
+            if let Ok(n) = poller.poll(cadence, 0) {
                 if n > 0 {
-                    media |= relay_ready(cfg, sessions, set, Instant::now(), &mut batch, n);
+                    let events = poller.events(cadence);
+                    media |= relay_ready(
+                        sessions,
+                        events,
+                        cfg.double_small,
+                        Instant::now(),
+                        &mut batch,
+                    );
                 }
             }
         }
@@ -561,67 +617,26 @@ fn relay_queued_media(cfg: &Config, sessions: &mut Sessions) {
     }
 }
 
-/// The 1-second timer: idle sessions end, recordings reach the disk.
-fn expire_sessions(
+fn run_command(
     cfg: &Config,
     sessions: &mut Sessions,
-    notifier: &mut Option<Notifier>,
+    daemon: &mut Daemon,
+    raw: &[u8],
     now: Instant,
-) {
-    for id in sessions.ids() {
-        if let Some(s) = sessions.get_mut(id) {
-            for rec in s.recorders.iter_mut().flatten().flatten() {
-                if let Err(e) = rec.flush() {
-                    rtpp_log!(Err, "{e}");
-                }
-            }
-        }
-        let expired = sessions.get(id).is_some_and(|s| {
-            s.expires_in(cfg.max_ttl, cfg.independent_ttl, now)
-                .is_zero()
-        });
-        if !expired {
-            continue;
-        }
-        let Some(s) = end_session(sessions, id, EndReason::Timeout) else {
-            continue;
-        };
-        if let (Some(armed), Some(n)) = (&s.notify, notifier.as_mut()) {
-            // Without a tag the classic message is the two relay ports,
-            // the one U answered first.
-            let ports;
-            let message = match armed {
-                Some(tag) => &tag[..],
-                None => {
-                    ports = format!("{} {}", s.port(CALLEE), s.port(CALLER));
-                    ports.as_bytes()
-                }
-            };
-            n.notify(message);
-        }
-    }
-    if let Some(n) = notifier.as_mut() {
-        n.flush();
-    }
-}
-
-fn run_command(cfg: &Config, sessions: &mut Sessions, raw: &[u8], now: Instant) -> Reply {
+) -> Reply {
     rtpp_log!(Dbug, "received command \"{}\"", show(raw).trim());
-    sessions.totals.commands_received += 1;
+    daemon.counters.commands_received += 1;
     let reply = match parse(raw) {
         Ok(cmd) => {
-            if let Some(verb) = raw.iter().find(|c| !c.is_ascii_whitespace()) {
-                if matches!(verb.to_ascii_uppercase(), b'U' | b'L') {
-                    let mods = raw
-                        .split(|c| c.is_ascii_whitespace())
-                        .find(|t| !t.is_empty())
-                        .map_or(&[][..], |t| &t[1..]);
-                    for c in unknown_modifiers(mods) {
-                        rtpp_log!(Warn, "unknown command modifier `{c}'");
-                    }
-                }
+            for c in cmd.modifiers().into_iter().flat_map(|m| m.unknown()) {
+                rtpp_log!(Warn, "unknown command modifier `{c}'");
             }
-            let mut ctx = Context { cfg, sessions, now };
+            let mut ctx = Context {
+                cfg,
+                sessions,
+                daemon,
+                now,
+            };
             execute(&cmd, &mut ctx)
         }
         Err(e) => {
@@ -630,9 +645,9 @@ fn run_command(cfg: &Config, sessions: &mut Sessions, raw: &[u8], now: Instant) 
         }
     };
     if matches!(reply, Reply::Error(_)) {
-        sessions.totals.commands_failed += 1;
+        daemon.counters.commands_failed += 1;
     } else {
-        sessions.totals.commands_succeeded += 1;
+        daemon.counters.commands_succeeded += 1;
     }
     if rtpp_log::enabled(Level::Dbug) {
         let mut out = Vec::new();

@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::rtpp_defines::{ByParty, Party};
 use crate::rtpp_log;
-use crate::rtpp_session::{Session, CALLEE, CALLER, RTCP, RTP};
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +47,8 @@ pub struct Sent {
     pub bytes: u64,
 }
 
-/// The accounting record of one ended session. Index 0 of each pair is the
-/// caller (the from-tag party of the creating `U`), 1 the callee.
+/// The accounting record of one ended session, built by the session module
+/// when the session ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord<'a> {
     pub call_id: &'a [u8],
@@ -61,51 +61,19 @@ pub struct CallRecord<'a> {
     pub start: Duration,
     pub duration: Duration,
     /// The relay ports of the two legs; 0 for a leg never opened.
-    pub ports: [u16; 2],
-    pub rtp: [Sent; 2],
-    pub rtcp: [Sent; 2],
+    pub ports: ByParty<u16>,
+    pub rtp: ByParty<Sent>,
+    pub rtcp: ByParty<Sent>,
     /// RTP and RTCP packets relayed, both directions.
     pub relayed: u64,
     /// RTP and RTCP packets dropped, both directions.
     pub dropped: u64,
     /// RTP packets each party sent that never reached the relay, estimated
     /// from the sequence numbers.
-    pub lost: [u64; 2],
+    pub lost: ByParty<u64>,
 }
 
 impl<'a> CallRecord<'a> {
-    /// The record of a session ending now (`now` is the wall clock).
-    pub fn of(s: &'a Session, reason: EndReason, now: SystemTime) -> CallRecord<'a> {
-        let duration = s.created.elapsed();
-        // The session's monotonic age, taken back from the wall clock, so
-        // that start + duration is the moment it ended.
-        let start = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_sub(duration);
-        let sent = |kind: usize, party: usize| Sent {
-            packets: s.streams[kind].parties[party].packets,
-            bytes: s.streams[kind].parties[party].bytes,
-        };
-        CallRecord {
-            call_id: &s.call_id,
-            from_tag: &s.tag,
-            to_tag: s.to_tag.as_deref(),
-            reason,
-            start,
-            duration,
-            ports: [s.port(CALLER), s.port(CALLEE)],
-            rtp: [sent(RTP, CALLER), sent(RTP, CALLEE)],
-            rtcp: [sent(RTCP, CALLER), sent(RTCP, CALLEE)],
-            relayed: s.streams[RTP].relayed + s.streams[RTCP].relayed,
-            dropped: s.streams[RTP].dropped + s.streams[RTCP].dropped,
-            lost: [
-                s.streams[RTP].parties[CALLER].seq.lost(),
-                s.streams[RTP].parties[CALLEE].seq.lost(),
-            ],
-        }
-    }
-
     /// The INFO line logged when the session ends.
     pub fn log_line(&self) -> String {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -119,20 +87,20 @@ impl<'a> CallRecord<'a> {
             self.to_tag.map_or("NONE".into(), text),
             seconds(self.start),
             seconds(self.duration),
-            self.ports[CALLER],
-            self.ports[CALLEE],
-            self.rtp[CALLER].packets,
-            self.rtp[CALLER].bytes,
-            self.rtp[CALLEE].packets,
-            self.rtp[CALLEE].bytes,
-            self.rtcp[CALLER].packets,
-            self.rtcp[CALLER].bytes,
-            self.rtcp[CALLEE].packets,
-            self.rtcp[CALLEE].bytes,
+            self.ports[Party::Caller],
+            self.ports[Party::Callee],
+            self.rtp[Party::Caller].packets,
+            self.rtp[Party::Caller].bytes,
+            self.rtp[Party::Callee].packets,
+            self.rtp[Party::Callee].bytes,
+            self.rtcp[Party::Caller].packets,
+            self.rtcp[Party::Caller].bytes,
+            self.rtcp[Party::Callee].packets,
+            self.rtcp[Party::Callee].bytes,
             self.relayed,
             self.dropped,
-            self.lost[CALLER],
-            self.lost[CALLEE],
+            self.lost[Party::Caller],
+            self.lost[Party::Callee],
         )
     }
 
@@ -156,20 +124,20 @@ impl<'a> CallRecord<'a> {
             seconds(self.duration)
         );
         let numbers = [
-            ("port_caller", u64::from(self.ports[CALLER])),
-            ("port_callee", u64::from(self.ports[CALLEE])),
-            ("rtp_caller_packets", self.rtp[CALLER].packets),
-            ("rtp_caller_bytes", self.rtp[CALLER].bytes),
-            ("rtp_callee_packets", self.rtp[CALLEE].packets),
-            ("rtp_callee_bytes", self.rtp[CALLEE].bytes),
-            ("rtcp_caller_packets", self.rtcp[CALLER].packets),
-            ("rtcp_caller_bytes", self.rtcp[CALLER].bytes),
-            ("rtcp_callee_packets", self.rtcp[CALLEE].packets),
-            ("rtcp_callee_bytes", self.rtcp[CALLEE].bytes),
+            ("port_caller", u64::from(self.ports[Party::Caller])),
+            ("port_callee", u64::from(self.ports[Party::Callee])),
+            ("rtp_caller_packets", self.rtp[Party::Caller].packets),
+            ("rtp_caller_bytes", self.rtp[Party::Caller].bytes),
+            ("rtp_callee_packets", self.rtp[Party::Callee].packets),
+            ("rtp_callee_bytes", self.rtp[Party::Callee].bytes),
+            ("rtcp_caller_packets", self.rtcp[Party::Caller].packets),
+            ("rtcp_caller_bytes", self.rtcp[Party::Caller].bytes),
+            ("rtcp_callee_packets", self.rtcp[Party::Callee].packets),
+            ("rtcp_callee_bytes", self.rtcp[Party::Callee].bytes),
             ("relayed", self.relayed),
             ("dropped", self.dropped),
-            ("lost_caller", self.lost[CALLER]),
-            ("lost_callee", self.lost[CALLEE]),
+            ("lost_caller", self.lost[Party::Caller]),
+            ("lost_callee", self.lost[Party::Callee]),
         ];
         for (name, value) in numbers {
             let _ = write!(out, ",\"{name}\":{value}");
@@ -327,27 +295,27 @@ mod tests {
             reason: EndReason::Deleted,
             start: Duration::from_millis(1_700_000_000_123),
             duration: Duration::from_millis(12_045),
-            ports: [35000, 35002],
-            rtp: [
-                Sent {
+            ports: ByParty::from_fn(|p| if p == Party::Caller { 35000 } else { 35002 }),
+            rtp: ByParty::from_fn(|p| match p {
+                Party::Caller => Sent {
                     packets: 5,
                     bytes: 860,
                 },
-                Sent {
+                Party::Callee => Sent {
                     packets: 4,
                     bytes: 688,
                 },
-            ],
-            rtcp: [
-                Sent {
+            }),
+            rtcp: ByParty::from_fn(|p| match p {
+                Party::Caller => Sent {
                     packets: 1,
                     bytes: 28,
                 },
-                Sent::default(),
-            ],
+                Party::Callee => Sent::default(),
+            }),
             relayed: 10,
             dropped: 0,
-            lost: [0, 1],
+            lost: ByParty::from_fn(|p| u64::from(p == Party::Callee)),
         }
     }
 

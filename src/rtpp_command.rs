@@ -2,12 +2,13 @@
 //! (pure, no state), executed against the daemon's state elsewhere, and the
 //! resulting [`Reply`] is formatted here, in one place.
 //!
-//! See PROTOCOL.md for the wire contract and the error table.
+//! See doc/PROTOCOL.md for the wire contract and the error table.
 
 use std::io::Write;
 use std::net::IpAddr;
 
 use crate::rtpp_defines::{CPROTOVER, MAX_ID_LEN};
+use crate::rtpp_session::StreamIds;
 use crate::rtpp_util::url_unquote;
 
 /// Longest packet `z` may ask for.
@@ -34,14 +35,6 @@ impl ErrorCode {
     pub const DRAINING: ErrorCode = ErrorCode(15);
 }
 
-/// The Call-ID and tags naming one or more streams of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamIds<'a> {
-    pub call_id: &'a [u8],
-    pub from_tag: &'a [u8],
-    pub to_tag: Option<&'a [u8]>,
-}
-
 /// Modifiers of `U` and `L`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Modifiers<'a> {
@@ -57,6 +50,16 @@ pub struct Modifiers<'a> {
     pub ptime_ms: Option<u32>,
     /// `cLIST`: payload types offered by this party, validated.
     pub codecs: Option<&'a [u8]>,
+    /// The modifier letters as given, for [`Modifiers::unknown`].
+    pub text: &'a [u8],
+}
+
+impl Modifiers<'_> {
+    /// Letters that mean nothing to us: logged and otherwise ignored, as
+    /// the classic daemon did.
+    pub fn unknown(&self) -> impl Iterator<Item = char> + '_ {
+        unknown_modifiers(self.text)
+    }
 }
 
 /// `NOTIFY_SOCKET [NOTIFY_TAG]` of `U`.
@@ -106,6 +109,16 @@ pub enum Command<'a> {
         names: [&'a [u8]; MAX_TOKENS - 1],
         count: usize,
     },
+}
+
+impl Command<'_> {
+    /// The modifiers of a `U` or `L`.
+    pub fn modifiers(&self) -> Option<&Modifiers<'_>> {
+        match self {
+            Command::Update { mods, .. } | Command::Lookup { mods, .. } => Some(mods),
+            _ => None,
+        }
+    }
 }
 
 /// What a command answers.
@@ -321,10 +334,13 @@ fn parse_update<'a>(
     })
 }
 
-/// Parses the letters after `U`/`L`. Unknown letters are ignored (the
-/// caller logs them); bad `z`/`c` values and a third `i`/`e` are `E1`.
+/// Parses the letters after `U`/`L`. Unknown letters are ignored (see
+/// [`Modifiers::unknown`]); bad `z`/`c` values and a third `i`/`e` are `E1`.
 pub fn parse_modifiers(mods: &[u8]) -> Result<Modifiers<'_>, ErrorCode> {
-    let mut m = Modifiers::default();
+    let mut m = Modifiers {
+        text: mods,
+        ..Modifiers::default()
+    };
     let mut n_ifaces = 0;
     let mut i = 0;
     while i < mods.len() {
@@ -372,7 +388,7 @@ pub fn parse_modifiers(mods: &[u8]) -> Result<Modifiers<'_>, ErrorCode> {
 }
 
 /// Letters of a `U`/`L` modifier string that mean nothing to us.
-pub fn unknown_modifiers(mods: &[u8]) -> impl Iterator<Item = char> + '_ {
+fn unknown_modifiers(mods: &[u8]) -> impl Iterator<Item = char> + '_ {
     let mut skip_digits = false;
     mods.iter().filter_map(move |&c| {
         let lc = c.to_ascii_lowercase();
@@ -437,41 +453,6 @@ fn stream_ids<'a>(
         from_tag,
         to_tag,
     })
-}
-
-/// How a tag in a command matches a session's tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TagMatch {
-    None,
-    /// Same tag, one side without a media number (`ftag` vs `ftag;2`).
-    Loose,
-    /// The same tag, media number included.
-    Exact,
-}
-
-/// Compares a session's tag with a command's, honouring `;N` media numbers:
-/// a tag without a number names every stream of that tag.
-pub fn match_tag(session_tag: &[u8], wanted: &[u8]) -> TagMatch {
-    if session_tag == wanted {
-        return TagMatch::Exact;
-    }
-    let (sb, sn) = split_media_number(session_tag);
-    let (wb, wn) = split_media_number(wanted);
-    if sb != wb {
-        return TagMatch::None;
-    }
-    match (sn, wn) {
-        (Some(_), None) | (None, Some(_)) => TagMatch::Loose,
-        _ => TagMatch::None,
-    }
-}
-
-/// Splits `tag;N` into the tag and its media number.
-pub fn split_media_number(tag: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match tag.iter().rposition(|&c| c == b';') {
-        Some(p) => (&tag[..p], Some(&tag[p + 1..])),
-        None => (tag, None),
-    }
 }
 
 #[cfg(test)]
@@ -642,16 +623,6 @@ mod tests {
         assert_eq!(out, b"35000\n");
         Reply::Error(ErrorCode(8)).format(Some(b"c"), &mut out);
         assert_eq!(out, b"c E8\n");
-    }
-
-    #[test]
-    fn tags_match_media_numbers() {
-        assert_eq!(match_tag(b"abc;1", b"abc;1"), TagMatch::Exact);
-        assert_eq!(match_tag(b"abc;1", b"abc"), TagMatch::Loose);
-        assert_eq!(match_tag(b"abc", b"abc;2"), TagMatch::Loose);
-        assert_eq!(match_tag(b"abc;1", b"abc;2"), TagMatch::None);
-        assert_eq!(match_tag(b"abc;1", b"abd;1"), TagMatch::None);
-        assert_eq!(match_tag(b"abc", b"abd"), TagMatch::None);
     }
 }
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::rtpp_command::{split_cookie, ErrorCode, Reply};
 use crate::rtpp_defines::{ControlSpec, COMMAND_BATCH, CONTROL_CLIENT_TIMEOUT, MAX_COMMAND_LEN};
-use crate::rtpp_network::PollSet;
-use crate::rtpp_session::{Owner, Sessions};
+use crate::rtpp_poll::{Cadence, Owner, Poller, Token};
+use crate::rtpp_state::Daemon;
 
 /// Unix clients served at once; more wait in the listen backlog.
 pub const MAX_CLIENTS: usize = 32;
@@ -28,20 +28,27 @@ struct Client {
     deadline: Instant,
 }
 
+/// A listening unix socket and the clients it accepted.
+struct UnixControl {
+    listener: UnixListener,
+    path: PathBuf,
+    clients: Vec<Option<Client>>,
+    /// One registration per client place, kept while the place is free
+    /// (descriptor -1), so a client can always be let in: sessions are
+    /// refused before the poll set outgrows the open-files limit.
+    places: Vec<Token>,
+    /// A descriptor held in reserve (on /dev/null): when sessions have
+    /// taken every descriptor the limit allows, closing it lets one
+    /// more client in, so a `D` can still come and free some.
+    spare: Option<File>,
+    /// The listener is out of the poll set until then: accept(2) fails
+    /// for want of a descriptor, and polling a listener that stays
+    /// readable would spin the loop.
+    paused_until: Option<Instant>,
+}
+
 enum Kind {
-    Unix {
-        listener: UnixListener,
-        path: PathBuf,
-        clients: Vec<Option<Client>>,
-        /// A descriptor held in reserve (on /dev/null): when sessions have
-        /// taken every descriptor the limit allows, closing it lets one
-        /// more client in, so a `D` can still come and free some.
-        spare: Option<File>,
-        /// The listener is out of the poll set until then: accept(2) fails
-        /// for want of a descriptor, and polling a listener that stays
-        /// readable would spin the loop.
-        paused_until: Option<Instant>,
-    },
+    Unix(UnixControl),
     Udp(UdpSocket, ReplyCache),
 }
 
@@ -117,8 +124,8 @@ impl ReplyCache {
 /// The daemon's control socket and its pending clients.
 pub struct Control {
     kind: Kind,
-    /// Poll slot of the listener/UDP socket; client `i` is at `first + 1 + i`.
-    first: usize,
+    /// The listener's (or UDP socket's) registration.
+    socket: Option<Token>,
     buf: Vec<u8>,
     reply: Vec<u8>,
 }
@@ -145,18 +152,19 @@ impl Control {
                 }
                 let listener = UnixListener::bind(path)?;
                 listener.set_nonblocking(true)?;
-                Kind::Unix {
+                Kind::Unix(UnixControl {
                     listener,
                     path: path.clone(),
                     clients: (0..MAX_CLIENTS).map(|_| None).collect(),
+                    places: Vec::new(),
                     spare: open_spare(),
                     paused_until: None,
-                }
+                })
             }
         };
         Ok(Control {
             kind,
-            first: 0,
+            socket: None,
             buf: vec![0; MAX_COMMAND_LEN],
             reply: Vec::with_capacity(1024),
         })
@@ -165,7 +173,7 @@ impl Control {
     /// The unix socket's path, if any (to chown or remove it).
     pub fn unix_path(&self) -> Option<&Path> {
         match &self.kind {
-            Kind::Unix { path, .. } => Some(path),
+            Kind::Unix(u) => Some(&u.path),
             Kind::Udp(..) => None,
         }
     }
@@ -174,36 +182,41 @@ impl Control {
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         match &self.kind {
             Kind::Udp(s, _) => s.local_addr().ok(),
-            Kind::Unix { .. } => None,
+            Kind::Unix(_) => None,
         }
     }
 
-    /// Puts the control socket and the (empty) client slots into the poll
-    /// set. Must run before any media socket is added: these slots are
-    /// never removed, so they stay at the front of the set.
-    pub fn register(&mut self, polls: &mut PollSet<Owner>) {
-        match &self.kind {
-            Kind::Udp(s, _) => self.first = polls.add(s.as_raw_fd(), Owner::Control),
-            Kind::Unix {
-                listener, clients, ..
-            } => {
-                self.first = polls.add(listener.as_raw_fd(), Owner::Control);
-                for i in 0..clients.len() {
-                    polls.add(-1, Owner::Client(i));
+    /// Registers the control socket and the (empty) client places with
+    /// the poller; false when the poll set has no room for them.
+    pub fn register(&mut self, poller: &mut Poller) -> bool {
+        let fd = match &mut self.kind {
+            Kind::Udp(s, _) => s.as_raw_fd(),
+            Kind::Unix(u) => {
+                for i in 0..u.clients.len() {
+                    match poller.register(-1, Owner::Control(1 + i), Cadence::EveryPass) {
+                        Some(t) => u.places.push(t),
+                        None => return false,
+                    }
                 }
+                u.listener.as_raw_fd()
             }
-        }
+        };
+        self.socket = poller.register(fd, Owner::Control(0), Cadence::EveryPass);
+        self.socket.is_some()
     }
 
     /// Serves whatever is ready: new connections, client data, datagrams.
     /// `exec` runs one command (without cookie) and returns the reply.
     pub fn serve(
         &mut self,
-        sessions: &mut Sessions,
+        daemon: &mut Daemon,
         now: Instant,
-        mut exec: impl FnMut(&mut Sessions, &[u8]) -> Reply,
+        mut exec: impl FnMut(&mut Daemon, &[u8]) -> Reply,
     ) {
-        let listener_ready = sessions.polls.ready(self.first);
+        let Some(socket) = self.socket else {
+            return;
+        };
+        let listener_ready = daemon.poller.is_ready(socket);
         match &mut self.kind {
             Kind::Udp(sock, cache) => {
                 if listener_ready {
@@ -214,72 +227,19 @@ impl Control {
                         cache,
                         now,
                         |c| match c {
-                            Some(command) => Some(exec(sessions, command)),
+                            Some(command) => Some(exec(daemon, command)),
                             None => {
                                 // Counted at once: a G later in this batch sees it.
-                                sessions.totals.commands_repeated += 1;
+                                daemon.counters.commands_repeated += 1;
                                 None
                             }
                         },
                     );
                 }
             }
-            Kind::Unix {
-                listener,
-                clients,
-                spare,
-                paused_until,
-                ..
-            } => {
-                let mut closed = false;
-                for (i, slot) in clients.iter_mut().enumerate() {
-                    let Some(client) = slot else { continue };
-                    let pslot = self.first + 1 + i;
-                    let done = if sessions.polls.ready(pslot) {
-                        read_client(client)
-                    } else {
-                        false
-                    };
-                    if done || now >= client.deadline {
-                        if !client.buf.is_empty() {
-                            let reply = exec(sessions, &client.buf);
-                            // Silent: the connection closes with no reply.
-                            reply.format(None, &mut self.reply);
-                            // The reply is a few bytes into an empty socket
-                            // buffer; a client that is gone just misses it.
-                            let _ = client.stream.write(&self.reply);
-                        }
-                        sessions.polls.set_fd(pslot, -1);
-                        *slot = None;
-                        closed = true;
-                    }
-                }
-                // A client just gave its descriptor back: keep it in reserve.
-                if closed && spare.is_none() {
-                    *spare = open_spare();
-                }
-                if paused_until.is_some_and(|t| now >= t) {
-                    *paused_until = None;
-                    sessions.polls.set_fd(self.first, listener.as_raw_fd());
-                }
-                if listener_ready && paused_until.is_none() {
-                    let out_of_files = accept_clients(
-                        listener,
-                        clients,
-                        spare,
-                        &mut sessions.polls,
-                        self.first,
-                        now,
-                    );
-                    if out_of_files {
-                        crate::rtpp_log!(
-                            Err,
-                            "can't accept a control connection: out of file descriptors (see -L)"
-                        );
-                        *paused_until = Some(now + ACCEPT_PAUSE);
-                        sessions.polls.set_fd(self.first, -1);
-                    }
-                }
+            Kind::Unix(u) => {
+                u.serve_clients(daemon, now, &mut self.reply, &mut exec);
+                u.accept_ready(socket, listener_ready, &mut daemon.poller, now);
             }
         }
     }
@@ -288,15 +248,12 @@ impl Control {
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.kind {
             Kind::Udp(..) => None,
-            Kind::Unix {
-                clients,
-                paused_until,
-                ..
-            } => clients
+            Kind::Unix(u) => u
+                .clients
                 .iter()
                 .flatten()
                 .map(|c| c.deadline)
-                .chain(*paused_until)
+                .chain(u.paused_until)
                 .min(),
         }
     }
@@ -304,9 +261,100 @@ impl Control {
 
 impl Drop for Control {
     fn drop(&mut self) {
-        if let Kind::Unix { path, .. } = &self.kind {
-            let _ = std::fs::remove_file(path);
+        if let Kind::Unix(u) = &self.kind {
+            let _ = std::fs::remove_file(&u.path);
         }
+    }
+}
+
+impl UnixControl {
+    /// Runs the command of every client that finished sending (or ran out
+    /// of time), answers it and frees its place.
+    fn serve_clients(
+        &mut self,
+        daemon: &mut Daemon,
+        now: Instant,
+        reply: &mut Vec<u8>,
+        exec: &mut impl FnMut(&mut Daemon, &[u8]) -> Reply,
+    ) {
+        let mut closed = false;
+        for (slot, &place) in self.clients.iter_mut().zip(&self.places) {
+            let Some(client) = slot else { continue };
+            let done = daemon.poller.is_ready(place) && read_client(client);
+            if !done && now < client.deadline {
+                continue;
+            }
+            if !client.buf.is_empty() {
+                let answer = exec(daemon, &client.buf);
+                // Silent: the connection closes with no reply.
+                answer.format(None, reply);
+                // The reply is a few bytes into an empty socket buffer; a
+                // client that is gone just misses it.
+                let _ = client.stream.write(reply);
+            }
+            daemon.poller.set_fd(place, -1);
+            *slot = None;
+            closed = true;
+        }
+        // A client just gave its descriptor back: keep it in reserve.
+        if closed && self.spare.is_none() {
+            self.spare = open_spare();
+        }
+    }
+
+    /// Lets waiting clients in, or rests the listener while no descriptor
+    /// is left to accept with.
+    fn accept_ready(&mut self, socket: Token, ready: bool, poller: &mut Poller, now: Instant) {
+        if self.paused_until.is_some_and(|t| now >= t) {
+            self.paused_until = None;
+            poller.set_fd(socket, self.listener.as_raw_fd());
+        }
+        if !ready || self.paused_until.is_some() {
+            return;
+        }
+        if self.accept_clients(poller, now) {
+            crate::rtpp_log!(
+                Err,
+                "can't accept a control connection: out of file descriptors (see -L)"
+            );
+            self.paused_until = Some(now + ACCEPT_PAUSE);
+            poller.set_fd(socket, -1);
+        }
+    }
+
+    /// Accepts waiting connections into free client places. True when one
+    /// is left waiting for want of a descriptor, the spare one included.
+    fn accept_clients(&mut self, poller: &mut Poller, now: Instant) -> bool {
+        for (slot, &place) in self.clients.iter_mut().zip(&self.places) {
+            if slot.is_some() {
+                continue;
+            }
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if out_of_files(&e) => {
+                    // Give up the reserve for this client; it comes back
+                    // when a client closes.
+                    if self.spare.take().is_none() {
+                        return true;
+                    }
+                    match self.listener.accept() {
+                        Ok((s, _)) => s,
+                        Err(e) => return out_of_files(&e),
+                    }
+                }
+                Err(_) => return false,
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            poller.set_fd(place, stream.as_raw_fd());
+            *slot = Some(Client {
+                stream,
+                buf: Vec::new(),
+                deadline: now + CONTROL_CLIENT_TIMEOUT,
+            });
+        }
+        false
     }
 }
 
@@ -363,48 +411,6 @@ fn out_of_files(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(nix::libc::EMFILE) | Some(nix::libc::ENFILE)
     )
-}
-
-/// Accepts waiting connections into free client slots. True when one is
-/// left waiting for want of a descriptor, the spare one included.
-fn accept_clients(
-    listener: &UnixListener,
-    clients: &mut [Option<Client>],
-    spare: &mut Option<File>,
-    polls: &mut PollSet<Owner>,
-    first: usize,
-    now: Instant,
-) -> bool {
-    for (i, slot) in clients.iter_mut().enumerate() {
-        if slot.is_some() {
-            continue;
-        }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if out_of_files(&e) => {
-                // Give up the reserve for this client; it comes back when
-                // a client closes.
-                if spare.take().is_none() {
-                    return true;
-                }
-                match listener.accept() {
-                    Ok((s, _)) => s,
-                    Err(e) => return out_of_files(&e),
-                }
-            }
-            Err(_) => return false,
-        };
-        if stream.set_nonblocking(true).is_err() {
-            continue;
-        }
-        polls.set_fd(first + 1 + i, stream.as_raw_fd());
-        *slot = Some(Client {
-            stream,
-            buf: Vec::new(),
-            deadline: now + CONTROL_CLIENT_TIMEOUT,
-        });
-    }
-    false
 }
 
 /// Reads what the client sent; true when its command is complete: what

@@ -156,3 +156,183 @@ impl Config {
         matches!(self.bind, BindMode::Bridge(_))
     }
 }
+
+/// The two parties of a session. The caller is the from-tag party of the
+/// `U` that created it; the callee is the other one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Party {
+    Caller,
+    Callee,
+}
+
+impl Party {
+    /// Both parties, caller first.
+    pub const BOTH: [Party; 2] = [Party::Caller, Party::Callee];
+
+    /// The party on the other end of the session.
+    pub fn other(self) -> Party {
+        match self {
+            Party::Caller => Party::Callee,
+            Party::Callee => Party::Caller,
+        }
+    }
+}
+
+impl std::fmt::Display for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Party::Caller => "caller",
+            Party::Callee => "callee",
+        })
+    }
+}
+
+/// The two streams of a session: RTP on the even port, its RTCP twin on
+/// the port above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Rtp,
+    Rtcp,
+}
+
+impl Stream {
+    /// Both streams, RTP first.
+    pub const BOTH: [Stream; 2] = [Stream::Rtp, Stream::Rtcp];
+
+    /// How far above the leg's (RTP) port this stream's port is.
+    pub fn port_offset(self) -> u16 {
+        match self {
+            Stream::Rtp => 0,
+            Stream::Rtcp => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Rtp => "RTP",
+            Stream::Rtcp => "RTCP",
+        })
+    }
+}
+
+/// A key with two values, [`Party`] or [`Stream`]: what [`Pair`] is
+/// indexed by.
+pub trait PairKey: Copy {
+    /// Both keys, in storage order.
+    const BOTH: [Self; 2];
+    /// The key's position, 0 or 1.
+    fn position(self) -> usize;
+}
+
+impl PairKey for Party {
+    const BOTH: [Party; 2] = Party::BOTH;
+    fn position(self) -> usize {
+        self as usize
+    }
+}
+
+impl PairKey for Stream {
+    const BOTH: [Stream; 2] = Stream::BOTH;
+    fn position(self) -> usize {
+        self as usize
+    }
+}
+
+/// Two values, one per party or per stream, indexed by the key type only:
+/// a swapped index or a bare 0/1 does not compile.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Pair<K, T> {
+    items: [T; 2],
+    key: std::marker::PhantomData<K>,
+}
+
+/// One value per party.
+pub type ByParty<T> = Pair<Party, T>;
+/// One value per stream.
+pub type ByStream<T> = Pair<Stream, T>;
+
+impl<K: PairKey, T> Pair<K, T> {
+    /// The pair of two values in key order: caller then callee, RTP then
+    /// RTCP.
+    pub fn new(first: T, second: T) -> Pair<K, T> {
+        Pair {
+            items: [first, second],
+            key: std::marker::PhantomData,
+        }
+    }
+
+    /// The pair made by `f` of each key.
+    pub fn from_fn(mut f: impl FnMut(K) -> T) -> Pair<K, T> {
+        let [a, b] = K::BOTH;
+        Pair {
+            items: [f(a), f(b)],
+            key: std::marker::PhantomData,
+        }
+    }
+
+    /// The same value for both keys.
+    pub fn both(value: T) -> Pair<K, T>
+    where
+        T: Clone,
+    {
+        Pair::from_fn(|_| value.clone())
+    }
+
+    /// The values, in key order.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.items.iter()
+    }
+
+    /// The values, mutable, in key order.
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, T> {
+        self.items.iter_mut()
+    }
+
+    /// Each key with its value.
+    pub fn keyed(&self) -> impl Iterator<Item = (K, &T)> {
+        K::BOTH.into_iter().zip(self.items.iter())
+    }
+
+    /// A pair of what `f` makes of each value.
+    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> Pair<K, U> {
+        let [a, b] = &self.items;
+        Pair {
+            items: [f(a), f(b)],
+            key: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: PairKey, T> std::ops::Index<K> for Pair<K, T> {
+    type Output = T;
+    fn index(&self, key: K) -> &T {
+        &self.items[key.position()]
+    }
+}
+
+impl<K: PairKey, T> std::ops::IndexMut<K> for Pair<K, T> {
+    fn index_mut(&mut self, key: K) -> &mut T {
+        &mut self.items[key.position()]
+    }
+}
+
+impl<K, T: Default> Default for Pair<K, T> {
+    fn default() -> Self {
+        Pair {
+            items: Default::default(),
+            key: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K, T: std::fmt::Debug> std::fmt::Debug for Pair<K, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.items.fmt(f)
+    }
+}
+
+/// A session's place in the session table; stable for the session's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u32);

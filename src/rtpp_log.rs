@@ -267,6 +267,12 @@ macro_rules! rtpp_log {
     };
 }
 
+/// Bytes from the wire (Call-IDs, tags, commands) as text for logs and
+/// replies: invalid UTF-8 becomes U+FFFD.
+pub fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

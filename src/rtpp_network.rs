@@ -1,5 +1,6 @@
 //! Addresses and sockets: parsing and printing addresses, opening media
-//! sockets with TOS set, the media port table and the poll(2) set.
+//! sockets with TOS set, the media port table, and reading datagrams in
+//! batches. The poll(2) sets are `rtpp_poll`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -201,123 +202,6 @@ impl PortTable {
     }
 }
 
-/// A dense poll(2) set: slot `i` of the pollfd array belongs to `owners[i]`.
-/// Removal moves the last entry into the hole, so the set never has gaps and
-/// poll's cost follows the live sockets; the caller learns which owner moved.
-pub struct PollSet<T: Copy> {
-    fds: Vec<libc::pollfd>,
-    owners: Vec<T>,
-    /// The pass (call to `poll`) in which each slot was last read.
-    read_in: Vec<u32>,
-    pass: u32,
-}
-
-impl<T: Copy> PollSet<T> {
-    /// An empty set.
-    pub fn new() -> PollSet<T> {
-        PollSet {
-            fds: Vec::new(),
-            owners: Vec::new(),
-            read_in: Vec::new(),
-            pass: 0,
-        }
-    }
-
-    /// Watches `fd` for input; returns its slot.
-    pub fn add(&mut self, fd: RawFd, owner: T) -> usize {
-        self.fds.push(libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        self.owners.push(owner);
-        self.read_in.push(0);
-        self.fds.len() - 1
-    }
-
-    /// Stops watching a slot; returns the owner that now sits in `slot`
-    /// (moved from the end), whose recorded slot must be updated.
-    pub fn remove(&mut self, slot: usize) -> Option<T> {
-        if slot >= self.fds.len() {
-            return None;
-        }
-        self.fds.swap_remove(slot);
-        self.owners.swap_remove(slot);
-        self.read_in.swap_remove(slot);
-        self.owners.get(slot).copied()
-    }
-
-    /// Points a slot at another descriptor (-1 = ignored by poll).
-    pub fn set_fd(&mut self, slot: usize, fd: RawFd) {
-        if let Some(p) = self.fds.get_mut(slot) {
-            p.fd = fd;
-            p.revents = 0;
-        }
-    }
-
-    /// Waits up to `timeout_ms` for input on any slot.
-    pub fn poll(&mut self, timeout_ms: i32) -> io::Result<usize> {
-        for p in self.fds.iter_mut() {
-            p.revents = 0;
-        }
-        // Starts at 1 (and skips 0 on wrapping) so a new slot, stamped 0,
-        // never looks read in the pass before.
-        self.pass = self.pass.wrapping_add(1).max(1);
-        // SAFETY: the pointer and length describe our own live Vec.
-        let n = unsafe {
-            libc::poll(
-                self.fds.as_mut_ptr(),
-                self.fds.len() as libc::nfds_t,
-                timeout_ms,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-
-    /// True when the slot has input (or an error/hang-up to collect).
-    pub fn ready(&self, slot: usize) -> bool {
-        self.fds
-            .get(slot)
-            .is_some_and(|p| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
-    }
-
-    /// Notes that a slot is being read in this pass; true when it was read
-    /// in the previous pass too, i.e. its socket is receiving faster than
-    /// the loop polls and likely holds several datagrams.
-    pub fn read_again(&mut self, slot: usize) -> bool {
-        let Some(stamp) = self.read_in.get_mut(slot) else {
-            return false;
-        };
-        let again = *stamp != 0 && stamp.wrapping_add(1) == self.pass;
-        *stamp = self.pass;
-        again
-    }
-
-    /// Who owns a slot.
-    pub fn owner(&self, slot: usize) -> Option<T> {
-        self.owners.get(slot).copied()
-    }
-
-    /// Number of watched sockets.
-    pub fn len(&self) -> usize {
-        self.fds.len()
-    }
-
-    /// True when nothing is watched.
-    pub fn is_empty(&self) -> bool {
-        self.fds.is_empty()
-    }
-}
-
-impl<T: Copy> Default for PollSet<T> {
-    fn default() -> Self {
-        PollSet::new()
-    }
-}
-
 /// Datagrams one `recvmmsg(2)` call may return.
 pub const RECV_BATCH: usize = 16;
 /// Room per datagram: the largest UDP payload.
@@ -456,29 +340,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_slot_read_in_consecutive_passes_is_read_again() {
-        let mut set = PollSet::new();
-        let a = set.add(-1, 'a');
-        let b = set.add(-1, 'b');
-        set.poll(0).unwrap();
-        assert!(!set.read_again(a), "first read of a new slot");
-        set.poll(0).unwrap();
-        assert!(set.read_again(a), "read in the pass before");
-        assert!(!set.read_again(b));
-        set.poll(0).unwrap();
-        set.poll(0).unwrap();
-        assert!(!set.read_again(a), "a pass without a read in between");
-        // Removal moves the last slot's history along with it.
-        set.poll(0).unwrap();
-        assert!(set.read_again(a));
-        assert_eq!(set.remove(a), Some('b'));
-        let c = set.add(-1, 'c');
-        set.poll(0).unwrap();
-        assert!(!set.read_again(a), "b was not read in the pass before");
-        assert!(!set.read_again(c), "a new slot has no history");
-    }
-
-    #[test]
     fn control_specs_parse() {
         assert_eq!(
             parse_control_spec("udp:127.0.0.1:9000"),
@@ -575,17 +436,5 @@ mod tests {
             assert_eq!(b.recv(rx6.as_raw_fd()).unwrap(), 1);
             assert_eq!(b.get(0).unwrap(), (&b"six"[..], tx6.local_addr().unwrap()));
         }
-    }
-
-    #[test]
-    fn poll_set_reports_moved_owner() {
-        let mut set: PollSet<u32> = PollSet::new();
-        set.add(10, 100);
-        set.add(11, 101);
-        set.add(12, 102);
-        assert_eq!(set.remove(0), Some(102));
-        assert_eq!(set.owner(0), Some(102));
-        assert_eq!(set.remove(1), None);
-        assert_eq!(set.len(), 1);
     }
 }

@@ -1,43 +1,75 @@
-//! The packet path: drain a ready media socket, latch, forward.
+//! The packet path: for each ready media socket, read, latch, forward.
 //!
-//! Nothing here allocates: the receive buffer is the caller's and every
-//! decision is a few field updates on the session.
+//! `main`'s loop polls ([`crate::rtpp_poll`]) and hands the ready entries
+//! to [`relay_ready`]; everything from there to `sendto(2)` is in this
+//! file, except the latching decision, which is `Peer::accept` in
+//! `rtpp_session`. Nothing here allocates: the receive buffers are the
+//! caller's and every decision is a few field updates on the session.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Instant, SystemTime};
 
+use crate::rtp;
 use crate::rtp_resizer::{Enqueued, Resizer};
 use crate::rtp_server::Next;
-use crate::rtpp_defines::LBR_THRS;
+use crate::rtpp_defines::{Party, SessionId, Stream, LBR_THRS};
 use crate::rtpp_log;
 use crate::rtpp_network::RecvBatch;
-use crate::rtpp_session::{Owner, Session, Sessions, Verdict, RTCP, RTP};
+use crate::rtpp_poll::{Event, Owner};
+use crate::rtpp_session::{Session, Sessions, Verdict};
 
-/// Reads the packets queued on the socket in `slot` and relays each to the
-/// other party.
-pub fn drain_slot(
+/// Relays from every ready media socket of one poll; returns whether any
+/// media socket was ready.
+pub fn relay_ready(
     sessions: &mut Sessions,
-    set: usize,
-    slot: usize,
+    events: &[Event],
+    double_small: bool,
+    now: Instant,
+    batch: &mut RecvBatch,
+) -> bool {
+    let mut media = false;
+    for event in events {
+        if let Owner::Media {
+            session,
+            party,
+            stream,
+        } = event.owner
+        {
+            media = true;
+            let from = Source {
+                session,
+                party,
+                stream,
+            };
+            drain_socket(sessions, from, event.busy, double_small, now, batch);
+        }
+    }
+    media
+}
+
+/// Where packets read from one socket come from.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    session: SessionId,
+    party: Party,
+    stream: Stream,
+}
+
+/// Reads the packets queued on one media socket and relays each to the
+/// other party.
+fn drain_socket(
+    sessions: &mut Sessions,
+    from: Source,
+    busy: bool,
     double_small: bool,
     now: Instant,
     batch: &mut RecvBatch,
 ) {
-    let Some(Owner::Media {
-        session,
-        party,
-        kind,
-    }) = sessions.poll_set(set).owner(slot)
-    else {
+    let Some(s) = sessions.get_mut(from.session) else {
         return;
     };
-    let (party, kind) = (usize::from(party), usize::from(kind));
-    let busy = sessions.poll_set(set).read_again(slot);
-    let Some(s) = sessions.get_mut(session) else {
-        return;
-    };
-    let Some(leg) = &s.legs[party] else {
+    let Some(leg) = &s.legs[from.party] else {
         return;
     };
     // A call's stream brings one packet per pass: one plain read, no
@@ -46,7 +78,7 @@ pub fn drain_slot(
     // takes up to RECV_BATCH; the rest waits for the next pass, so one
     // busy stream cannot starve the others. An error (WouldBlock, or a
     // queued ICMP error now consumed) just means nothing to relay now.
-    let fd = leg.sockets[kind].as_raw_fd();
+    let fd = leg.sockets[from.stream].as_raw_fd();
     let n = if busy {
         batch.recv(fd)
     } else {
@@ -57,91 +89,84 @@ pub fn drain_slot(
         let Some((packet, src)) = batch.get(i) else {
             break;
         };
-        relay_packet(s, party, kind, src, packet, double_small, now);
+        relay_packet(s, from.party, from.stream, src, packet, double_small, now);
     }
     // A re-packetizer holding audio must be served on the clock.
-    if s.resizers[party]
+    if s.resizers[from.party]
         .as_ref()
         .is_some_and(|r| r.next_due().is_some())
     {
-        sessions.mark_timed(session);
+        sessions.mark_timed(from.session);
     }
 }
 
 /// Latches and forwards one packet that arrived from `party`.
 pub fn relay_packet(
     s: &mut Session,
-    party: usize,
-    kind: usize,
+    party: Party,
+    stream: Stream,
     src: SocketAddr,
     packet: &[u8],
     double_small: bool,
     now: Instant,
 ) {
-    let stream = &mut s.streams[kind];
-    stream.received += 1;
-    match stream.parties[party].accept(src, now) {
+    let st = &mut s.streams[stream];
+    st.received += 1;
+    match st.peers[party].accept(src, now) {
         Verdict::Reject => {
-            stream.dropped += 1;
+            st.dropped += 1;
             return;
         }
         Verdict::Latched => {
-            rtpp_log!(
-                Info,
-                "{}'s address filled in: {} ({})",
-                if party == 0 { "caller" } else { "callee" },
-                src,
-                if kind == RTP { "RTP" } else { "RTCP" }
-            );
-            if kind == RTP {
+            rtpp_log!(Info, "{party}'s address filled in: {src} ({stream})");
+            if stream == Stream::Rtp {
                 if let Some(port) = src.port().checked_add(1) {
-                    s.streams[RTCP].parties[party].guess(SocketAddr::new(src.ip(), port));
+                    s.streams[Stream::Rtcp].peers[party].guess(SocketAddr::new(src.ip(), port));
                 }
             }
         }
         Verdict::Accept => {}
     }
-    let stream = &mut s.streams[kind];
-    let from = &mut stream.parties[party];
+    let from = &mut s.streams[stream].peers[party];
     from.packets += 1;
     from.bytes += packet.len() as u64;
-    if kind == RTP && packet.len() >= 12 && packet[0] >> 6 == 2 {
-        from.seq.observe(u16::from_be_bytes([packet[2], packet[3]]));
-    }
-    if kind == RTP {
+    if stream == Stream::Rtp {
+        if let Ok(header) = rtp::parse(packet) {
+            from.seq.observe(header.seq);
+        }
         s.last_rx[party] = now;
     }
-    record(s, party, kind, src, packet);
-    if kind == RTP && s.resizers[party].is_some() {
+    record(s, party, stream, src, packet);
+    if stream == Stream::Rtp && s.resizers[party].is_some() {
         resize(s, party, packet, double_small, now);
         return;
     }
-    forward(s, party, kind, packet, double_small);
+    forward(s, party, stream, packet, double_small);
 }
 
 /// Sends a packet from `party` on to the other party, or counts it dropped
 /// (no destination yet, a prompt is playing to the other party, send error).
-pub fn forward(s: &mut Session, party: usize, kind: usize, packet: &[u8], double_small: bool) {
-    let other = 1 - party;
-    let stream = &mut s.streams[kind];
-    if kind == RTP && s.players[other].is_some() {
+pub fn forward(s: &mut Session, party: Party, stream: Stream, packet: &[u8], double_small: bool) {
+    let other = party.other();
+    let st = &mut s.streams[stream];
+    if stream == Stream::Rtp && s.players[other].is_some() {
         // A prompt is playing to the other party: its media waits.
-        stream.dropped += 1;
+        st.dropped += 1;
         return;
     }
-    let (Some(dst), Some(leg)) = (stream.parties[other].addr, &s.legs[other]) else {
-        stream.dropped += 1;
+    let (Some(dst), Some(leg)) = (st.peers[other].addr, &s.legs[other]) else {
+        st.dropped += 1;
         return;
     };
-    let sock = &leg.sockets[kind];
+    let sock = &leg.sockets[stream];
     // A failed send (no route, ICMP-refused peer) loses this packet only.
     if sock.send_to(packet, dst).is_ok() {
-        stream.relayed += 1;
+        st.relayed += 1;
         if double_small && packet.len() < LBR_THRS {
             let _ = sock.send_to(packet, dst);
         }
     } else {
-        stream.dropped += 1;
+        st.dropped += 1;
     }
 }
 
@@ -149,21 +174,21 @@ pub fn forward(s: &mut Session, party: usize, kind: usize, packet: &[u8], double
 const RESIZED_MAX: usize = 8192 + 12;
 
 /// Queues an RTP packet in the party's re-packetizer and sends what is due.
-fn resize(s: &mut Session, party: usize, packet: &[u8], double_small: bool, now: Instant) {
+fn resize(s: &mut Session, party: Party, packet: &[u8], double_small: bool, now: Instant) {
     // Taken out for the call so forwarding may borrow the session.
     let Some(mut r) = s.resizers[party].take() else {
         return;
     };
     match r.enqueue(packet, now) {
-        Enqueued::PassThrough => forward(s, party, RTP, packet, double_small),
-        Enqueued::Dropped => s.streams[RTP].dropped += 1,
+        Enqueued::PassThrough => forward(s, party, Stream::Rtp, packet, double_small),
+        Enqueued::Dropped => s.streams[Stream::Rtp].dropped += 1,
         Enqueued::Queued => {}
     }
     send_resized(s, party, &mut r, double_small, now);
     s.resizers[party] = Some(r);
 }
 
-fn send_resized(s: &mut Session, party: usize, r: &mut Resizer, double_small: bool, now: Instant) {
+fn send_resized(s: &mut Session, party: Party, r: &mut Resizer, double_small: bool, now: Instant) {
     let mut out = [0u8; RESIZED_MAX];
     // Bounded: each call emits one queued packet and the queue is finite.
     for _ in 0..64 {
@@ -171,13 +196,14 @@ fn send_resized(s: &mut Session, party: usize, r: &mut Resizer, double_small: bo
             break;
         };
         if let Some(p) = out.get(..len) {
-            forward(s, party, RTP, p, double_small);
+            forward(s, party, Stream::Rtp, p, double_small);
         }
     }
 }
 
-/// Sends whatever a re-packetizer still holds (z turned off, session end).
-pub fn flush_resizer(s: &mut Session, party: usize, double_small: bool) {
+/// Sends whatever a re-packetizer still holds and removes it (z turned
+/// off or changed).
+pub fn flush_resizer(s: &mut Session, party: Party, double_small: bool) {
     let Some(mut r) = s.resizers[party].take() else {
         return;
     };
@@ -187,20 +213,20 @@ pub fn flush_resizer(s: &mut Session, party: usize, double_small: bool) {
             break;
         };
         if let Some(p) = out.get(..len) {
-            forward(s, party, RTP, p, double_small);
+            forward(s, party, Stream::Rtp, p, double_small);
         }
     }
 }
 
 /// Hands an accepted packet to the session's recording and copy channels.
-fn record(s: &mut Session, party: usize, kind: usize, src: SocketAddr, packet: &[u8]) {
+fn record(s: &mut Session, party: Party, stream: Stream, src: SocketAddr, packet: &[u8]) {
     if let Some(copy) = &s.copies[party] {
-        copy.send(packet, kind == RTCP);
+        copy.send(packet, stream == Stream::Rtcp);
     }
-    let (Some(rec), Some(leg)) = (&mut s.recorders[kind][party], &s.legs[party]) else {
+    let (Some(rec), Some(leg)) = (&mut s.streams[stream].recorders[party], &s.legs[party]) else {
         return;
     };
-    let local = SocketAddr::new(leg.ip, leg.port + kind as u16);
+    let local = SocketAddr::new(leg.ip, leg.port_of(stream));
     if let Err(e) = rec.write_packet(src, local, SystemTime::now(), packet) {
         rtpp_log!(Err, "{e}");
     }
@@ -209,42 +235,19 @@ fn record(s: &mut Session, party: usize, kind: usize, src: SocketAddr, packet: &
 /// Serves everything on the clock: prompt packets and re-packetized audio
 /// that are due.
 pub fn run_timers(sessions: &mut Sessions, now: Instant, buf: &mut [u8], double_small: bool) {
-    let mut i = 0;
-    while i < sessions.timed.len() {
-        let id = sessions.timed[i];
-        let keep = match sessions.get_mut(id) {
-            Some(s) => {
-                play_due(s, now, buf, double_small);
-                for party in 0..2 {
-                    if let Some(mut r) = s.resizers[party].take() {
-                        send_resized(s, party, &mut r, double_small, now);
-                        s.resizers[party] = Some(r);
-                    }
-                }
-                s.is_timed()
+    sessions.serve_timed(|s| {
+        play_due(s, now, buf, double_small);
+        for party in Party::BOTH {
+            if let Some(mut r) = s.resizers[party].take() {
+                send_resized(s, party, &mut r, double_small, now);
+                s.resizers[party] = Some(r);
             }
-            None => false,
-        };
-        if keep {
-            i += 1;
-        } else {
-            sessions.timed.swap_remove(i);
         }
-    }
-}
-
-/// When the loop must wake next for something on the clock.
-pub fn next_timer(sessions: &Sessions) -> Option<Instant> {
-    sessions
-        .timed
-        .iter()
-        .filter_map(|&id| sessions.get(id))
-        .filter_map(Session::next_due)
-        .min()
+    });
 }
 
 fn play_due(s: &mut Session, now: Instant, buf: &mut [u8], double_small: bool) {
-    for party in 0..2 {
+    for party in Party::BOTH {
         // A player yields one packet per call. After a stall its backlog
         // (at most rtp_server::CATCH_UP_LIMIT) goes out a few packets per
         // pass: while a packet is overdue the poll timeout is zero, so the
@@ -257,13 +260,13 @@ fn play_due(s: &mut Session, now: Instant, buf: &mut [u8], double_small: bool) {
                 Next::Packet(len) => {
                     s.played += 1;
                     let (Some(dst), Some(leg), Some(packet)) = (
-                        s.streams[RTP].parties[party].addr,
+                        s.streams[Stream::Rtp].peers[party].addr,
                         &s.legs[party],
                         buf.get(..len),
                     ) else {
                         continue;
                     };
-                    let sock = &leg.sockets[RTP];
+                    let sock = &leg.sockets[Stream::Rtp];
                     let _ = sock.send_to(packet, dst);
                     if double_small && len < LBR_THRS {
                         let _ = sock.send_to(packet, dst);

@@ -12,12 +12,14 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use rtpproxy::rtpp_command::exec::{execute, Context};
-use rtpproxy::rtpp_command::{parse, split_cookie, Command, Reply, StreamIds};
+use rtpproxy::rtpp_command::{parse, split_cookie, Command, Reply};
 use rtpproxy::rtpp_defines::{BindMode, Config};
 use rtpproxy::rtpp_log::{self, Level};
 use rtpproxy::rtpp_network::PortTable;
+use rtpproxy::rtpp_poll::{Cadence, Poller};
 use rtpproxy::rtpp_record::{copy_file_name, record_file_name};
-use rtpproxy::rtpp_session::Sessions;
+use rtpproxy::rtpp_session::{Sessions, StreamIds};
+use rtpproxy::rtpp_state::Daemon;
 use rtpproxy::rtpp_util::Random;
 
 /// Media ports the executed commands may bind: 20 pairs on loopback, so a
@@ -64,7 +66,7 @@ fn resolves_a_name(cmd: &Command<'_>) -> bool {
 }
 
 /// A recording's file name must be one path component: no `/`, no NUL,
-/// not `.` or `..` (PROTOCOL.md: `../` in a Call-ID once escaped `-r`).
+/// not `.` or `..` (doc/PROTOCOL.md: `../` in a Call-ID once escaped `-r`).
 fn check_file_name(name: &str) {
     assert!(!name.contains('/') && !name.contains('\0'), "{name:?}");
     assert!(name != "." && name != "..", "{name:?}");
@@ -95,15 +97,26 @@ fn check_names(cmd: &Command<'_>) {
     }
 }
 
-fn run(cfg: &Config, sessions: &mut Sessions, cmd: &Command<'_>, now: Instant) -> Reply {
-    let mut ctx = Context { cfg, sessions, now };
+fn run(
+    cfg: &Config,
+    sessions: &mut Sessions,
+    daemon: &mut Daemon,
+    cmd: &Command<'_>,
+    now: Instant,
+) -> Reply {
+    let mut ctx = Context {
+        cfg,
+        sessions,
+        daemon,
+        now,
+    };
     execute(cmd, &mut ctx)
 }
 
 /// `I`, `G nsess_active`, the port table and the poll sets agree.
-fn check_consistent(cfg: &Config, sessions: &mut Sessions, now: Instant) {
+fn check_consistent(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon, now: Instant) {
     let active = sessions.active();
-    let Reply::Text(info) = run(cfg, sessions, &Command::Info, now) else {
+    let Reply::Text(info) = run(cfg, sessions, daemon, &Command::Info, now) else {
         panic!("I did not answer text");
     };
     let streams = info.lines().filter(|l| l.starts_with('\t')).count();
@@ -115,24 +128,19 @@ fn check_consistent(cfg: &Config, sessions: &mut Sessions, now: Instant) {
     assert!(info.contains(&format!("\nactive sessions: {active}\n")));
     let mut names: [&[u8]; 9] = [&[]; 9];
     names[0] = b"nsess_active";
-    let g = run(cfg, sessions, &Command::Stats { names, count: 1 }, now);
+    let g = run(cfg, sessions, daemon, &Command::Stats { names, count: 1 }, now);
     assert_eq!(g, Reply::Text(format!("nsess_active={active}")));
-    let legs: usize = sessions
-        .ids()
-        .iter()
-        .filter_map(|&id| sessions.get(id))
-        .map(|s| s.legs.iter().flatten().count())
-        .sum();
-    let ports = &sessions.ports;
+    let legs: usize = sessions.iter().map(|(_, s)| s.open_legs()).sum();
+    let ports = &daemon.ports;
     assert_eq!(
         ports.free_pairs() + legs,
         ports.total_pairs(),
         "ports leaked"
     );
-    assert_eq!(sessions.rtcp_polls.len(), legs, "RTCP poll set out of step");
-    assert_eq!(sessions.polls.len(), legs, "RTP poll set out of step");
-    for id in sessions.ids() {
-        let s = sessions.get(id).expect("listed session exists");
+    let polled = |c| daemon.poller.len(c);
+    assert_eq!(polled(Cadence::Slow), legs, "RTCP poll set out of step");
+    assert_eq!(polled(Cadence::EveryPass), legs, "RTP poll set out of step");
+    for (id, s) in sessions.iter() {
         let ids = StreamIds {
             call_id: &s.call_id,
             from_tag: &s.tag,
@@ -140,7 +148,7 @@ fn check_consistent(cfg: &Config, sessions: &mut Sessions, now: Instant) {
         };
         assert!(
             sessions.find(&ids).is_some(),
-            "session {id} not found by its ids"
+            "session {id:?} not found by its ids"
         );
     }
 }
@@ -164,23 +172,25 @@ fuzz_target!(|data: &[u8]| {
     // The stateful side: one command per line against a fresh table.
     let cfg = config(data.first().is_some_and(|b| b & 1 == 1));
     let mut rng = Random::with_seed(u64::from(data.len() as u32));
-    let mut sessions = Sessions::new(PortTable::new(PORT_MIN, PORT_MAX, &mut rng));
+    let ports = PortTable::new(PORT_MIN, PORT_MAX, &mut rng);
+    let mut daemon = Daemon::new(Poller::new(), ports);
+    let mut sessions = Sessions::new();
     let now = Instant::now();
     for line in data.split(|&c| c == b'\n').take(MAX_COMMANDS) {
         let Ok(cmd) = parse(line) else { continue };
         if resolves_a_name(&cmd) {
             continue;
         }
-        let reply = run(&cfg, &mut sessions, &cmd, now);
+        let reply = run(&cfg, &mut sessions, &mut daemon, &cmd, now);
         reply.format(Some(b"ck"), &mut out);
         assert!(reply == Reply::Silent || (out.starts_with(b"ck ") && out.ends_with(b"\n")));
-        check_consistent(&cfg, &mut sessions, now);
+        check_consistent(&cfg, &mut sessions, &mut daemon, now);
     }
     assert_eq!(
-        run(&cfg, &mut sessions, &Command::DeleteAll, now),
+        run(&cfg, &mut sessions, &mut daemon, &Command::DeleteAll, now),
         Reply::Ok
     );
     assert_eq!(sessions.active(), 0);
-    assert_eq!(sessions.ports.free_pairs(), sessions.ports.total_pairs());
-    assert!(sessions.polls.is_empty() && sessions.rtcp_polls.is_empty());
+    assert_eq!(daemon.ports.free_pairs(), daemon.ports.total_pairs());
+    assert!(daemon.poller.is_empty(Cadence::EveryPass) && daemon.poller.is_empty(Cadence::Slow));
 });

@@ -1,5 +1,5 @@
-//! Latching (`Party::accept` / `signal`), the rule that keeps media from
-//! strangers ("RTP bleed", PROTOCOL.md): a random sequence of packets from
+//! Latching (`Peer::accept` / `signal`), the rule that keeps media from
+//! strangers ("RTP bleed", doc/PROTOCOL.md): a random sequence of packets from
 //! a few sources, re-signallings and clock steps, checked against the rule
 //! stated plainly. Once a symmetric party is latched and no update window
 //! is open, a packet from any other source is rejected and changes nothing,
@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use rtpproxy::rtpp_session::{Party, Verdict};
+use rtpproxy::rtpp_session::{Peer, Verdict};
 
 fn source(b: u8) -> SocketAddr {
     // Four hosts, four ports each: same host other port matters too.
@@ -22,7 +22,7 @@ fn source(b: u8) -> SocketAddr {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut p = Party::default();
+    let mut p = Peer::default();
     let start = Instant::now();
     let mut now = start;
     for op in data.chunks_exact(2).take(4096) {

@@ -1,28 +1,32 @@
-//! Executing a parsed command against the session table.
+//! Executing a parsed command: find the sessions it names, ask the session
+//! module to change them, say what to answer. Sessions are created, given
+//! legs and ended only through `rtpp_session`.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use super::{
-    codec_list, match_tag, Command, ErrorCode, Modifiers, Notify, Reply, StreamIds, TagMatch,
-};
+use super::{codec_list, Command, ErrorCode, Modifiers, Notify, Reply};
 use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
-use crate::rtpp_account::CallRecord;
-pub use crate::rtpp_account::EndReason;
+use crate::rtpp_account::EndReason;
 use crate::rtpp_copy::{parse_remote_target, RemoteCopy};
-use crate::rtpp_defines::{BindMode, Config, NOTIFY_CAP, PROTO_CAPS};
+use crate::rtpp_defines::{
+    BindMode, ByParty, Config, Party, SessionId, Stream, NOTIFY_CAP, PROTO_CAPS,
+};
 use crate::rtpp_log;
+use crate::rtpp_log::show;
 use crate::rtpp_network::parse_remote;
 use crate::rtpp_proc::flush_resizer;
-use crate::rtpp_record::{copy_file_name, record_file_name, RecordFile, RecordFormat};
-use crate::rtpp_session::{Session, Sessions, CALLEE, CALLER, RTCP, RTP};
+use crate::rtpp_record::copy_file_name;
+use crate::rtpp_session::{match_tag, NotifyWith, Session, Sessions, StreamIds, TagMatch};
+use crate::rtpp_state::Daemon;
 
 /// What a command runs against.
 pub struct Context<'a> {
     pub cfg: &'a Config,
     pub sessions: &'a mut Sessions,
+    pub daemon: &'a mut Daemon,
     pub now: Instant,
 }
 
@@ -31,7 +35,7 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
     match cmd {
         // While draining, a failed version check keeps Kamailio from
         // re-enabling this relay for new calls.
-        Command::Version if ctx.sessions.draining => ErrorCode::DRAINING.into(),
+        Command::Version if ctx.daemon.draining => ErrorCode::DRAINING.into(),
         Command::Version => Reply::version(),
         Command::VersionFeature(stamp) => Reply::Number(u64::from(supports(ctx.cfg, stamp))),
         Command::Update {
@@ -41,7 +45,14 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
             port,
             notify,
         } => {
-            let reply = update_or_lookup(ctx, false, mods, ids, addr, port);
+            let req = Request {
+                verb: Verb::Update,
+                mods,
+                ids,
+                addr,
+                port,
+            };
+            let reply = update_or_lookup(ctx, &req);
             if let (Reply::Port { .. }, Some((id, _))) = (&reply, ctx.sessions.find(ids)) {
                 if let Some(s) = ctx.sessions.get_mut(id) {
                     arm_notify(ctx.cfg, s, notify.as_ref());
@@ -54,30 +65,20 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
             ids,
             addr,
             port,
-        } => update_or_lookup(ctx, true, mods, ids, addr, port),
-        Command::Delete(ids) => delete(ctx, ids),
-        Command::Record(ids) => {
-            let found = ctx.sessions.find_all(ids);
-            if found.is_empty() {
-                return not_found("record", ids);
-            }
-            for (id, _) in found {
-                if let Some(s) = ctx.sessions.get_mut(id) {
-                    start_recording(ctx.cfg, s);
-                }
-            }
-            Reply::Ok
+        } => {
+            let req = Request {
+                verb: Verb::Lookup,
+                mods,
+                ids,
+                addr,
+                port,
+            };
+            update_or_lookup(ctx, &req)
         }
+        Command::Delete(ids) => delete(ctx, ids),
+        Command::Record(ids) => record(ctx, ids),
         Command::Copy { target, ids } => copy(ctx, target, ids),
-        Command::Stop(ids) => match ctx.sessions.find(ids) {
-            Some((id, from_matched)) => {
-                if let Some(s) = ctx.sessions.get_mut(id) {
-                    stop_player(s, if from_matched { CALLER } else { CALLEE });
-                }
-                Reply::Ok
-            }
-            None => not_found("noplay", ids),
-        },
+        Command::Stop(ids) => stop(ctx, ids),
         Command::Play {
             count,
             prompt,
@@ -89,9 +90,7 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
         Command::Stats { names, count } => stats(ctx, &names[..(*count).min(names.len())]),
         Command::DeleteAll => {
             rtpp_log!(Info, "deleting all active sessions");
-            for id in ctx.sessions.ids() {
-                end_session(ctx.sessions, id, EndReason::DeletedAll);
-            }
+            ctx.sessions.end_all(EndReason::DeletedAll, ctx.daemon);
             Reply::Ok
         }
     }
@@ -122,102 +121,40 @@ fn arm_notify(cfg: &Config, s: &mut Session, notify: Option<&Notify<'_>>) {
         }
         Some(_) => {
             rtpp_log!(Info, "{}: setting timeout notification", show(&s.call_id));
-            s.notify = Some(n.tag.as_deref().map(Into::into));
+            s.notify = Some(match n.tag.as_deref() {
+                Some(tag) => NotifyWith::Tag(tag.into()),
+                None => NotifyWith::Ports,
+            });
         }
     }
 }
 
-/// Removes a session and accounts for it (the INFO line, and the `-A`
-/// file when there is one); the one place sessions end. Returns it for what
-/// the caller still owes it (a timeout notification).
-pub fn end_session(sessions: &mut Sessions, id: u32, why: EndReason) -> Option<Session> {
-    let mut s = sessions.remove(id)?;
-    if why == EndReason::Timeout {
-        sessions.totals.sessions_timeout += 1;
+/// `R`: records every stream the command names.
+fn record(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
+    let found = ctx.sessions.find_all(ids);
+    if found.is_empty() {
+        return not_found("record", ids);
     }
-    finish_recordings(&mut s);
-    let record = CallRecord::of(&s, why, SystemTime::now());
-    rtpp_log!(Info, "{}", record.log_line());
-    if let Some(file) = sessions.accounting.as_mut() {
-        file.append(&record.json_line());
+    for id in found {
+        if let Some(s) = ctx.sessions.get_mut(id) {
+            s.start_recording(ctx.cfg);
+        }
     }
-    Some(s)
+    Reply::Ok
 }
 
-/// Records both directions of a session's RTP (and RTCP unless `-R`) into
-/// `CALLID=TAG.{o,a}.{rtp,rtcp}`; channels already open are kept.
-pub fn start_recording(cfg: &Config, s: &mut Session) {
-    let Some(dir) = &cfg.record_dir else {
-        rtpp_log!(
-            Err,
-            "can't record {}/{}: no recording directory (-r) given",
-            show(&s.call_id),
-            show(&s.tag)
-        );
-        return;
+/// `S`: stops the prompt playing to the FROMTAG party.
+fn stop(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
+    let Some((id, party)) = ctx.sessions.find(ids) else {
+        return not_found("noplay", ids);
     };
-    for kind in [RTP, RTCP] {
-        if kind == RTCP && !cfg.record_rtcp {
-            continue;
-        }
-        for party in [CALLER, CALLEE] {
-            if s.recorders[kind][party].is_some() {
-                continue;
-            }
-            let suffix = format!(
-                "{}.{}",
-                if party == CALLER { "o" } else { "a" },
-                if kind == RTP { "rtp" } else { "rtcp" }
-            );
-            let name = record_file_name(&s.call_id, &s.tag, &suffix);
-            s.recorders[kind][party] = open_recording(cfg, dir, &name, kind);
-        }
+    if let Some(s) = ctx.sessions.get_mut(id) {
+        stop_player(s, party);
     }
+    Reply::Ok
 }
 
-fn open_recording(
-    cfg: &Config,
-    dir: &std::path::Path,
-    name: &str,
-    kind: usize,
-) -> Option<RecordFile> {
-    let format = if cfg.record_pcap {
-        RecordFormat::Pcap
-    } else {
-        RecordFormat::Adhoc
-    };
-    // A second of G.711 fits the RTP buffer, and the 1-second timer
-    // flushes it; RTCP needs little.
-    let capacity = if kind == RTP { 16 * 1024 } else { 4 * 1024 };
-    match RecordFile::create_sized(dir, cfg.spool_dir.as_deref(), name, format, capacity) {
-        Ok(f) => {
-            rtpp_log!(Info, "recording to {}", f.path().display());
-            Some(f)
-        }
-        Err(e) => {
-            rtpp_log!(
-                Err,
-                "can't create recording {name} in {}: {e}",
-                dir.display()
-            );
-            None
-        }
-    }
-}
-
-/// Flushes, closes and moves out of the spool every recording of a session.
-pub fn finish_recordings(s: &mut Session) {
-    for rec in s.recorders.iter_mut().flatten() {
-        if let Some(f) = rec.take() {
-            match f.finish() {
-                Ok(path) => rtpp_log!(Info, "recording {} finished", path.display()),
-                Err(e) => rtpp_log!(Err, "finishing recording: {e}"),
-            }
-        }
-    }
-}
-
-fn stop_player(s: &mut Session, party: usize) {
+fn stop_player(s: &mut Session, party: Party) {
     if s.players[party].take().is_some() {
         rtpp_log!(Info, "stopping player at port {}", s.port(party));
     }
@@ -233,21 +170,17 @@ fn play(
     ids: &StreamIds<'_>,
 ) -> Reply {
     use std::os::unix::ffi::OsStrExt;
-    let Some((id, from_matched)) = ctx.sessions.find(ids) else {
+    let Some((id, party)) = ctx.sessions.find(ids) else {
         return not_found("play", ids);
     };
+    let rng = &mut ctx.daemon.rng;
     let (ssrc, seq, ts) = {
-        let r = ctx.sessions.rng.next_u64();
-        (
-            r as u32,
-            (r >> 32) as u16,
-            ctx.sessions.rng.next_u64() as u32,
-        )
+        let r = rng.next_u64();
+        (r as u32, (r >> 32) as u16, rng.next_u64() as u32)
     };
     let Some(s) = ctx.sessions.get_mut(id) else {
         return not_found("play", ids);
     };
-    let party = if from_matched { CALLER } else { CALLEE };
     stop_player(s, party);
     let list: Vec<u8> = if codecs.eq_ignore_ascii_case(b"session") {
         match &s.codecs[party] {
@@ -273,8 +206,7 @@ fn play(
                 player.payload_type(),
                 s.port(party)
             );
-            s.players[party] = Some(player);
-            ctx.sessions.mark_timed(id);
+            ctx.sessions.start_player(id, party, player);
             Reply::Ok
         }
         Err(e) => {
@@ -286,13 +218,12 @@ fn play(
 
 /// `C`: copies what the FROMTAG party sends to a UDP target or a file.
 fn copy(ctx: &mut Context<'_>, target: &[u8], ids: &StreamIds<'_>) -> Reply {
-    let Some((id, from_matched)) = ctx.sessions.find(ids) else {
+    let Some((id, party)) = ctx.sessions.find(ids) else {
         return not_found("copy", ids);
     };
     let Some(s) = ctx.sessions.get_mut(id) else {
         return not_found("copy", ids);
     };
-    let party = if from_matched { CALLER } else { CALLEE };
     let text = String::from_utf8_lossy(target);
     if text.starts_with("udp:") || text.starts_with("udp6:") {
         match parse_remote_target(&text).map(RemoteCopy::new) {
@@ -311,118 +242,184 @@ fn copy(ctx: &mut Context<'_>, target: &[u8], ids: &StreamIds<'_>) -> Reply {
         }
         return Reply::Ok;
     }
-    let Some(dir) = &ctx.cfg.record_dir else {
-        rtpp_log!(
-            Err,
-            "can't copy to {text}: no recording directory (-r) given"
-        );
-        return Reply::Ok;
-    };
-    let Some(base) = copy_file_name(target) else {
-        rtpp_log!(Err, "invalid copy file name {text}");
-        return Reply::Ok;
-    };
-    for kind in [RTP, RTCP] {
-        if kind == RTCP && !ctx.cfg.record_rtcp {
-            continue;
-        }
-        let name = format!("{base}.{}", if kind == RTP { "rtp" } else { "rtcp" });
-        // As in the classic daemon, a direction already recorded (by R, -a
-        // or an earlier C) keeps its file: replacing it would cut that
-        // recording short in the middle of the call.
-        if let Some(current) = &s.recorders[kind][party] {
-            rtpp_log!(
-                Info,
-                "{}/{}: already recording to {}, {name} not opened",
-                show(&s.call_id),
-                show(&s.tag),
-                current.path().display()
-            );
-            continue;
-        }
-        s.recorders[kind][party] = open_recording(ctx.cfg, dir, &name, kind);
+    match copy_file_name(target) {
+        Some(base) => s.copy_to_files(ctx.cfg, party, &base),
+        None => rtpp_log!(Err, "invalid copy file name {text}"),
     }
     Reply::Ok
 }
 
-fn update_or_lookup(
-    ctx: &mut Context<'_>,
-    lookup: bool,
-    mods: &Modifiers<'_>,
-    ids: &StreamIds<'_>,
-    addr: &[u8],
-    port: &[u8],
-) -> Reply {
-    let cfg = ctx.cfg;
-    let bridge = match &cfg.bind {
-        BindMode::Bridge(ips) => Some(*ips),
-        BindMode::Single { .. } => None,
-    };
-    if bridge.is_none() && mods.ifaces.contains(&Some(1)) {
+/// `U` or `L`: they share everything but whom they sign up and whether
+/// they may create a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Update,
+    Lookup,
+}
+
+impl Verb {
+    fn name(self) -> &'static str {
+        match self {
+            Verb::Update => "update",
+            Verb::Lookup => "lookup",
+        }
+    }
+}
+
+/// A `U` or `L` as parsed.
+struct Request<'a> {
+    verb: Verb,
+    mods: &'a Modifiers<'a>,
+    ids: &'a StreamIds<'a>,
+    addr: &'a [u8],
+    port: &'a [u8],
+}
+
+/// The session a `U`/`L` signs a party up in, and that party.
+struct SignUp {
+    id: SessionId,
+    /// The party whose address the command carries.
+    who: Party,
+    created: bool,
+}
+
+fn update_or_lookup(ctx: &mut Context<'_>, req: &Request<'_>) -> Reply {
+    let (mods, ids) = (req.mods, req.ids);
+    if !ctx.cfg.bridged() && mods.ifaces.contains(&Some(1)) {
         rtpp_log!(Err, "command syntax error: 'e' given outside bridge mode");
         return ErrorCode::SYNTAX.into();
     }
-    let (id, who, created) = match ctx.sessions.find(ids) {
-        // U from the caller signals the caller; L on the reply signals the
-        // callee. The leg answered is always the other party's.
-        Some((id, from_matched)) => {
-            let named = if from_matched { CALLER } else { CALLEE };
-            (id, if lookup { 1 - named } else { named }, false)
-        }
-        None if lookup => {
-            rtpp_log!(
-                Info,
-                "lookup request failed: session {}, tags {}/{} not found",
-                show(ids.call_id),
-                show(ids.from_tag),
-                ids.to_tag.map_or("NONE".into(), show)
-            );
-            return Reply::Port {
-                port: 0,
-                addr: Some(default_ip(cfg, mods)),
-            };
-        }
-        None if ctx.sessions.draining => {
-            rtpp_log!(
-                Info,
-                "draining: not creating session {}, no reply so the proxy tries another relay",
-                show(ids.call_id)
-            );
-            return Reply::Silent;
-        }
-        None => {
-            let ips = leg_ips(cfg, mods);
-            let id = ctx.sessions.create(ids.call_id, ids.from_tag, ips, ctx.now);
-            rtpp_log!(
-                Info,
-                "new session {}, tag {} requested, type {}",
-                show(ids.call_id),
-                show(ids.from_tag),
-                if mods.weak { "weak" } else { "strong" }
-            );
-            (id, CALLER, true)
-        }
+    let sign_up = match find_or_create(ctx, req) {
+        Ok(found) => found,
+        Err(reply) => return reply,
     };
-    let answered = 1 - who;
-    let Some(lport) = ctx.sessions.ensure_leg(id, answered, cfg.tos) else {
-        rtpp_log!(Err, "can't create listener for {}", show(ids.call_id));
-        if created {
-            ctx.sessions.remove(id);
-            return ErrorCode::NO_PORT.into();
-        }
-        return ErrorCode::NO_PORT_SECOND_LEG.into();
+    // The leg answered is always the other party's.
+    let answered = sign_up.who.other();
+    let Some(lport) = open_answered_leg(ctx, &sign_up, ids) else {
+        return if sign_up.created {
+            ErrorCode::NO_PORT.into()
+        } else {
+            ErrorCode::NO_PORT_SECOND_LEG.into()
+        };
     };
-    let Some(s) = ctx.sessions.get_mut(id) else {
+    let Some(s) = ctx.sessions.get_mut(sign_up.id) else {
         return ErrorCode::NOT_FOUND.into();
     };
     // Only once the session has its first leg: a `U` refused for want of
     // ports must not leave empty recordings of a call that never existed.
-    if created && cfg.record_all {
-        start_recording(cfg, s);
+    if sign_up.created && ctx.cfg.record_all {
+        s.start_recording(ctx.cfg);
     }
+    let remote = sign_up_party(ctx.cfg, s, req, sign_up.who, ctx.now);
+    if let Some(resizer) = resize_change(ctx.cfg, s, sign_up.who, mods.ptime_ms) {
+        ctx.sessions.start_resizer(sign_up.id, sign_up.who, resizer);
+    }
+    let Some(s) = ctx.sessions.get(sign_up.id) else {
+        return ErrorCode::NOT_FOUND.into();
+    };
+    let ip = s.legs[answered]
+        .as_ref()
+        .map_or(s.leg_ips[answered], |l| l.ip);
+    rtpp_log!(
+        Info,
+        "{} {}/{}: {answered} leg port {lport}, {} {}",
+        req.verb.name(),
+        show(ids.call_id),
+        show(&s.tag),
+        sign_up.who,
+        remote.map_or("unknown".into(), |r| r.to_string())
+    );
+    Reply::Port {
+        port: lport,
+        addr: Some(ip),
+    }
+}
+
+/// Finds the session a `U`/`L` names, or lets a `U` create it; the error
+/// is the reply when there is nothing to sign up in.
+fn find_or_create(ctx: &mut Context<'_>, req: &Request<'_>) -> Result<SignUp, Reply> {
+    let (verb, mods, ids) = (req.verb, req.mods, req.ids);
+    // U from the caller signals the caller; L on the reply signals the
+    // callee.
+    if let Some((id, named)) = ctx.sessions.find(ids) {
+        let who = match verb {
+            Verb::Update => named,
+            Verb::Lookup => named.other(),
+        };
+        return Ok(SignUp {
+            id,
+            who,
+            created: false,
+        });
+    }
+    if verb == Verb::Lookup {
+        rtpp_log!(
+            Info,
+            "lookup request failed: session {}, tags {}/{} not found",
+            show(ids.call_id),
+            show(ids.from_tag),
+            ids.to_tag.map_or("NONE".into(), show)
+        );
+        return Err(Reply::Port {
+            port: 0,
+            addr: Some(default_ip(ctx.cfg, mods)),
+        });
+    }
+    if ctx.daemon.draining {
+        rtpp_log!(
+            Info,
+            "draining: not creating session {}, no reply so the proxy tries another relay",
+            show(ids.call_id)
+        );
+        return Err(Reply::Silent);
+    }
+    let id = ctx
+        .sessions
+        .create(ids, leg_ips(ctx.cfg, mods), ctx.now, ctx.daemon);
+    rtpp_log!(
+        Info,
+        "new session {}, tag {} requested, type {}",
+        show(ids.call_id),
+        show(ids.from_tag),
+        if mods.weak { "weak" } else { "strong" }
+    );
+    Ok(SignUp {
+        id,
+        who: Party::Caller,
+        created: true,
+    })
+}
+
+/// Opens the leg a `U`/`L` answers with; a session this command created
+/// and could give no leg ends again.
+fn open_answered_leg(ctx: &mut Context<'_>, sign_up: &SignUp, ids: &StreamIds<'_>) -> Option<u16> {
+    let answered = sign_up.who.other();
+    let port = ctx
+        .sessions
+        .open_leg(sign_up.id, answered, ctx.cfg.tos, ctx.daemon);
+    if port.is_none() {
+        rtpp_log!(Err, "can't create listener for {}", show(ids.call_id));
+        if sign_up.created {
+            ctx.sessions.discard(sign_up.id, ctx.daemon);
+        }
+    }
+    port
+}
+
+/// Applies what a `U`/`L` says about party `who`: its hold, the other
+/// party's tag, its address (and the RTCP guess), its codecs. Returns the
+/// address it signalled, if usable.
+fn sign_up_party(
+    cfg: &Config,
+    s: &mut Session,
+    req: &Request<'_>,
+    who: Party,
+    now: Instant,
+) -> Option<SocketAddr> {
+    let (mods, ids) = (req.mods, req.ids);
     if mods.weak {
         s.weak[who] = true;
-    } else if !lookup {
+    } else if req.verb == Verb::Update {
         s.strong = true;
     }
     if s.to_tag.is_none() {
@@ -434,10 +431,22 @@ fn update_or_lookup(
         };
         s.to_tag = other.map(Into::into);
     }
-    s.last_rx = [ctx.now; 2];
-    let remote = parse_remote(addr, port, mods.ipv6);
-    let remote = match remote {
-        Some(r) if r.is_ipv6() != s.leg_ips[who].is_ipv6() => {
+    s.last_rx = ByParty::both(now);
+    let remote = signalled_remote(s.leg_ips[who], req.addr, req.port, mods.ipv6);
+    let asymmetric = mods.asymmetric.unwrap_or(cfg.bridged());
+    let rtcp_remote =
+        remote.and_then(|r| r.port().checked_add(1).map(|p| SocketAddr::new(r.ip(), p)));
+    s.streams[Stream::Rtp].peers[who].signal(remote, asymmetric, now);
+    s.streams[Stream::Rtcp].peers[who].signal(rtcp_remote, asymmetric, now);
+    s.codecs[who] = mods.codecs.map(Into::into);
+    remote
+}
+
+/// The address a `U`/`L` signals, when it is one media can go to from a
+/// leg bound to `leg_ip`.
+fn signalled_remote(leg_ip: IpAddr, addr: &[u8], port: &[u8], ipv6: bool) -> Option<SocketAddr> {
+    match parse_remote(addr, port, ipv6) {
+        Some(r) if r.is_ipv6() != leg_ip.is_ipv6() => {
             rtpp_log!(
                 Warn,
                 "address {} does not match the leg's family, not pre-filled",
@@ -457,55 +466,30 @@ fn update_or_lookup(
             }
             None
         }
-    };
-    let asymmetric = mods.asymmetric.unwrap_or(bridge.is_some());
-    let rtcp_remote =
-        remote.and_then(|r| r.port().checked_add(1).map(|p| SocketAddr::new(r.ip(), p)));
-    s.streams[RTP].parties[who].signal(remote, asymmetric, ctx.now);
-    s.streams[RTCP].parties[who].signal(rtcp_remote, asymmetric, ctx.now);
-    s.codecs[who] = mods.codecs.map(Into::into);
-    match mods.ptime_ms {
-        Some(ms) if s.resizers[who].as_ref().map(Resizer::target_ms) != Some(ms) => {
-            rtpp_log!(
-                Info,
-                "RTP packets from {} will be resized to {ms} ms",
-                party_name(who)
-            );
-            flush_resizer(s, who, cfg.double_small);
-            s.resizers[who] = Some(Resizer::new(ms));
-        }
-        Some(_) => {}
-        None if s.resizers[who].is_some() => {
-            rtpp_log!(
-                Info,
-                "resizing of RTP packets from {} disabled",
-                party_name(who)
-            );
-            flush_resizer(s, who, cfg.double_small);
-        }
-        None => {}
     }
-    let ip = s.legs[answered]
-        .as_ref()
-        .map_or(s.leg_ips[answered], |l| l.ip);
-    rtpp_log!(
-        Info,
-        "{} {}/{}: {} leg port {}, {} {}",
-        if lookup { "lookup" } else { "update" },
-        show(ids.call_id),
-        show(&s.tag),
-        if answered == CALLER {
-            "caller"
-        } else {
-            "callee"
-        },
-        lport,
-        if who == CALLER { "caller" } else { "callee" },
-        remote.map_or("unknown".into(), |r| r.to_string())
-    );
-    Reply::Port {
-        port: lport,
-        addr: Some(ip),
+}
+
+/// Applies `zNN` (or its absence) to what `who` sends: what it held is
+/// sent first; returns the re-packetizer to start, if a new one is due.
+fn resize_change(
+    cfg: &Config,
+    s: &mut Session,
+    who: Party,
+    ptime_ms: Option<u32>,
+) -> Option<Resizer> {
+    let current = s.resizers[who].as_ref().map(Resizer::target_ms);
+    match ptime_ms {
+        Some(ms) if current != Some(ms) => {
+            rtpp_log!(Info, "RTP packets from {who} will be resized to {ms} ms");
+            flush_resizer(s, who, cfg.double_small);
+            Some(Resizer::new(ms))
+        }
+        None if current.is_some() => {
+            rtpp_log!(Info, "resizing of RTP packets from {who} disabled");
+            flush_resizer(s, who, cfg.double_small);
+            None
+        }
+        _ => None,
     }
 }
 
@@ -513,13 +497,13 @@ fn update_or_lookup(
 /// the first `i`/`e` picks the caller-facing leg, the second the
 /// callee-facing leg (the port `U` answers); otherwise both legs use the
 /// family of the command's address.
-fn leg_ips(cfg: &Config, mods: &Modifiers<'_>) -> [IpAddr; 2] {
+fn leg_ips(cfg: &Config, mods: &Modifiers<'_>) -> ByParty<IpAddr> {
     match &cfg.bind {
-        BindMode::Bridge(ips) => [0, 1].map(|i| ips[usize::from(mods.ifaces[i].unwrap_or(0))]),
-        BindMode::Single { .. } => {
-            let ip = default_ip(cfg, mods);
-            [ip, ip]
-        }
+        BindMode::Bridge(ips) => ByParty::new(
+            ips[usize::from(mods.ifaces[0].unwrap_or(0))],
+            ips[usize::from(mods.ifaces[1].unwrap_or(0))],
+        ),
+        BindMode::Single { .. } => ByParty::both(default_ip(cfg, mods)),
     }
 }
 
@@ -533,17 +517,19 @@ fn default_ip(cfg: &Config, mods: &Modifiers<'_>) -> IpAddr {
     }
 }
 
+/// `D`: drops the strong hold of every stream named; a stream nobody
+/// holds weakly ends.
 fn delete(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
     let found = ctx.sessions.find_all(ids);
     if found.is_empty() {
         return not_found("delete", ids);
     }
-    for (id, _) in found {
+    for id in found {
         let Some(s) = ctx.sessions.get_mut(id) else {
             continue;
         };
         s.strong = false;
-        if s.weak[0] || s.weak[1] {
+        if s.weak.iter().any(|&w| w) {
             rtpp_log!(
                 Info,
                 "delete {}/{}: strong hold dropped, weak holders keep it",
@@ -552,31 +538,31 @@ fn delete(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
             );
             continue;
         }
-        end_session(ctx.sessions, id, EndReason::Deleted);
+        ctx.sessions.end(id, EndReason::Deleted, ctx.daemon);
     }
     Reply::Ok
 }
 
 fn query(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
-    let Some((id, from_matched)) = ctx.sessions.find(ids) else {
+    let Some((id, named)) = ctx.sessions.find(ids) else {
         return not_found("query", ids);
     };
     let Some(s) = ctx.sessions.get(id) else {
         return not_found("query", ids);
     };
-    let named = if from_matched { CALLER } else { CALLEE };
-    let rtp = &s.streams[RTP];
+    let rtp = &s.streams[Stream::Rtp];
     let left = s.ttl_left(ctx.cfg.max_ttl, ctx.now);
+    let (caller, callee) = (left[Party::Caller], left[Party::Callee]);
     let ttl = if ctx.cfg.independent_ttl {
-        left[0].min(left[1])
+        caller.min(callee)
     } else {
-        left[0].max(left[1])
+        caller.max(callee)
     };
     Reply::Text(format!(
         "{} {} {} {} {}",
         ttl,
-        rtp.parties[named].packets,
-        rtp.parties[1 - named].packets,
+        rtp.peers[named].packets,
+        rtp.peers[named.other()].packets,
         rtp.relayed,
         rtp.dropped
     ))
@@ -585,22 +571,10 @@ fn query(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
 /// `G`: `name=value` pairs of the daemon's counters; every counter when no
 /// name is given; an unknown name is `E1`.
 fn stats(ctx: &mut Context<'_>, names: &[&[u8]]) -> Reply {
-    let c = ctx.sessions.counters();
-    let all: [(&str, u64); 13] = [
-        ("nsess_created", ctx.sessions.created_total),
-        ("nsess_destroyed", c.sessions_destroyed),
-        ("nsess_timeout", c.sessions_timeout),
-        ("nsess_active", ctx.sessions.active() as u64),
-        ("npkts_rcvd", c.packets_received),
-        ("npkts_relayed", c.packets_relayed),
-        ("npkts_discard", c.packets_dropped),
-        ("npkts_played", c.packets_played),
-        ("ncmds_rcvd", c.commands_received),
-        ("ncmds_succd", c.commands_succeeded),
-        ("ncmds_errs", c.commands_failed),
-        ("ncmds_repld", c.commands_repeated),
-        ("nlog_dropped", crate::rtpp_log::dropped_lines()),
-    ];
+    let all = ctx
+        .sessions
+        .counters(&ctx.daemon.counters)
+        .named(ctx.sessions.active());
     let mut out = Vec::new();
     if names.is_empty() {
         out.extend(all.iter().map(|(n, v)| format!("{n}={v}")));
@@ -623,60 +597,52 @@ fn info(ctx: &mut Context<'_>) -> Reply {
     let _ = write!(
         out,
         "sessions created: {}\nactive sessions: {}\nactive streams: {}",
-        sessions.created_total,
+        ctx.daemon.counters.sessions_created,
         sessions.active(),
         sessions.active() * 2
     );
-    for id in sessions.ids() {
-        let Some(s) = sessions.get(id) else { continue };
+    for (_, s) in sessions.iter() {
         let ttl = s.ttl_left(ctx.cfg.max_ttl, ctx.now);
-        for kind in [RTP, RTCP] {
+        for stream in Stream::BOTH {
             out.push('\n');
             out.push('\t');
-            if kind == RTCP {
+            if stream == Stream::Rtcp {
                 out.push_str("C ");
             }
-            info_line(&mut out, s, kind, ttl);
+            info_line(&mut out, s, stream, ttl);
         }
     }
     Reply::Text(out)
 }
 
-fn info_line(out: &mut String, s: &Session, kind: usize, ttl: [u64; 2]) {
-    let local = |party: usize| match &s.legs[party] {
-        Some(l) => format!("{}:{}", l.ip, l.port + kind as u16),
+fn info_line(out: &mut String, s: &Session, stream: Stream, ttl: ByParty<u64>) {
+    let local = |party: Party| match &s.legs[party] {
+        Some(l) => format!("{}:{}", l.ip, l.port_of(stream)),
         None => "NONE".into(),
     };
-    let remote = |party: usize| {
-        s.streams[kind].parties[party]
+    let st = &s.streams[stream];
+    let remote = |party: Party| {
+        st.peers[party]
             .addr
             .map_or("NONE".into(), |a| format!("{}:{}", a.ip(), a.port()))
     };
-    let st = &s.streams[kind];
+    let (caller, callee) = (Party::Caller, Party::Callee);
     let _ = write!(
         out,
         "{}/{}: caller = {}/{}, callee = {}/{}, stats = {}/{}/{}/{}, ttl = {}/{}",
         show(&s.call_id),
         show(&s.tag),
-        local(CALLER),
-        remote(CALLER),
-        local(CALLEE),
-        remote(CALLEE),
-        st.parties[CALLER].packets,
-        st.parties[CALLEE].packets,
+        local(caller),
+        remote(caller),
+        local(callee),
+        remote(callee),
+        st.peers[caller].packets,
+        st.peers[callee].packets,
         st.relayed,
         st.dropped,
-        ttl[CALLER],
-        ttl[CALLEE]
+        ttl[caller],
+        ttl[callee]
     );
-}
-
-fn party_name(party: usize) -> &'static str {
-    if party == CALLER {
-        "caller"
-    } else {
-        "callee"
-    }
 }
 
 fn not_found(what: &str, ids: &StreamIds<'_>) -> Reply {
@@ -689,9 +655,4 @@ fn not_found(what: &str, ids: &StreamIds<'_>) -> Reply {
         ids.to_tag.map_or("NONE".into(), show)
     );
     ErrorCode::NOT_FOUND.into()
-}
-
-/// Bytes from the wire as printable text for logs and replies.
-pub fn show(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
