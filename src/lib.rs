@@ -9,6 +9,11 @@
 //! `rtp_resizer` re-packetizes it for the `z` modifier, `rtpp_notify` sends
 //! timeout notifications, `rtpp_account` writes per-call accounting, `g711`/`wav` and the optional codec modules serve
 //! `makeann` and `extractaudio`.
+//!
+//! The daemon's start-up is here too, so that `main.rs` keeps only its
+//! order and the poll loop: `rtpp_options` turns the command line into a
+//! `Config`, `rtpp_daemon` checks who may run, detaches from the shell,
+//! writes the pidfile and catches the signals that end the daemon.
 
 // Declared first: the logging macro is used by the modules below.
 pub mod rtpp_log;
@@ -24,9 +29,11 @@ pub mod rtp_server;
 pub mod rtpp_account;
 pub mod rtpp_command;
 pub mod rtpp_control;
+pub mod rtpp_daemon;
 pub mod rtpp_defines;
 pub mod rtpp_network;
 pub mod rtpp_notify;
+pub mod rtpp_options;
 pub mod rtpp_proc;
 pub mod rtpp_record;
 pub mod rtpp_session;
