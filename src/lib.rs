@@ -1,15 +1,20 @@
 //! rtpproxy: an RTP/RTCP media relay driven by SIP proxies over the classic
-//! rtpproxy control protocol.
+//! rtpproxy control protocol (doc/PROTOCOL.md).
 //!
-//! The modules follow the classic daemon's layout: `rtpp_command` parses
-//! and executes control commands, `rtpp_session` keeps the session table,
-//! `rtpp_proc` relays packets, `rtpp_control` serves the control socket,
-//! `rtpp_network`/`rtpp_util` hold socket and system helpers, `rtpp_record`
-//! writes recordings, `rtpp_record_reader` reads them back for
-//! `extractaudio`, `rtpp_copy` sends the remote copies of `C`, `rtp_server`
-//! plays prompts, `rtp` parses RTP, `rtp_resizer` re-packetizes it for the
-//! `z` modifier, `rtpp_notify` sends timeout notifications, `rtpp_account`
-//! writes per-call accounting, `g711`/`wav` and the optional codec modules
+//! The modules follow the classic daemon's layout; doc/MODULES.md has one
+//! line per module. In short: `rtpp_options` turns the command line into a
+//! `Config`, `rtpp_daemon` runs the daemon's life (background, pidfile,
+//! signals, privileges), `rtpp_state` is the daemon-wide state `main`
+//! owns, `rtpp_poll` the poll sets and who owns each entry,
+//! `rtpp_control` the control sockets, `rtpp_command` parses and executes
+//! commands, `rtpp_session` keeps the session table and each session's
+//! life, `rtpp_proc` relays packets, `rtpp_network`/`rtpp_util` hold
+//! socket and system helpers, `rtpp_record` writes recordings,
+//! `rtpp_record_reader` reads them back for `extractaudio`, `rtpp_copy`
+//! sends the remote copies of `C`, `rtp_server` plays prompts, `rtp`
+//! parses RTP, `rtp_resizer` re-packetizes it for the `z` modifier,
+//! `rtpp_notify` sends timeout notifications, `rtpp_account` writes
+//! per-call accounting, and `g711`/`wav` and the optional codec modules
 //! serve `makeann` and `extractaudio`.
 
 // Declared first: the logging macro is used by the modules below.
@@ -22,14 +27,16 @@ pub mod codec_gsm;
 pub mod g711;
 pub mod rtp;
 pub mod rtp_resizer;
-pub mod rtp_server;
+pub(crate) mod rtp_server;
 pub mod rtpp_account;
 pub mod rtpp_command;
 pub mod rtpp_control;
-pub mod rtpp_copy;
+pub(crate) mod rtpp_copy;
+pub mod rtpp_daemon;
 pub mod rtpp_defines;
 pub mod rtpp_network;
 pub mod rtpp_notify;
+pub mod rtpp_options;
 pub mod rtpp_poll;
 pub mod rtpp_proc;
 pub mod rtpp_record;

@@ -255,6 +255,7 @@ impl Player {
     }
 
     /// Packets produced so far.
+    #[cfg(test)]
     pub fn packets_sent(&self) -> u64 {
         self.sent
     }

@@ -114,6 +114,7 @@ impl RemoteCopy {
     }
 
     /// How many copies could not be sent.
+    #[cfg(test)]
     pub fn send_errors(&self) -> u64 {
         self.errors.get()
     }

@@ -45,8 +45,6 @@ pub const BATCH_MIN_SOCKETS: usize = 64;
 pub const RTCP_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Commands read from the UDP control socket per loop pass.
 pub const COMMAND_BATCH: usize = 64;
-/// Largest UDP payload we accept on a media socket.
-pub const MAX_PACKET: usize = 65536;
 
 /// Extensions answered `1` by `VF`, with the line `-v` prints for each.
 pub const PROTO_CAPS: &[(&str, &str)] = &[

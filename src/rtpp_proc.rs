@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::rtp;
 use crate::rtp_resizer::{Enqueued, Resizer};
-use crate::rtp_server::Next;
+use crate::rtp_server::{Next, MAX_PACKET_LEN};
 use crate::rtpp_defines::{Party, SessionId, Stream, LBR_THRS};
 use crate::rtpp_log;
 use crate::rtpp_network::RecvBatch;
@@ -234,9 +234,10 @@ fn record(s: &mut Session, party: Party, stream: Stream, src: SocketAddr, packet
 
 /// Serves everything on the clock: prompt packets and re-packetized audio
 /// that are due.
-pub fn run_timers(sessions: &mut Sessions, now: Instant, buf: &mut [u8], double_small: bool) {
+pub fn run_timers(sessions: &mut Sessions, now: Instant, double_small: bool) {
+    let mut buf = [0u8; MAX_PACKET_LEN];
     sessions.serve_timed(|s| {
-        play_due(s, now, buf, double_small);
+        play_due(s, now, &mut buf, double_small);
         for party in Party::BOTH {
             if let Some(mut r) = s.resizers[party].take() {
                 send_resized(s, party, &mut r, double_small, now);

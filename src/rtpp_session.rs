@@ -131,11 +131,11 @@ pub struct Session {
     pub last_rx: ByParty<Instant>,
     pub created: Instant,
     /// `C ... udp:HOST:PORT`: copies of what each party sends.
-    pub copies: ByParty<Option<RemoteCopy>>,
+    pub(crate) copies: ByParty<Option<RemoteCopy>>,
     /// Timeout notification armed by `U ... NOTIFY_SOCKET [NOTIFY_TAG]`.
     pub notify: Option<NotifyWith>,
     /// `players[p]` plays a prompt to party `p`; media to it is held back.
-    pub players: ByParty<Option<Player>>,
+    pub(crate) players: ByParty<Option<Player>>,
     /// `resizers[p]` re-packetizes what party `p` sends (`z`).
     pub resizers: ByParty<Option<Resizer>>,
     /// Prompt packets sent.
@@ -655,7 +655,7 @@ impl Sessions {
     }
 
     /// Starts playing a prompt to `party`, replacing any prompt playing.
-    pub fn start_player(&mut self, id: SessionId, party: Party, player: Player) {
+    pub(crate) fn start_player(&mut self, id: SessionId, party: Party, player: Player) {
         if let Some(s) = self.get_mut(id) {
             s.players[party] = Some(player);
             self.mark_timed(id);

@@ -1,0 +1,314 @@
+//! Daemon life: who may run, the move to the background and the report to
+//! the shell that started it, the pidfile, and the signals that end it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::rtpp_control::Control;
+use crate::rtpp_defines::{Config, ControlSpec};
+use crate::rtpp_log::{self, Level};
+use crate::rtpp_util::{already_running_as, close_fds, drop_privileges, RunAs};
+
+/// Mode of the unix control socket. The SIP proxy usually runs as another
+/// account than the relay: it connects as a member of the socket's group
+/// (see `-u` in the man page); nobody else may drive the relay.
+const CONTROL_SOCKET_MODE: u32 = 0o660;
+/// How long the shell that started the daemon waits for its report.
+const START_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn show_control(cfg: &Config) -> String {
+    match &cfg.control {
+        ControlSpec::Unix(path) => format!("unix:{}", path.display()),
+        ControlSpec::Udp(addr) => format!("udp:{addr}"),
+    }
+}
+
+/// Who may run how: `-u` needs root unless we already are that account;
+/// root without `-u` gets a warning with a unix control socket and a
+/// refusal with a UDP one (whoever reaches it could drive a root process),
+/// unless `-F`.
+pub fn check_identity(cfg: &Config, run_as: Option<&RunAs>) -> Result<(), String> {
+    let is_root = nix::unistd::geteuid().is_root();
+    if let Some(run_as) = run_as {
+        if !is_root && !already_running_as(run_as) {
+            return Err(format!(
+                "invalid value for -u: switching to user {} needs root",
+                run_as.user
+            ));
+        }
+        return Ok(());
+    }
+    if !is_root || cfg.allow_root_udp {
+        return Ok(());
+    }
+    match cfg.control {
+        ControlSpec::Udp(_) => Err(
+            "running as root with a UDP control socket is refused: give -u user, or -F to run as root anyway"
+                .into(),
+        ),
+        ControlSpec::Unix(_) => {
+            eprintln!(
+                "rtpproxy: WARNING: running as root is not recommended: give -u user, or -F to silence this warning"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Gives the unix control socket its mode and, with `-u`, its owner, so
+/// the SIP proxy can connect and the unprivileged daemon still owns it.
+pub fn secure_control_socket(control: &Control, run_as: Option<&RunAs>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = control.unix_path() else {
+        return Ok(());
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(CONTROL_SOCKET_MODE))
+        .map_err(|e| format!("can't set the mode of {}: {e}", path.display()))?;
+    if let Some(run_as) = run_as {
+        nix::unistd::chown(path, Some(run_as.uid), Some(run_as.gid)).map_err(|e| {
+            format!(
+                "can't give the control socket {} to {}: {e}",
+                path.display(),
+                run_as.user
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The rest of start-up, in the daemon itself: signals, pidfile, then the
+/// switch to `-u`. The pidfile is removed again when a later step fails.
+/// Signals come first: whoever reads the pidfile may signal the daemon at
+/// once (an init script's `stop` or `drain`), and USR1's default action
+/// would kill it.
+pub fn finish_start_up(
+    cfg: &Config,
+    run_as: Option<&RunAs>,
+) -> Result<(PidFile, Shutdown), String> {
+    let shutdown = Shutdown::install()?;
+    let pidfile = PidFile::create(&cfg.pid_file)?;
+    if let Some(run_as) = run_as {
+        drop_privileges(run_as)
+            .map_err(|e| format!("can't switch to user {}: {e}", run_as.user))?;
+    }
+    Ok((pidfile, shutdown))
+}
+
+/// Stays in the foreground logging to stderr, or goes to the background
+/// (closing what was `inherited`) and logs to syslog. In the background the
+/// report is for the shell still waiting on the start-up.
+pub fn detach(
+    cfg: &Config,
+    inherited: &[std::os::fd::RawFd],
+) -> Result<Option<StartUpReport>, String> {
+    let level = cfg.log_level.unwrap_or(if cfg.foreground {
+        Level::Dbug
+    } else {
+        Level::Warn
+    });
+    if cfg.foreground {
+        rtpp_log::open_stderr(level);
+        return Ok(None);
+    }
+    let report = daemonize()?;
+    close_fds(inherited);
+    let facility = cfg
+        .log_facility
+        .as_deref()
+        .and_then(rtpp_log::parse_facility)
+        .unwrap_or(syslog::Facility::LOG_DAEMON);
+    rtpp_log::open_syslog(level, facility);
+    Ok(Some(report))
+}
+
+/// Forks to the background: detached from the terminal in a session of its
+/// own, working in `/`, stdio on /dev/null. The original process waits for
+/// the daemon's start-up report and exits with it; only the daemon returns.
+fn daemonize() -> Result<StartUpReport, String> {
+    use daemonize::{Daemonize, Outcome};
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("can't create the start-up pipe: {e}"))?;
+    // umask 027: recordings are call audio, not for every local account.
+    match Daemonize::new()
+        .working_directory("/")
+        .umask(0o027)
+        .execute()
+    {
+        Outcome::Parent(Ok(_)) => {
+            drop(tx);
+            std::process::exit(await_start_up(rx));
+        }
+        Outcome::Parent(Err(e)) => Err(format!("can't daemonize: {e}")),
+        Outcome::Child(Ok(_)) => {
+            let report = StartUpReport { pipe: tx };
+            // The second fork left the daemon in the session the first
+            // child made; it leads a session of its own instead, as the
+            // classic daemon did after daemon(3). It never opens a
+            // terminal, so it cannot gain a controlling one this way.
+            if let Err(e) = nix::unistd::setsid() {
+                let e = format!("can't start a new session: {e}");
+                report.failed(&e);
+                return Err(e);
+            }
+            Ok(report)
+        }
+        Outcome::Child(Err(e)) => {
+            let e = format!("can't daemonize: {e}");
+            StartUpReport { pipe: tx }.failed(&e);
+            Err(e)
+        }
+    }
+}
+
+/// The daemon's end of the start-up pipe: `ok`, or why it gave up.
+pub struct StartUpReport {
+    pipe: std::os::fd::OwnedFd,
+}
+
+impl StartUpReport {
+    pub fn ok(self) {
+        self.send("ok");
+    }
+
+    pub fn failed(self, why: &str) {
+        self.send(why);
+    }
+
+    fn send(self, text: &str) {
+        // A shell that stopped waiting is not the daemon's problem.
+        let _ = std::fs::File::from(self.pipe).write_all(text.as_bytes());
+    }
+}
+
+/// In the original process: waits (bounded) until every daemon-side end of
+/// the pipe is closed and turns the report into an exit status.
+fn await_start_up(pipe: std::os::fd::OwnedFd) -> i32 {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let mut pipe = std::fs::File::from(pipe);
+    let deadline = Instant::now() + START_UP_TIMEOUT;
+    let mut report = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            eprintln!(
+                "rtpproxy: the daemon did not finish starting within {} s; see the system log",
+                START_UP_TIMEOUT.as_secs()
+            );
+            return 1;
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("rtpproxy: waiting for the daemon to start: {e}");
+                return 1;
+            }
+        }
+        match pipe.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if report.len() < 4096 => report.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("rtpproxy: waiting for the daemon to start: {e}");
+                return 1;
+            }
+        }
+    }
+    match String::from_utf8_lossy(&report).trim() {
+        "ok" => 0,
+        "" => {
+            eprintln!("rtpproxy: the daemon exited while starting; see the system log");
+            1
+        }
+        why => {
+            eprintln!("rtpproxy: {why}");
+            1
+        }
+    }
+}
+
+/// The pidfile (`-p`), removed when dropped: at exit, or when a later step
+/// of start-up fails.
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    fn create(path: &Path) -> Result<PidFile, String> {
+        let written =
+            std::fs::File::create(path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
+        match written {
+            Ok(()) => Ok(PidFile {
+                path: path.to_path_buf(),
+            }),
+            Err(e) => Err(format!("can't write pidfile {}: {e}", path.display())),
+        }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        // After -u this fails unless the user may write to the pidfile's
+        // directory; init scripts and systemd remove what is left.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The signals that end the daemon (TERM, INT, HUP): each sets the flag
+/// the loop checks and records which one it was.
+pub struct Shutdown {
+    stop: Arc<AtomicBool>,
+    signal: Arc<AtomicUsize>,
+    /// SIGUSR1: stop taking new sessions, exit when the last one ends.
+    drain: Arc<AtomicBool>,
+}
+
+impl Shutdown {
+    fn install() -> Result<Shutdown, String> {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let shutdown = Shutdown {
+            stop: Arc::new(AtomicBool::new(false)),
+            signal: Arc::new(AtomicUsize::new(0)),
+            drain: Arc::new(AtomicBool::new(false)),
+        };
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&shutdown.drain))
+            .map_err(|e| format!("can't install signal handler: {e}"))?;
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            signal_hook::flag::register_usize(sig, Arc::clone(&shutdown.signal), sig as usize)
+                .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&shutdown.stop)))
+                .map_err(|e| format!("can't install signal handler: {e}"))?;
+        }
+        // A peer that went away must cost a failed write (EPIPE), never the
+        // process. The Rust runtime ignores SIGPIPE before main already;
+        // saying so here keeps it true however the binary is built.
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }
+            .map_err(|e| format!("can't ignore SIGPIPE: {e}"))?;
+        Ok(shutdown)
+    }
+
+    /// Whether TERM, INT or HUP arrived.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Whether USR1 arrived.
+    pub fn drain_requested(&self) -> bool {
+        self.drain.load(Ordering::Relaxed)
+    }
+
+    /// The signal that ended the loop (0 if none did).
+    pub fn signal(&self) -> usize {
+        self.signal.load(Ordering::Relaxed)
+    }
+}
