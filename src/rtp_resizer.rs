@@ -1,4 +1,4 @@
-//! Re-packetization of RTP audio for the `zNN` modifier (PROTOCOL.md,
+//! Re-packetization of RTP audio for the `zNN` modifier (doc/PROTOCOL.md,
 //! "Modifiers of `U` and `L`").
 //!
 //! Audio from one party is cut or joined on codec frame boundaries into

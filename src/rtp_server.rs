@@ -1,5 +1,5 @@
 //! Prompt players: the RTP streams the `P` command plays to a party (see
-//! PROTOCOL.md, "Recording and playback").
+//! doc/PROTOCOL.md, "Recording and playback").
 //!
 //! # Prompt files
 //!

@@ -243,27 +243,7 @@ pub fn parse(buf: &[u8]) -> Result<Command<'_>, ErrorCode> {
                 ids: stream_ids(args[0], args[2], args.get(3).copied())?,
             })
         }
-        b'P' => {
-            if !(4..=5).contains(&args.len()) {
-                return Err(ErrorCode::ARGS);
-            }
-            let count = if mods.is_empty() {
-                1
-            } else {
-                std::str::from_utf8(mods)
-                    .ok()
-                    .and_then(|s| s.parse::<i32>().ok())
-                    .ok_or(ErrorCode::SYNTAX)?
-            };
-            check_len(args[1])?;
-            check_len(args[2])?;
-            Ok(Command::Play {
-                count,
-                prompt: args[1],
-                codecs: args[2],
-                ids: stream_ids(args[0], args[3], args.get(4).copied())?,
-            })
-        }
+        b'P' => parse_play(mods, args),
         b'I' => Ok(Command::Info),
         b'G' => {
             let mut names: [&[u8]; MAX_TOKENS - 1] = [&[]; MAX_TOKENS - 1];
@@ -278,6 +258,29 @@ pub fn parse(buf: &[u8]) -> Result<Command<'_>, ErrorCode> {
         b'X' => Ok(Command::DeleteAll),
         _ => Err(ErrorCode::UNKNOWN),
     }
+}
+
+/// `P[count] CALLID PROMPT CODECS FROMTAG [TOTAG]`.
+fn parse_play<'a>(mods: &'a [u8], args: &[&'a [u8]]) -> Result<Command<'a>, ErrorCode> {
+    if !(4..=5).contains(&args.len()) {
+        return Err(ErrorCode::ARGS);
+    }
+    let count = if mods.is_empty() {
+        1
+    } else {
+        std::str::from_utf8(mods)
+            .ok()
+            .and_then(|s| s.parse::<i32>().ok())
+            .ok_or(ErrorCode::SYNTAX)?
+    };
+    check_len(args[1])?;
+    check_len(args[2])?;
+    Ok(Command::Play {
+        count,
+        prompt: args[1],
+        codecs: args[2],
+        ids: stream_ids(args[0], args[3], args.get(4).copied())?,
+    })
 }
 
 fn parse_version<'a>(mods: &'a [u8], args: &[&'a [u8]]) -> Result<Command<'a>, ErrorCode> {

@@ -1,4 +1,4 @@
-//! Remote copies: the `C CALLID udp:HOST:PORT` channel (see PROTOCOL.md,
+//! Remote copies: the `C CALLID udp:HOST:PORT` channel (see doc/PROTOCOL.md,
 //! "Recording").
 //!
 //! [`parse_remote_target`] turns the command's target into an address, and

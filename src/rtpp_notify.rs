@@ -1,6 +1,6 @@
 //! Session timeout notifications (`-n`, extension 20081224): one line per
 //! timed-out session, written to a stream socket another program listens on
-//! (see "Timeout notification" in PROTOCOL.md).
+//! (see "Timeout notification" in doc/PROTOCOL.md).
 //!
 //! The relay loop must never wait for that program. The socket is made
 //! non-blocking before `connect(2)`, output waits in a bounded buffer, and

@@ -1,4 +1,4 @@
-//! Recording channels: the files `R`, `C` and `-a` write (see PROTOCOL.md,
+//! Recording channels: the files `R`, `C` and `-a` write (see doc/PROTOCOL.md,
 //! "Recording"). [`crate::rtpp_record_reader`] reads them back for
 //! `extractaudio`; [`crate::rtpp_copy`] sends the `C CALLID udp:HOST:PORT`
 //! copies, which write no file.

@@ -961,7 +961,7 @@ fn parse_sdp_log(line: &str) -> Option<SdpSeen> {
     })
 }
 
-/// Parses an `I` reply (PROTOCOL.md, "`Q` and `I`"). Stream lines are read
+/// Parses an `I` reply (doc/PROTOCOL.md, "`Q` and `I`"). Stream lines are read
 /// for the Call-ID, the local ports and the packet counters only; an
 /// optional `C ` prefix marks an RTCP twin. Which of a session's two lines
 /// carries the RTP counters differs between implementations (the classic

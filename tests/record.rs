@@ -1,4 +1,4 @@
-//! Recording through the real daemon on loopback (PROTOCOL.md, "Recording"):
+//! Recording through the real daemon on loopback (doc/PROTOCOL.md, "Recording"):
 //! `R` and `-a` write `CALLID=TAG.{o,a}.{rtp,rtcp}` in the classic ad-hoc
 //! format or in PCAP (`-P`), `-R` leaves RTCP out, `-S` spools until the
 //! session ends however it ends, `C` copies one party's media to a UDP

@@ -1,4 +1,4 @@
-//! Talking to the relay over its control socket (see shared PROTOCOL.md,
+//! Talking to the relay over its control socket (see doc/PROTOCOL.md,
 //! "Transports" and "Commands"): where it listens, how a request and its
 //! reply travel, and what a reply means.
 
