@@ -1,10 +1,10 @@
 //! The daemon core driven over its real sockets on loopback: every command
 //! and error code, latching, timeouts, streams, IPv6 and bridging.
-//! Each test uses its own control port (224xx) and media range (10600-15849, below the kernel's ephemeral ports).
+//! Each test gets its control port and media range from `common::ports`.
 
 mod common;
 
-use common::udp;
+use common::{port, ports, udp};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -57,7 +57,7 @@ fn assert_relays(call: &Call, seq: u16) {
 
 #[test]
 fn version_and_extensions() {
-    let rp = udp(22401, (12000, 12099), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     assert_eq!(rp.command("V"), "20040107");
     assert_eq!(rp.command("V 20050322"), "20040107");
     for stamp in [
@@ -73,13 +73,13 @@ fn version_and_extensions() {
     let dir = common::TempDir::new("notify");
     let sock = dir.path().join("n.sock");
     let n = format!("unix:{}", sock.display());
-    let rp2 = udp(22402, (12100, 12199), &["-n", &n]);
+    let rp2 = udp(port(), ports(100).range(), &["-n", &n]);
     assert_eq!(rp2.command("VF 20081224"), "1");
 }
 
 #[test]
 fn error_codes() {
-    let rp = udp(22403, (12200, 12299), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     assert_eq!(rp.command(""), "E0");
     assert_eq!(rp.command("Z foo"), "E3");
     assert_eq!(rp.command("U call 127.0.0.1 4000"), "E4");
@@ -117,22 +117,24 @@ fn error_codes() {
 
 #[test]
 fn port_exhaustion_answers_e10_and_e7() {
-    // Two pairs only: 12300/12301 and 12302/12303.
-    let rp = udp(22404, (12300, 12303), &[]);
+    // Two pairs only: FIRST/FIRST+1 and FIRST+2/FIRST+3.
+    let media = ports(4);
+    let rp = udp(port(), media.range(), &[]);
+    let in_range = |reply: &str| media.contains(reply_addr(reply, "127.0.0.1").port());
     let a = rp.command("U a 127.0.0.1 4000 f");
     let b = rp.command("U b 127.0.0.1 4002 f");
-    assert!(a.starts_with("1230") && b.starts_with("1230"), "{a} {b}");
+    assert!(in_range(&a) && in_range(&b), "{a} {b}");
     assert_eq!(rp.command("U c 127.0.0.1 4004 f"), "E10");
     assert_eq!(rp.command("L a 127.0.0.1 4006 f t"), "E7");
     assert_eq!(rp.command("D b f"), "0");
     let l = rp.command("L a 127.0.0.1 4006 f t");
-    assert!(l.starts_with("1230"), "port reusable after D: {l}");
+    assert!(in_range(&l), "port reusable after D: {l}");
     assert!(rp.command("I").contains("active sessions: 1"));
 }
 
 #[test]
 fn relays_both_ways_after_u_and_l() {
-    let rp = udp(22405, (12400, 12499), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let call = setup_call(&rp, "relay1", "");
     for seq in 0..20 {
         assert_relays(&call, seq);
@@ -152,7 +154,7 @@ fn relays_both_ways_after_u_and_l() {
 
 #[test]
 fn info_lists_streams_and_rtcp_twins() {
-    let rp = udp(22406, (12500, 12599), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let caller = Peer::new("127.0.0.1");
     let u = rp.command(&format!("U info1 127.0.0.1 {} ft", caller.port()));
     let port: u16 = u.split_whitespace().next().unwrap().parse().unwrap();
@@ -182,7 +184,7 @@ fn info_lists_streams_and_rtcp_twins() {
 
 #[test]
 fn latched_party_ignores_stranger() {
-    let rp = udp(22407, (12600, 12699), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let call = setup_call(&rp, "bleed1", "");
     assert_relays(&call, 1);
     let stranger = Peer::new("127.0.0.1");
@@ -208,7 +210,7 @@ fn latched_party_ignores_stranger() {
 fn prefilled_party_is_locked_by_its_first_packet() {
     // The classic "RTP bleed": a party whose first packet came from exactly
     // the pre-filled address stayed open to the first stranger.
-    let rp = udp(22408, (12700, 12799), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let call = setup_call(&rp, "bleed2", "");
     call.caller.send(call.to_caller_leg, &rtp_packet(1, 0));
     assert!(call.callee.recv().is_some());
@@ -225,7 +227,7 @@ fn prefilled_party_is_locked_by_its_first_packet() {
 
 #[test]
 fn first_packet_corrects_prefill_then_locks() {
-    let rp = udp(22409, (12800, 12899), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let callee = Peer::new("127.0.0.1");
     let natted = Peer::new("127.0.0.1");
     // The SDP names a private address nobody listens on.
@@ -247,7 +249,7 @@ fn first_packet_corrects_prefill_then_locks() {
 
 #[test]
 fn resignal_opens_update_window() {
-    let rp = udp(22410, (12900, 12999), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let call = setup_call(&rp, "move1", "");
     assert_relays(&call, 1);
     let moved = Peer::new("127.0.0.1");
@@ -269,7 +271,7 @@ fn resignal_opens_update_window() {
 
 #[test]
 fn asymmetric_party_gets_media_at_signalled_address() {
-    let rp = udp(22411, (13000, 13099), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let recv_sock = Peer::new("127.0.0.1");
     let send_sock = Peer::new("127.0.0.1");
     let callee = Peer::new("127.0.0.1");
@@ -285,7 +287,7 @@ fn asymmetric_party_gets_media_at_signalled_address() {
 
 #[test]
 fn rtcp_is_relayed_and_guessed_from_rtp() {
-    let rp = udp(22412, (13100, 13199), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let call = setup_call(&rp, "rtcp1", "");
     let caller_rtcp = Peer::at(&format!("127.0.0.1:{}", call.caller.port() + 1));
     let callee_rtcp = Peer::at(&format!("127.0.0.1:{}", call.callee.port() + 1));
@@ -309,7 +311,7 @@ fn rtcp_is_relayed_and_guessed_from_rtp() {
 
 #[test]
 fn rtcp_address_guessed_from_latched_rtp_source() {
-    let rp = udp(22413, (13200, 13299), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let callee = Peer::new("127.0.0.1");
     // Pre-fill nothing for the caller (port 0), latch it by RTP.
     let u = rp.command("U guess1 127.0.0.1 0 ftag");
@@ -331,7 +333,7 @@ fn rtcp_address_guessed_from_latched_rtp_source() {
 
 #[test]
 fn idle_session_times_out() {
-    let rp = udp(22414, (13300, 13399), &["-T", "2"]);
+    let rp = udp(port(), ports(100).range(), &["-T", "2"]);
     let call = setup_call(&rp, "ttl1", "");
     assert_relays(&call, 1);
     assert!(rp.command("I").contains("active sessions: 1"));
@@ -346,16 +348,13 @@ fn idle_session_times_out() {
 
 #[test]
 fn one_way_traffic_keeps_session_unless_independent() {
-    for (port, range, independent) in [
-        (22415, (13400, 13499), false),
-        (22416, (13500, 13599), true),
-    ] {
+    for independent in [false, true] {
         let extra: &[&str] = if independent {
             &["-T", "2", "-i"]
         } else {
             &["-T", "2"]
         };
-        let rp = udp(port, range, extra);
+        let rp = udp(port(), ports(100).range(), extra);
         let call = setup_call(&rp, "oneway", "");
         let start = Instant::now();
         let mut seq = 0;
@@ -371,7 +370,7 @@ fn one_way_traffic_keeps_session_unless_independent() {
 
 #[test]
 fn x_deletes_everything() {
-    let rp = udp(22417, (13600, 13699), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     for i in 0..5 {
         rp.command(&format!("U xcall{i} 127.0.0.1 {} f", 5000 + 2 * i));
     }
@@ -386,7 +385,7 @@ fn x_deletes_everything() {
 
 #[test]
 fn media_numbers_make_separate_streams() {
-    let rp = udp(22418, (13700, 13799), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let a1 = rp.command("U multi 127.0.0.1 5000 ft;1");
     let a2 = rp.command("U multi 127.0.0.1 5002 ft;2");
     assert_ne!(a1, a2);
@@ -413,7 +412,7 @@ fn media_numbers_make_separate_streams() {
 
 #[test]
 fn weak_holders_keep_session_after_d() {
-    let rp = udp(22419, (13800, 13899), &["-T", "2"]);
+    let rp = udp(port(), ports(100).range(), &["-T", "2"]);
     rp.command("Uw weak1 127.0.0.1 5000 ft");
     rp.command("U strong1 127.0.0.1 5002 ft");
     assert_eq!(rp.command("D weak1 ft"), "0");
@@ -433,7 +432,7 @@ fn weak_holders_keep_session_after_d() {
 
 #[test]
 fn double_sends_small_packets_with_2() {
-    let rp = udp(22420, (13900, 13999), &["-2"]);
+    let rp = udp(port(), ports(100).range(), &["-2"]);
     let call = setup_call(&rp, "dbl", "");
     call.caller
         .send(call.to_caller_leg, b"\x80\x00\x00\x01small");
@@ -444,7 +443,7 @@ fn double_sends_small_packets_with_2() {
 
 #[test]
 fn junk_packets_are_relayed_or_dropped_never_fatal() {
-    let rp = udp(22421, (14000, 14099), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let call = setup_call(&rp, "junk", "");
     call.caller.send(call.to_caller_leg, b"");
     call.caller.send(call.to_caller_leg, b"x");
@@ -459,15 +458,17 @@ fn junk_packets_are_relayed_or_dropped_never_fatal() {
 
 #[test]
 fn ipv6_session_on_loopback() {
+    let control = format!("udp6:[::1]:{}", port());
+    let (m, mm) = ports(100).range();
     let rp = Rtpproxy::start(&[
         "-s",
-        "udp6:[::1]:22422",
+        &control,
         "-6",
         "::1",
         "-m",
-        "14100",
+        &m.to_string(),
         "-M",
-        "14199",
+        &mm.to_string(),
         "-d",
         "INFO",
     ]);
@@ -487,17 +488,19 @@ fn ipv6_session_on_loopback() {
 
 #[test]
 fn bridges_ipv4_and_ipv6() {
+    let control = format!("udp:127.0.0.1:{}", port());
+    let (m, mm) = ports(100).range();
     let rp = Rtpproxy::start(&[
         "-s",
-        "udp:127.0.0.1:22423",
+        &control,
         "-l",
         "127.0.0.1",
         "-6",
         "/::1",
         "-m",
-        "14200",
+        &m.to_string(),
         "-M",
-        "14299",
+        &mm.to_string(),
         "-d",
         "INFO",
     ]);
@@ -522,15 +525,17 @@ fn bridges_ipv4_and_ipv6() {
 
 #[test]
 fn bridges_two_ipv4_interfaces() {
+    let control = format!("udp:127.0.0.1:{}", port());
+    let (m, mm) = ports(100).range();
     let rp = Rtpproxy::start(&[
         "-s",
-        "udp:127.0.0.1:22424",
+        &control,
         "-l",
         "127.0.0.1/127.0.0.2",
         "-m",
-        "14300",
+        &m.to_string(),
         "-M",
-        "14399",
+        &mm.to_string(),
         "-d",
         "INFO",
     ]);
@@ -547,7 +552,7 @@ fn bridges_two_ipv4_interfaces() {
 
 #[test]
 fn two_hundred_sessions_relay_without_loss() {
-    let rp = udp(22425, (14400, 15399), &["-d", "WARN"]);
+    let rp = udp(port(), ports(1000).range(), &["-d", "WARN"]);
     let calls: Vec<Call> = (0..200)
         .map(|i| setup_call(&rp, &format!("many{i}"), ""))
         .collect();
@@ -573,13 +578,14 @@ fn two_hundred_sessions_relay_without_loss() {
 
 #[test]
 fn unix_socket_control_and_silent_client() {
+    let (m, mm) = ports(100).range();
     let rp = Rtpproxy::start(&[
         "-l",
         "127.0.0.1",
         "-m",
-        "15400",
+        &m.to_string(),
         "-M",
-        "15499",
+        &mm.to_string(),
         "-d",
         "INFO",
     ]);
@@ -606,7 +612,8 @@ fn unix_socket_control_and_silent_client() {
 
 #[test]
 fn udp_cookie_and_empty_command() {
-    let _rp = udp(22426, (15500, 15599), &[]);
+    let control = port();
+    let _rp = udp(control, ports(100).range(), &[]);
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = [0u8; 1024];
@@ -617,7 +624,7 @@ fn udp_cookie_and_empty_command() {
         (b"  ", b"E0\n"),
         (b"k1 VF 20050322", b"k1 1\n"),
     ] {
-        s.send_to(msg, "127.0.0.1:22426").unwrap();
+        s.send_to(msg, ("127.0.0.1", control)).unwrap();
         let n = s.recv(&mut buf).expect("reply");
         assert_eq!(&buf[..n], want, "{:?}", String::from_utf8_lossy(msg));
     }
@@ -626,7 +633,7 @@ fn udp_cookie_and_empty_command() {
 #[test]
 fn high_bytes_in_call_id_are_safe() {
     // The classic daemon hashed bytes >= 0x80 to negative indices.
-    let rp = udp(22427, (15600, 15699), &[]);
+    let rp = udp(port(), ports(100).range(), &[]);
     let mut cmd = b"U call\xff\xfe\x80 127.0.0.1 5000 ftag".to_vec();
     let port = rp.command_bytes(&cmd);
     assert!(port.parse::<u16>().is_ok() || port.contains(' '), "{port}");
@@ -698,13 +705,9 @@ fn recv_tos(peer: &Peer) -> Option<u8> {
 fn media_carries_tos() {
     use nix::libc;
     use std::os::fd::AsRawFd;
-    for (port, range, tos, want) in [
-        (22428, (15700, 15749), None, 0xb8u8),
-        (22429, (15750, 15799), Some("0x20"), 0x20),
-        (22430, (15800, 15849), Some("-1"), 0),
-    ] {
+    for (tos, want) in [(None, 0xb8u8), (Some("0x20"), 0x20), (Some("-1"), 0)] {
         let extra: Vec<&str> = tos.map(|t| vec!["-t", t]).unwrap_or_default();
-        let rp = udp(port, range, &extra);
+        let rp = udp(port(), ports(50).range(), &extra);
         let call = setup_call(&rp, "tos", "");
         let on: libc::c_int = 1;
         // SAFETY: setting an int socket option on a live socket.
@@ -736,9 +739,10 @@ fn wakeups(pid: u32) -> u64 {
 fn idle_daemon_wakes_once_a_second() {
     // A whole port table and no sessions: poll's 1 s timeout is the only
     // wake-up, also after the last session of a busy spell ended.
-    let rp = udp(22431, (11000, 11999), &["-d", "WARN"]);
+    let media = ports(1000);
+    let rp = udp(port(), media.range(), &["-d", "WARN"]);
     let u = rp.command("U idle-wake 127.0.0.1 9 ftag");
-    assert!(reply_addr(&u, "127.0.0.1").port() >= 11000, "{u}");
+    assert!(media.contains(reply_addr(&u, "127.0.0.1").port()), "{u}");
     assert_eq!(rp.command("D idle-wake ftag"), "0");
     std::thread::sleep(Duration::from_millis(300));
     let before = wakeups(rp.pid());
@@ -753,7 +757,7 @@ fn a_burst_on_one_stream_arrives_whole_and_in_order() {
     // Enough calls for the loop to batch (64 polled sockets and more);
     // one stream then gets 200 back-to-back packets, more than one read
     // takes and more than a call's stream brings between two passes.
-    let rp = udp(22432, (11000 - 400, 10999), &["-d", "WARN"]);
+    let rp = udp(port(), ports(400).range(), &["-d", "WARN"]);
     let calls: Vec<Call> = (0..40)
         .map(|i| setup_call(&rp, &format!("burst-{i}"), ""))
         .collect();

@@ -3,9 +3,9 @@
 //! control socket's owner and mode, `-u`, signals, `-L`, the option errors,
 //! `-v`/`-h`, and the SysV init script.
 //!
-//! Control ports 22600-22699 and media ports 16000-16999 belong to this
-//! file; each test has its own range. Tests that need root (`-u`, the root
-//! checks) fail with a line saying so when run as another user.
+//! Each test gets its control ports and media ranges from `common::ports`.
+//! Tests that need root (`-u`, the root checks) fail with a line saying so
+//! when run as another user.
 
 mod common;
 
@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    bin_path, pid_alive, proc_stat, reply_addr, rtp_packet, wait_pid_gone, Background, Peer,
-    Rtpproxy, TempDir,
+    bin_path, pid_alive, port, ports, proc_stat, reply_addr, rtp_packet, wait_pid_gone, Background,
+    Peer, PortBlock, Rtpproxy, TempDir,
 };
 
 /// The account `-u` tests switch to.
@@ -77,9 +77,28 @@ fn assert_ends_cleanly(bg: &Background, sig: &str) {
     assert!(!bg.pidfile().exists(), "SIG{sig} left the pidfile");
 }
 
+/// `-m FIRST -M LAST` for `block`.
+fn media_args(block: PortBlock) -> [String; 4] {
+    let (m, mm) = block.range();
+    ["-m".into(), m.to_string(), "-M".into(), mm.to_string()]
+}
+
+/// `-m FIRST -M LAST` for a fresh block of `n` media ports.
+fn media(n: u16) -> [String; 4] {
+    media_args(ports(n))
+}
+
+/// `args` followed by `more`, as the `&[&str]` the harness takes.
+fn with<'a>(args: &[&'a str], more: &'a [String]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend(more.iter().map(String::as_str));
+    all
+}
+
 #[test]
 fn background_daemon_detaches_serves_and_cleans_up() {
-    let bg = Background::start(&["-F", "-l", "127.0.0.1", "-m", "16000", "-M", "16099"]);
+    let range = media(100);
+    let bg = Background::start(&with(&["-F", "-l", "127.0.0.1"], &range));
     let pid = bg.running_pid();
     assert!(bg.stderr.is_empty(), "unexpected output: {}", bg.stderr);
     assert!(pid_alive(pid));
@@ -119,24 +138,23 @@ fn background_daemon_detaches_serves_and_cleans_up() {
 
 #[test]
 fn hup_and_int_end_the_background_daemon_cleanly() {
-    for (sig, range) in [("HUP", ("16100", "16199")), ("INT", ("16200", "16299"))] {
-        let bg = Background::start(&["-F", "-l", "127.0.0.1", "-m", range.0, "-M", range.1]);
+    for sig in ["HUP", "INT"] {
+        let block = ports(100);
+        let range = media_args(block);
+        let bg = Background::start(&with(&["-F", "-l", "127.0.0.1"], &range));
         assert_eq!(bg.command("V").as_deref(), Some("20040107"));
         // A live session must not keep the daemon from ending.
         let u = bg.command("U call1 127.0.0.1 4000 ftag").expect("U reply");
-        assert!(u.starts_with("16"), "{u}");
+        assert!(block.contains(reply_addr(&u, "127.0.0.1").port()), "{u}");
         assert_ends_cleanly(&bg, sig);
     }
 }
 
 #[test]
 fn every_ending_signal_logs_and_exits_0() {
-    for (sig, num, range) in [
-        ("TERM", 15, ("16300", "16399")),
-        ("INT", 2, ("16400", "16499")),
-        ("HUP", 1, ("16500", "16599")),
-    ] {
-        let mut rp = Rtpproxy::start(&["-l", "127.0.0.1", "-m", range.0, "-M", range.1]);
+    for (sig, num) in [("TERM", 15), ("INT", 2), ("HUP", 1)] {
+        let range = media(100);
+        let mut rp = Rtpproxy::start(&with(&["-l", "127.0.0.1"], &range));
         let caller = Peer::new("127.0.0.1");
         let u = rp.command(&format!("U sigcall 127.0.0.1 {} ftag", caller.port()));
         let to = reply_addr(&u, "127.0.0.1");
@@ -173,15 +191,18 @@ fn startup_failures_exit_1_with_the_reason() {
     };
 
     // A UDP control port another program holds.
-    let holder = std::net::UdpSocket::bind("127.0.0.1:22601").expect("bind 22601");
-    let bg = Background::start(&["-F", "-s", "udp:127.0.0.1:22601", "-l", "127.0.0.1"]);
+    let held = port();
+    let holder = std::net::UdpSocket::bind(("127.0.0.1", held)).expect("bind the held port");
+    let control = format!("udp:127.0.0.1:{held}");
+    let bg = Background::start(&["-F", "-s", &control, "-l", "127.0.0.1"]);
     check(&bg, "Address already in use");
     assert!(!bg.pidfile().exists());
     drop(holder);
 
     // A unix socket a live daemon answers on: refused, and the live one
     // keeps its socket.
-    let live = Background::start(&["-F", "-m", "16600", "-M", "16699"]);
+    let range = media(100);
+    let live = Background::start(&with(&["-F"], &range));
     live.running_pid();
     let ctl = live.control_path().expect("unix").display().to_string();
     let other = TempDir::new("second");
@@ -216,7 +237,8 @@ fn stale_socket_file_is_replaced() {
     // A socket file nobody listens on, as a killed daemon leaves it.
     drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
     assert!(path.exists());
-    let bg = Background::start_in(dir, &["-F", "-m", "16700", "-M", "16799"]);
+    let range = media(100);
+    let bg = Background::start_in(dir, &with(&["-F"], &range));
     bg.running_pid();
     assert_eq!(bg.command("V").as_deref(), Some("20040107"));
     assert_ends_cleanly(&bg, "TERM");
@@ -239,21 +261,13 @@ fn run_as_user_drops_every_root_privilege() {
             std::os::unix::fs::chown(p, Some(uid), Some(want_gid)).expect("chown");
         }
         let rec_arg = rec.display().to_string();
+        let range = media(50);
         let bg = Background::start_in(
             dir,
-            &[
-                "-u",
-                &spec,
-                "-l",
-                "127.0.0.1",
-                "-m",
-                "16800",
-                "-M",
-                "16849",
-                "-r",
-                &rec_arg,
-                "-a",
-            ],
+            &with(
+                &["-u", &spec, "-l", "127.0.0.1", "-r", &rec_arg, "-a"],
+                &range,
+            ),
         );
         let pid = bg.running_pid();
         let (uids, gids, groups) = proc_ids(pid);
@@ -333,45 +347,33 @@ fn root_needs_u_or_f() {
     let (uid, _) = test_user();
 
     // UDP control as root without -u or -F: refused, nothing left bound.
-    let bg = Background::start(&["-s", "udp:127.0.0.1:22610", "-l", "127.0.0.1"]);
+    let refused = port();
+    let control = format!("udp:127.0.0.1:{refused}");
+    let bg = Background::start(&["-s", &control, "-l", "127.0.0.1"]);
     assert_eq!(bg.status.code(), Some(1), "{}", bg.stderr);
     assert!(
         bg.stderr.contains("root") && bg.stderr.contains("-u") && bg.stderr.contains("-F"),
         "{}",
         bg.stderr
     );
-    assert!(std::net::UdpSocket::bind("127.0.0.1:22610").is_ok());
+    assert!(std::net::UdpSocket::bind(("127.0.0.1", refused)).is_ok());
 
     // With -F it runs as root; with -u as the user.
-    let bg = Background::start(&[
-        "-F",
-        "-s",
-        "udp:127.0.0.1:22611",
-        "-l",
-        "127.0.0.1",
-        "-m",
-        "16900",
-        "-M",
-        "16949",
-    ]);
+    let control = format!("udp:127.0.0.1:{}", port());
+    let range = media(50);
+    let bg = Background::start(&with(&["-F", "-s", &control, "-l", "127.0.0.1"], &range));
     assert_eq!(proc_ids(bg.running_pid()).0, vec![0; 4]);
     assert_ends_cleanly(&bg, "TERM");
     let dir = TempDir::new("udpuser");
     std::os::unix::fs::chown(dir.path(), Some(uid), None).expect("chown");
+    let control = format!("udp:127.0.0.1:{}", port());
+    let range = media(50);
     let bg = Background::start_in(
         dir,
-        &[
-            "-u",
-            TEST_USER,
-            "-s",
-            "udp:127.0.0.1:22612",
-            "-l",
-            "127.0.0.1",
-            "-m",
-            "16950",
-            "-M",
-            "16999",
-        ],
+        &with(
+            &["-u", TEST_USER, "-s", &control, "-l", "127.0.0.1"],
+            &range,
+        ),
     );
     assert_eq!(proc_ids(bg.running_pid()).0, vec![uid; 4]);
     assert!(bg.stderr.is_empty(), "{}", bg.stderr);
@@ -536,7 +538,8 @@ fn help_prints_usage_and_exits_0() {
 
 #[test]
 fn nofile_limit_is_raised_and_a_shortfall_warned() {
-    let rp = Rtpproxy::start(&["-L", "4096", "-m", "16850", "-M", "16859"]);
+    let range = media(10);
+    let rp = Rtpproxy::start(&with(&["-L", "4096"], &range));
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", rp.pid())).expect("limits");
     let line = limits
         .lines()
@@ -552,7 +555,8 @@ fn nofile_limit_is_raised_and_a_shortfall_warned() {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1 << 20);
     let want = (nr_open + 1).to_string();
-    let rp = Rtpproxy::start(&["-L", &want, "-m", "16860", "-M", "16869"]);
+    let range = media(10);
+    let rp = Rtpproxy::start(&with(&["-L", &want], &range));
     assert!(
         rp.log().contains("WARNING: open files limit is"),
         "{}",
@@ -564,9 +568,12 @@ fn nofile_limit_is_raised_and_a_shortfall_warned() {
 #[test]
 fn sysv_init_script_starts_reports_and_stops() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sysv_init.sh");
+    // The script makes its scratch directory under TMPDIR.
+    let tmp = TempDir::new("sysv");
     let out = Command::new("sh")
         .arg(&script)
         .arg(bin_path())
+        .env("TMPDIR", tmp.path())
         .output()
         .expect("run sh");
     assert!(

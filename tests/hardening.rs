@@ -5,8 +5,8 @@
 //! exhaustion, session churn measured in RSS, over-long names, vanishing
 //! clients, SIGTERM under load, and what `-u` confines.
 //!
-//! Each test has its own control port (229xx) and media range (21000-21959;
-//! the fuzz targets use 21960-21999). The figures each test measures are
+//! Each test gets its control port and media range from `common::ports`.
+//! The figures each test measures are
 //! printed (`cargo test --test hardening -- --nocapture` shows them) and
 //! written down in the README.
 
@@ -22,12 +22,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{reply_addr, rtp_packet, test_user, Peer, Rtpproxy, TempDir, TEST_USER};
+use common::{port, ports, reply_addr, rtp_packet, test_user, Peer, Rtpproxy, TempDir, TEST_USER};
 
 const LO: &str = "127.0.0.1";
 
-fn udp_daemon(port: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
-    let s = format!("udp:{LO}:{port}");
+fn udp_daemon(control: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
+    let s = format!("udp:{LO}:{control}");
     let (m, mm) = (range.0.to_string(), range.1.to_string());
     let mut args = vec!["-s", &s, "-l", LO, "-m", &m, "-M", &mm];
     args.extend_from_slice(extra);
@@ -323,8 +323,9 @@ fn assert_consistent(rp: &Rtpproxy) -> usize {
 
 #[test]
 fn hundred_thousand_random_udp_commands_leave_it_consistent() {
-    let rp = udp_daemon(22901, (21000, 21099), &["-d", "CRIT"]);
-    let to: SocketAddr = format!("{LO}:22901").parse().expect("addr");
+    let control = port();
+    let rp = udp_daemon(control, ports(100).range(), &["-d", "CRIT"]);
+    let to: SocketAddr = format!("{LO}:{control}").parse().expect("addr");
     let mut rng = Rng(0x5eed_0001);
     // Warm-up: sessions exist, buffers are sized, and the reply cache has
     // turned over at its bound (65536 replies, at most 4 MiB of them, for
@@ -393,7 +394,7 @@ fn unix_raw(path: &Path, cmd: &[u8]) -> String {
 
 #[test]
 fn random_unix_commands_each_on_a_connection_leave_it_consistent() {
-    let rp = unix_daemon((21100, 21199), &["-d", "CRIT"]);
+    let rp = unix_daemon(ports(100).range(), &["-d", "CRIT"]);
     let path = rp.control_path().expect("unix").to_path_buf();
     let mut rng = Rng(0x5eed_0002);
     for _ in 0..300 {
@@ -503,7 +504,7 @@ fn malformed_rtp() -> Vec<Vec<u8>> {
 
 #[test]
 fn hostile_media_is_relayed_or_dropped_and_counted() {
-    let rp = udp_daemon(22902, (21200, 21299), &["-d", "ERR"]);
+    let rp = udp_daemon(port(), ports(100).range(), &["-d", "ERR"]);
     let call = setup_call(&rp, "media1", "");
     assert_relays(&call, 1);
 
@@ -683,7 +684,7 @@ fn exchange(call: &Call, first_seq: u16, n: u16) -> ((usize, usize), (usize, usi
 
 #[test]
 fn attacker_racing_a_symmetric_call_gets_nothing_after_lock_in() {
-    let rp = udp_daemon(22903, (21300, 21349), &["-d", "INFO"]);
+    let rp = udp_daemon(port(), ports(50).range(), &["-d", "INFO"]);
     let call = setup_call(&rp, "bleed1", "");
     let legs = [call.to_caller_leg, call.to_callee_leg];
     // One attacker on the parties' host, one on another loopback address.
@@ -770,7 +771,7 @@ fn attacker_racing_a_symmetric_call_gets_nothing_after_lock_in() {
 
 #[test]
 fn attacker_on_another_host_never_feeds_or_reads_an_asymmetric_party() {
-    let rp = udp_daemon(22904, (21350, 21399), &["-d", "INFO"]);
+    let rp = udp_daemon(port(), ports(50).range(), &["-d", "INFO"]);
     // `a`: the caller sends from any port of its host and gets media at
     // the signalled address.
     let call = setup_call(&rp, "bleed2", "a");
@@ -805,7 +806,7 @@ fn attacker_on_another_host_never_feeds_or_reads_an_asymmetric_party() {
 #[test]
 fn exhausted_port_range_is_e10_and_recovers_after_d() {
     // Ten RTP/RTCP pairs: five calls of two legs.
-    let rp = udp_daemon(22905, (21400, 21419), &["-d", "INFO"]);
+    let rp = udp_daemon(port(), ports(20).range(), &["-d", "INFO"]);
     let mut calls: Vec<(String, Call)> = (0..5)
         .map(|i| {
             let id = format!("ex{i}");
@@ -839,7 +840,7 @@ fn exhausted_port_range_is_e10_and_recovers_after_d() {
 #[test]
 fn open_files_limit_is_an_e_code_a_warning_and_recoverable() {
     // -L lowers the limit too (soft and hard): 64 descriptors, 4 per call.
-    let rp = udp_daemon(22906, (21420, 21619), &["-L", "64", "-d", "INFO"]);
+    let rp = udp_daemon(port(), ports(200).range(), &["-L", "64", "-d", "INFO"]);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", rp.pid())).expect("limits");
     assert!(
         limits
@@ -901,7 +902,7 @@ fn open_files_limit_is_an_e_code_a_warning_and_recoverable() {
 fn unix_control_survives_running_out_of_descriptors() {
     // 64: descriptors run out (two per U) before the poll set reaches the
     // limit (the unix control keeps 33 entries in it).
-    let rp = unix_daemon((21620, 21699), &["-L", "64", "-d", "INFO"]);
+    let rp = unix_daemon(ports(80).range(), &["-L", "64", "-d", "INFO"]);
     let path = rp.control_path().expect("unix").to_path_buf();
     // Sessions take the descriptors until U fails; that U still gets its
     // answer (the daemon keeps a descriptor in reserve for a client).
@@ -965,8 +966,9 @@ fn unix_control_survives_running_out_of_descriptors() {
 #[test]
 fn ten_thousand_sessions_churned_do_not_grow_rss() {
     // One call at a time needs one pair per leg.
-    let rp = udp_daemon(22908, (21700, 21719), &["-d", "CRIT"]);
-    let to: SocketAddr = format!("{LO}:22908").parse().expect("addr");
+    let control = port();
+    let rp = udp_daemon(control, ports(20).range(), &["-d", "CRIT"]);
+    let to: SocketAddr = format!("{LO}:{control}").parse().expect("addr");
     let churn = |from: usize, n: usize| {
         let mut cmds = (from..from + n).flat_map(|i| {
             [
@@ -1007,7 +1009,7 @@ fn ten_thousand_sessions_churned_do_not_grow_rss() {
 
 #[test]
 fn over_long_names_are_e_codes_not_crashes() {
-    let rp = udp_daemon(22909, (21720, 21739), &["-d", "INFO"]);
+    let rp = udp_daemon(port(), ports(20).range(), &["-d", "INFO"]);
     let id = |n: usize| "i".repeat(n);
     assert!(!rp
         .command(&format!("U {} {LO} 4000 ftag", id(1024)))
@@ -1036,7 +1038,7 @@ fn over_long_names_are_e_codes_not_crashes() {
     assert!(!ok.starts_with('E'), "{ok}");
 
     // The same over the unix socket, up to a 1 MiB command.
-    let unix = unix_daemon((21740, 21759), &["-d", "INFO"]);
+    let unix = unix_daemon(ports(20).range(), &["-d", "INFO"]);
     let path = unix.control_path().expect("unix").to_path_buf();
     assert_eq!(
         unix_raw(&path, format!("U {} {LO} 4000 f", id(1025)).as_bytes()),
@@ -1052,8 +1054,9 @@ fn over_long_names_are_e_codes_not_crashes() {
 
 #[test]
 fn udp_clients_that_vanish_before_the_reply_cost_nothing() {
-    let rp = udp_daemon(22910, (21760, 21799), &["-d", "ERR"]);
-    let to: SocketAddr = format!("{LO}:22910").parse().expect("addr");
+    let control = port();
+    let rp = udp_daemon(control, ports(40).range(), &["-d", "ERR"]);
+    let to: SocketAddr = format!("{LO}:{control}").parse().expect("addr");
     let mut vanished = 0;
     for i in 0..3000 {
         // Sent, then the socket closes: the reply hits a closed port and
@@ -1111,7 +1114,10 @@ fn sigterm_under_load_finishes_every_recording() {
         rec.path().display().to_string(),
         spool.path().display().to_string(),
     );
-    let mut rp = unix_daemon((21800, 21919), &["-r", &r, "-S", &s, "-a", "-d", "INFO"]);
+    let mut rp = unix_daemon(
+        ports(120).range(),
+        &["-r", &r, "-S", &s, "-a", "-d", "INFO"],
+    );
     let ctl = rp.control_path().expect("unix").to_path_buf();
     let pidfile = rp.dir().join("rtpproxy.pid");
     assert!(pidfile.exists());
@@ -1226,8 +1232,8 @@ fn after_u_recordings_stay_confined_and_root_only_prompts_are_e6() {
 
     let r = rec.display().to_string();
     let rp = udp_daemon(
-        22911,
-        (21920, 21959),
+        port(),
+        ports(40).range(),
         &["-u", TEST_USER, "-r", &r, "-d", "INFO"],
     );
     let status = std::fs::read_to_string(format!("/proc/{}/status", rp.pid())).expect("status");

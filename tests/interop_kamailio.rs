@@ -31,18 +31,10 @@
 //! pcap through raw sockets. When any of these is missing the test fails
 //! with one line saying what to install; nothing is skipped.
 //!
-//! Ports, used by no other test and distinct per test so that the tests run
-//! in parallel:
-//!
-//! | test | SIP (Kamailio, callee, callers) | sipp media / control | relay control | relay media |
-//! |---|---|---|---|---|
-//! | unix | 25060, 25061, 25062 | 26000, 26010 / 26020, 26021 | unix socket | 20000-20099 |
-//! | udp  | 25070, 25071, 25072 | 26100, 26110 / 26120, 26121 | 23000 | 20100-20199 |
-//! | set  | 25080, 25081, 25082-25083 | 26200, 26210, 26220 / 26230-26232 | 23010, 23011 | 20200-20299, 20300-20399 |
-//! | record | 25090, 25091, 25092 | 26300, 26310 / 26320, 26321 | 23020 | 20400-20499 |
-//! | prompt | 25100, 25101, 25102 | 26400, 26410 (its SDP names 26414, the test's socket) / 26420, 26421 | 23030 | 20500-20549 |
-//! | timeout | 25103, 25104, 25105 | 26430, 26440 / 26450, 26451 | unix socket | 20550-20599 |
-//! | drain | 25110, 25111, 25112-25113 | 26500, 26510, 26520 / 26530-26532 | 23040, 23041 | 20600-20699, 20700-20799 |
+//! Every port (Kamailio's SIP port, each sipp's SIP, media and control
+//! ports, the relays' control ports and media ranges) comes from
+//! `common::ports`, so that the tests run in parallel; Kamailio gets its
+//! ports through the configuration template, sipp through its arguments.
 //!
 //! The callers probe Kamailio's readiness from their own SIP port before
 //! they start. Every child process runs under a deadline and is stopped and
@@ -51,12 +43,11 @@
 
 mod common;
 
-use common::{Rtpproxy, TempDir};
+use common::{port, ports, PortBlock, Rtpproxy, TempDir};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::net::UdpSocket;
-use std::ops::RangeInclusive;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -249,12 +240,27 @@ struct Endpoint {
     control: u16,
 }
 
+impl Endpoint {
+    /// Fresh ports for one sipp: SIP, control, and ten media ports from
+    /// `media` on (RTP and RTCP for audio and video, and `media + 4`, which
+    /// `caller_prompt.xml` names in its SDP for the test's own socket).
+    fn new() -> Endpoint {
+        let block = ports(12);
+        Endpoint {
+            sip: block.port(0),
+            control: block.port(1),
+            media: block.port(2),
+        }
+    }
+}
+
 /// One relay of the test and what Kamailio calls it.
 struct Relay {
     proxy: Rtpproxy,
     /// Its control socket, as `-s` and Kamailio's `rtpproxy_sock` name it.
     url: String,
-    ports: RangeInclusive<u16>,
+    /// Its media ports.
+    ports: PortBlock,
     alive: bool,
     /// Sent SIGUSR1: it exits by itself once its last session ended.
     draining: bool,
@@ -363,21 +369,16 @@ impl Run {
     }
 
     /// Starts one relay on 127.0.0.1 with the control socket `control` (as
-    /// Kamailio names it too) and the media port range `ports`.
-    fn start_relay(&mut self, control: &str, ports: RangeInclusive<u16>) -> usize {
-        self.start_relay_with(control, ports, &[])
+    /// Kamailio names it too) and the media ports `media`.
+    fn start_relay(&mut self, control: &str, media: PortBlock) -> usize {
+        self.start_relay_with(control, media, &[])
     }
 
     /// Like `start_relay`, with more options for the relay; a repeated
     /// option's last value wins.
-    fn start_relay_with(
-        &mut self,
-        control: &str,
-        ports: RangeInclusive<u16>,
-        extra: &[&str],
-    ) -> usize {
-        let min = ports.start().to_string();
-        let max = ports.end().to_string();
+    fn start_relay_with(&mut self, control: &str, media: PortBlock, extra: &[&str]) -> usize {
+        let min = media.first.to_string();
+        let max = media.last().to_string();
         let mut args = vec!["-s", control, "-l", "127.0.0.1", "-m", &min, "-M", &max];
         args.extend(["-d", "INFO", "-T", "60"]);
         args.extend_from_slice(extra);
@@ -389,7 +390,7 @@ impl Run {
         self.relays.push(Relay {
             proxy,
             url: control.to_string(),
-            ports,
+            ports: media,
             alive: true,
             draining: false,
         });
@@ -725,7 +726,7 @@ impl Run {
             let in_range = media
                 .relays
                 .iter()
-                .any(|&r| self.relays[r].ports.contains(&sdp.port));
+                .any(|&r| self.relays[r].ports.contains(sdp.port));
             if !in_range || !media.local_ports.contains(&sdp.port) {
                 self.fail(&format!(
                     "{kind} for {}: m= port {} is not a relay port of the call (I listed {:?})",
@@ -1051,19 +1052,10 @@ fn kamailio_drives_relay_over_unix_socket() {
     let mut run = Run::new("interop-unix");
     let socket = run.path("rtpproxy.sock");
     let url = format!("unix:{}", socket.display());
-    run.start_relay(&url, 20000..=20099);
-    run.start_kamailio(25060, 25061, 25062, &url);
-    let callee = Endpoint {
-        sip: 25061,
-        media: 26000,
-        control: 26020,
-    };
-    let caller = Endpoint {
-        sip: 25062,
-        media: 26010,
-        control: 26021,
-    };
-    single_relay_calls(&mut run, 25060, callee, caller);
+    run.start_relay(&url, ports(100));
+    let (kamailio, callee, caller) = (port(), Endpoint::new(), Endpoint::new());
+    run.start_kamailio(kamailio, callee.sip, caller.sip, &url);
+    single_relay_calls(&mut run, kamailio, callee, caller);
 }
 
 /// Kamailio reaches the relay over UDP (`udp:127.0.0.1:PORT`, with cookies
@@ -1071,20 +1063,11 @@ fn kamailio_drives_relay_over_unix_socket() {
 #[test]
 fn kamailio_drives_relay_over_udp() {
     let mut run = Run::new("interop-udp");
-    let url = "udp:127.0.0.1:23000";
-    run.start_relay(url, 20100..=20199);
-    run.start_kamailio(25070, 25071, 25072, url);
-    let callee = Endpoint {
-        sip: 25071,
-        media: 26100,
-        control: 26120,
-    };
-    let caller = Endpoint {
-        sip: 25072,
-        media: 26110,
-        control: 26121,
-    };
-    single_relay_calls(&mut run, 25070, callee, caller);
+    let url = format!("udp:127.0.0.1:{}", port());
+    run.start_relay(&url, ports(100));
+    let (kamailio, callee, caller) = (port(), Endpoint::new(), Endpoint::new());
+    run.start_kamailio(kamailio, callee.sip, caller.sip, &url);
+    single_relay_calls(&mut run, kamailio, callee, caller);
 }
 
 /// Two relays in one Kamailio set: calls spread over both; when one dies,
@@ -1094,29 +1077,22 @@ fn kamailio_relay_set_spreads_calls_and_survives_a_dead_relay() {
     const FIRST: u64 = 6;
     const SECOND: u64 = 6;
     let mut run = Run::new("interop-set");
-    let (url0, url1) = ("udp:127.0.0.1:23010", "udp:127.0.0.1:23011");
-    let survivor = run.start_relay(url0, 20200..=20299);
-    let victim = run.start_relay(url1, 20300..=20399);
+    let url0 = format!("udp:127.0.0.1:{}", port());
+    let url1 = format!("udp:127.0.0.1:{}", port());
+    let survivor = run.start_relay(&url0, ports(100));
+    let victim = run.start_relay(&url1, ports(100));
+    let kamailio = port();
+    let (callee, first_caller, second_caller) = (Endpoint::new(), Endpoint::new(), Endpoint::new());
     // Equal weights: Kamailio picks by a sum over the Call-ID bytes, so
     // sipp's consecutive Call-IDs ("1-PID@...", "2-PID@...") alternate.
-    run.start_kamailio(25080, 25081, 25082, &format!("{url0}=1 {url1}=1"));
-    let callee = Endpoint {
-        sip: 25081,
-        media: 26200,
-        control: 26230,
-    };
-    let first_caller = Endpoint {
-        sip: 25082,
-        media: 26210,
-        control: 26231,
-    };
-    let second_caller = Endpoint {
-        sip: 25083,
-        media: 26220,
-        control: 26232,
-    };
+    run.start_kamailio(
+        kamailio,
+        callee.sip,
+        first_caller.sip,
+        &format!("{url0}=1 {url1}=1"),
+    );
     let callee = run.start_callee(callee, FIRST + SECOND);
-    let first = run.start_caller("caller-1", first_caller, 25080, FIRST, 10);
+    let first = run.start_caller("caller-1", first_caller, kamailio, FIRST, 10);
 
     // All first calls up, with media both ways, before a relay dies.
     run.watch_until(
@@ -1148,7 +1124,7 @@ fn kamailio_relay_set_spreads_calls_and_survives_a_dead_relay() {
     run.relays[victim].proxy.terminate();
     run.relays[victim].alive = false;
 
-    let second = run.start_caller("caller-2", second_caller, 25080, SECOND, 10);
+    let second = run.start_caller("caller-2", second_caller, kamailio, SECOND, 10);
     run.watch_until_done(&[first, second, callee], SIPP_DEADLINE);
     for sipp in [first, second, callee] {
         run.expect_all_calls_completed(sipp);
@@ -1215,35 +1191,28 @@ fn kamailio_moves_new_calls_off_a_draining_relay() {
     const FIRST: u64 = 6;
     const SECOND: u64 = 6;
     let mut run = Run::new("interop-drain");
-    let (url0, url1) = ("udp:127.0.0.1:23040", "udp:127.0.0.1:23041");
-    let survivor = run.start_relay(url0, 20600..=20699);
+    let url0 = format!("udp:127.0.0.1:{}", port());
+    let url1 = format!("udp:127.0.0.1:{}", port());
+    let survivor = run.start_relay(&url0, ports(100));
     let accounting = run.path("drained-calls.json");
     let acct = accounting.to_str().expect("utf-8 temp path").to_string();
     // A short idle timeout: the drained relay's sessions end by timeout
     // soon after their calls.
-    let drained = run.start_relay_with(url1, 20700..=20799, &["-T", "3", "-A", &acct]);
+    let drained = run.start_relay_with(&url1, ports(100), &["-T", "3", "-A", &acct]);
     // One unanswered send moves an offer (rtpproxy_tout is 1 s), and the
     // draining relay is probed again after 2 s, during the test.
     run.rtpproxy_retr = 1;
     run.disable_tout = 2;
-    run.start_kamailio(25110, 25111, 25112, &format!("{url0}=1 {url1}=1"));
-    let callee = Endpoint {
-        sip: 25111,
-        media: 26500,
-        control: 26530,
-    };
-    let first_caller = Endpoint {
-        sip: 25112,
-        media: 26510,
-        control: 26531,
-    };
-    let second_caller = Endpoint {
-        sip: 25113,
-        media: 26520,
-        control: 26532,
-    };
+    let kamailio = port();
+    let (callee, first_caller, second_caller) = (Endpoint::new(), Endpoint::new(), Endpoint::new());
+    run.start_kamailio(
+        kamailio,
+        callee.sip,
+        first_caller.sip,
+        &format!("{url0}=1 {url1}=1"),
+    );
     let callee = run.start_callee(callee, FIRST + SECOND);
-    let first = run.start_caller("caller-1", first_caller, 25110, FIRST, 10);
+    let first = run.start_caller("caller-1", first_caller, kamailio, FIRST, 10);
     run.watch_until(
         "the first calls to carry media",
         Duration::from_secs(6),
@@ -1289,7 +1258,7 @@ fn kamailio_moves_new_calls_off_a_draining_relay() {
         }
     }
 
-    let second = run.start_caller("caller-2", second_caller, 25110, SECOND, 10);
+    let second = run.start_caller("caller-2", second_caller, kamailio, SECOND, 10);
     run.watch_until_done(&[first, second, callee], SIPP_DEADLINE);
     for sipp in [first, second, callee] {
         run.expect_all_calls_completed(sipp);
@@ -1456,27 +1425,19 @@ fn make_prompt(run: &Run) -> Vec<u8> {
 fn kamailio_streams_a_prompt_to_the_caller_and_stops_it() {
     let mut run = Run::new("interop-prompt");
     let prompt = make_prompt(&run);
-    let url = "udp:127.0.0.1:23030";
-    run.start_relay(url, 20500..=20549);
-    run.start_kamailio(25100, 25101, 25102, url);
+    let url = format!("udp:127.0.0.1:{}", port());
+    run.start_relay(&url, ports(50));
+    let (kamailio, callee, caller) = (port(), Endpoint::new(), Endpoint::new());
+    run.start_kamailio(kamailio, callee.sip, caller.sip, &url);
     // The caller's SDP names its media port + 4: this socket.
-    let media = UdpSocket::bind("127.0.0.1:26414")
+    let media = UdpSocket::bind(("127.0.0.1", caller.media + 4))
         .unwrap_or_else(|e| run.fail(&format!("cannot bind the caller's media port: {e}")));
     media
         .set_read_timeout(Some(Duration::from_millis(20)))
         .expect("set media timeout");
-    let callee = Endpoint {
-        sip: 25101,
-        media: 26400,
-        control: 26420,
-    };
-    let caller = Endpoint {
-        sip: 25102,
-        media: 26410,
-        control: 26421,
-    };
     let callee = run.start_callee(callee, 1);
-    let extra = ["-s", "service", "-l", "1", "127.0.0.1:25100"];
+    let target = format!("127.0.0.1:{kamailio}");
+    let extra = ["-s", "service", "-l", "1", &target];
     let caller = run.start_sipp("caller", "caller_prompt.xml", caller, 1, &extra);
 
     // Collect what reaches the caller while the call runs. The caller ends
@@ -1589,21 +1550,13 @@ fn kamailio_timeout_socket_gets_the_timeout_notification() {
         .expect("non-blocking listener");
     let notify = format!("unix:{}", notify_path.display());
     let control = format!("unix:{}", run.path("rtpproxy.sock").display());
-    run.start_relay_with(&control, 20550..=20599, &["-n", &notify, "-T", "2"]);
+    run.start_relay_with(&control, ports(50), &["-n", &notify, "-T", "2"]);
     run.timeout_socket = notify.clone();
-    run.start_kamailio(25103, 25104, 25105, &control);
-    let callee = Endpoint {
-        sip: 25104,
-        media: 26430,
-        control: 26450,
-    };
-    let caller = Endpoint {
-        sip: 25105,
-        media: 26440,
-        control: 26451,
-    };
+    let (kamailio, callee, caller) = (port(), Endpoint::new(), Endpoint::new());
+    run.start_kamailio(kamailio, callee.sip, caller.sip, &control);
     let callee = run.start_sipp("callee", "callee_reinvite.xml", callee, 1, &[]);
-    let extra = ["-s", "service", "-l", "1", "127.0.0.1:25103"];
+    let target = format!("127.0.0.1:{kamailio}");
+    let extra = ["-s", "service", "-l", "1", &target];
     let caller = run.start_sipp("caller", "caller_reinvite.xml", caller, 1, &extra);
 
     // Read what the relay writes to the listener while the call runs.
@@ -1660,22 +1613,13 @@ fn kamailio_start_recording_records_both_directions() {
     let mut run = Run::new("interop-record");
     let recordings = run.path("recordings");
     fs::create_dir(&recordings).expect("create the recording directory");
-    let url = "udp:127.0.0.1:23020";
+    let url = format!("udp:127.0.0.1:{}", port());
     let dir = recordings.to_str().expect("utf-8 temp path");
-    run.start_relay_with(url, 20400..=20499, &["-r", dir]);
+    run.start_relay_with(&url, ports(100), &["-r", dir]);
     run.recording = true;
-    run.start_kamailio(25090, 25091, 25092, url);
-    let callee = Endpoint {
-        sip: 25091,
-        media: 26300,
-        control: 26320,
-    };
-    let caller = Endpoint {
-        sip: 25092,
-        media: 26310,
-        control: 26321,
-    };
-    let calls = single_relay_calls(&mut run, 25090, callee, caller);
+    let (kamailio, callee, caller) = (port(), Endpoint::new(), Endpoint::new());
+    run.start_kamailio(kamailio, callee.sip, caller.sip, &url);
+    let calls = single_relay_calls(&mut run, kamailio, callee, caller);
     let names: Vec<String> = fs::read_dir(&recordings)
         .expect("list the recording directory")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

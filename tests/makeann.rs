@@ -1,6 +1,9 @@
 //! Runs the built `makeann` on generated audio and checks the prompt files it
 //! writes.
 
+mod common;
+
+use common::TempDir;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -8,28 +11,6 @@ use std::process::{Command, Output};
 use rtpproxy::g711::{alaw_to_linear, ulaw_to_linear};
 
 const MAKEANN: &str = env!("CARGO_BIN_EXE_makeann");
-
-/// A scratch directory for one test, removed when the test ends (pass or fail).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("makeann-{}-{test}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `count` samples of a 1 kHz sine at 8 kHz, about -6 dBFS.
 fn tone(count: usize) -> Vec<i16> {
@@ -129,7 +110,7 @@ fn file_len(path: PathBuf) -> u64 {
 fn raw_tone_encodes_to_faithful_g711() {
     let dir = TempDir::new("raw");
     let input = tone(8000);
-    let infile = dir.path("tone.raw");
+    let infile = dir.join("tone.raw");
     fs::write(&infile, raw_bytes(&input)).unwrap();
 
     makeann_ok(&[&infile]);
@@ -140,12 +121,12 @@ fn raw_tone_encodes_to_faithful_g711() {
 fn wav_tone_gives_the_same_files_as_raw() {
     let dir = TempDir::new("wav");
     let input = tone(8000);
-    let raw = dir.path("tone.raw");
-    let wav = dir.path("tone.wav");
+    let raw = dir.join("tone.raw");
+    let wav = dir.join("tone.wav");
     fs::write(&raw, raw_bytes(&input)).unwrap();
     fs::write(&wav, wav_bytes(&input, 8000, 1)).unwrap();
 
-    let from_wav = dir.path("fromwav.raw");
+    let from_wav = dir.join("fromwav.raw");
     makeann_ok(&[&raw]);
     makeann_ok(&[&wav, &from_wav]);
     assert_g711_faithful(&from_wav, &input);
@@ -163,69 +144,69 @@ fn wav_tone_gives_the_same_files_as_raw() {
 #[test]
 fn limit_truncates_and_loop_repeats() {
     let dir = TempDir::new("limit");
-    let infile = dir.path("in.raw");
+    let infile = dir.join("in.raw");
     fs::write(&infile, raw_bytes(&tone(1000))).unwrap();
-    let short = dir.path("short");
-    let long = dir.path("long");
-    let capped = dir.path("capped");
+    let short = dir.join("short");
+    let long = dir.join("long");
+    let capped = dir.join("capped");
     let limit = Path::new("-l");
     let looped = Path::new("-L");
 
     makeann_ok(&[limit, Path::new("500"), &infile, &short]);
-    assert_eq!(file_len(dir.path("short.0")), 500);
-    assert_eq!(file_len(dir.path("short.8")), 500);
+    assert_eq!(file_len(dir.join("short.0")), 500);
+    assert_eq!(file_len(dir.join("short.8")), 500);
 
     makeann_ok(&[limit, Path::new("2500"), looped, &infile, &long]);
-    let pcmu = fs::read(dir.path("long.0")).unwrap();
+    let pcmu = fs::read(dir.join("long.0")).unwrap();
     assert_eq!(pcmu.len(), 2500);
     assert_eq!(pcmu[1000..2000], pcmu[..1000]);
     assert_eq!(pcmu[2000..], pcmu[..500]);
-    assert_eq!(file_len(dir.path("long.8")), 2500);
+    assert_eq!(file_len(dir.join("long.8")), 2500);
 
     // Without -L the input simply runs out.
     makeann_ok(&[limit, Path::new("2500"), &infile, &capped]);
-    assert_eq!(file_len(dir.path("capped.0")), 1000);
+    assert_eq!(file_len(dir.join("capped.0")), 1000);
 
     // 2500 samples: 16 GSM frames of 160, 32 G.729 frames of 80.
     #[cfg(feature = "gsm")]
     {
-        assert_eq!(file_len(dir.path("long.3")), 16 * 33);
-        assert_eq!(file_len(dir.path("short.3")), 4 * 33);
+        assert_eq!(file_len(dir.join("long.3")), 16 * 33);
+        assert_eq!(file_len(dir.join("short.3")), 4 * 33);
     }
     #[cfg(feature = "g729")]
     {
-        assert_eq!(file_len(dir.path("long.18")), 32 * 10);
-        assert_eq!(file_len(dir.path("short.18")), 7 * 10);
+        assert_eq!(file_len(dir.join("long.18")), 32 * 10);
+        assert_eq!(file_len(dir.join("short.18")), 7 * 10);
     }
     #[cfg(not(feature = "gsm"))]
-    assert!(!dir.path("long.3").exists());
+    assert!(!dir.join("long.3").exists());
     #[cfg(not(feature = "g729"))]
-    assert!(!dir.path("long.18").exists());
+    assert!(!dir.join("long.18").exists());
 }
 
 #[cfg(any(feature = "gsm", feature = "g729"))]
 #[test]
 fn frame_codecs_write_whole_frames() {
     let dir = TempDir::new("frames");
-    let infile = dir.path("in.raw");
+    let infile = dir.join("in.raw");
     // One second and a bit: the tail must be padded to a whole frame.
     fs::write(&infile, raw_bytes(&tone(8000 + 10))).unwrap();
     makeann_ok(&[&infile]);
     #[cfg(feature = "gsm")]
     {
-        let gsm = fs::read(dir.path("in.raw.3")).unwrap();
+        let gsm = fs::read(dir.join("in.raw.3")).unwrap();
         assert_eq!(gsm.len(), 51 * 33);
         // Every packed GSM frame starts with the magic nibble 0xD.
         assert!(gsm.chunks(33).all(|frame| frame[0] >> 4 == 0xD));
     }
     #[cfg(feature = "g729")]
-    assert_eq!(file_len(dir.path("in.raw.18")), 101 * 10);
+    assert_eq!(file_len(dir.join("in.raw.18")), 101 * 10);
 }
 
 #[test]
 fn refuses_16khz_wav() {
     let dir = TempDir::new("wide");
-    let infile = dir.path("wide.wav");
+    let infile = dir.join("wide.wav");
     fs::write(&infile, wav_bytes(&tone(1600), 16000, 1)).unwrap();
 
     let out = makeann(&[&infile]);
@@ -238,19 +219,19 @@ fn refuses_16khz_wav() {
             infile.display()
         )
     );
-    assert!(!dir.path("wide.wav.0").exists());
+    assert!(!dir.join("wide.wav.0").exists());
 }
 
 #[test]
 fn refuses_stereo_and_truncated_wav() {
     let dir = TempDir::new("badwav");
-    let stereo = dir.path("stereo.wav");
+    let stereo = dir.join("stereo.wav");
     fs::write(&stereo, wav_bytes(&tone(1600), 44100, 2)).unwrap();
     let out = makeann(&[&stereo]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("44100 Hz stereo"));
 
-    let cut = dir.path("cut.wav");
+    let cut = dir.join("cut.wav");
     let mut bytes = wav_bytes(&tone(1600), 8000, 1);
     bytes.truncate(bytes.len() - 100);
     fs::write(&cut, bytes).unwrap();
@@ -264,7 +245,7 @@ fn refuses_stereo_and_truncated_wav() {
 #[test]
 fn bad_options_exit_1_with_usage() {
     let dir = TempDir::new("opts");
-    let infile = dir.path("in.raw");
+    let infile = dir.join("in.raw");
     fs::write(&infile, raw_bytes(&tone(160))).unwrap();
     for (args, expected) in [
         (vec![Path::new("-x"), &infile], "makeann: unknown option -x"),
@@ -289,5 +270,5 @@ fn bad_options_exit_1_with_usage() {
             ]
         );
     }
-    assert!(!dir.path("in.raw.0").exists());
+    assert!(!dir.join("in.raw.0").exists());
 }

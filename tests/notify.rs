@@ -2,13 +2,12 @@
 //! real sockets: a listener in the test receives what the daemon writes
 //! when a session armed by `U ... NOTIFY_SOCKET [NOTIFY_TAG]` times out.
 //!
-//! Each test has its own UDP control port (228xx) and media range
-//! (18220-18299 in twenty-port ranges; 18300-18999 for the test that
-//! creates hundreds of sessions), below the kernel's ephemeral ports.
+//! Each test gets its UDP control port and media range (twenty ports; 700
+//! for the test that creates hundreds of sessions) from `common::ports`.
 
 mod common;
 
-use common::udp;
+use common::{port, ports, udp};
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read};
@@ -113,7 +112,7 @@ fn timeout_sends_decoded_tag_or_the_two_ports() {
     let dir = TempDir::new("notify-basic");
     let (path, arg) = notify_socket(&dir);
     let mut listener = Listener::bind(&path);
-    let rp = udp(22850, (18220, 18239), &["-T", "2", "-n", &arg]);
+    let rp = udp(port(), ports(20).range(), &["-T", "2", "-n", &arg]);
     assert_eq!(rp.command("VF 20081224"), "1");
 
     let created = Instant::now();
@@ -154,7 +153,7 @@ fn timeout_sends_decoded_tag_or_the_two_ports() {
 fn listener_restarted_at_the_same_path_gets_the_next_notification() {
     let dir = TempDir::new("notify-restart");
     let (path, arg) = notify_socket(&dir);
-    let rp = udp(22851, (18240, 18259), &["-T", "1", "-n", &arg]);
+    let rp = udp(port(), ports(20).range(), &["-T", "1", "-n", &arg]);
     let wait = Duration::from_secs(5);
 
     let mut listener = Listener::bind(&path);
@@ -188,7 +187,7 @@ fn foreign_socket_arms_nothing_and_bad_tags_are_e4() {
     let dir = TempDir::new("notify-misc");
     let (path, arg) = notify_socket(&dir);
     let mut listener = Listener::bind(&path);
-    let rp = udp(22852, (18260, 18279), &["-T", "1", "-n", &arg]);
+    let rp = udp(port(), ports(20).range(), &["-T", "1", "-n", &arg]);
 
     // Another socket than -n: the session is made, nothing is armed.
     let elsewhere = dir.path().join("elsewhere.sock");
@@ -230,7 +229,7 @@ fn without_n_nothing_is_armed() {
     let dir = TempDir::new("notify-off");
     let (path, arg) = notify_socket(&dir);
     let mut listener = Listener::bind(&path);
-    let rp = udp(22853, (18280, 18299), &["-T", "1"]);
+    let rp = udp(port(), ports(20).range(), &["-T", "1"]);
     assert_eq!(rp.command("VF 20081224"), "0");
     port_of(&rp.command(&format!("U off 127.0.0.1 4000 ftag ttag {arg} tag")));
     assert!(
@@ -260,7 +259,7 @@ fn stuck_listener_does_not_delay_relaying() {
     let dir = TempDir::new("notify-stuck");
     let (path, arg) = notify_socket(&dir);
     let mut listener = Listener::bind(&path);
-    let rp = udp(22854, (18300, 18999), &["-T", "2", "-n", &arg]);
+    let rp = udp(port(), ports(700).range(), &["-T", "2", "-n", &arg]);
     // Both ends real-time when allowed, so that the round trips measure
     // the daemon, not a busy machine's scheduler.
     let realtime = common::make_realtime(rp.pid()) && common::make_realtime(0);

@@ -1,6 +1,6 @@
 //! Operator extras: retransmit-safe UDP commands, the `G` counters,
 //! graceful drain and the `-A` accounting file.
-//! Control ports 22460-22499, media 19600-19999.
+//! Control ports and media ranges come from `common::ports`.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{parse_flat_json, reply_addr, rtp_packet, Json, Peer, Rtpproxy, TempDir};
+use common::{parse_flat_json, port, ports, reply_addr, rtp_packet, Json, Peer, Rtpproxy, TempDir};
 
 fn raw(sock: &UdpSocket, to: &str, msg: &str) -> String {
     sock.send_to(msg.as_bytes(), to).expect("send");
@@ -20,19 +20,22 @@ fn raw(sock: &UdpSocket, to: &str, msg: &str) -> String {
 
 #[test]
 fn retransmitted_commands_are_answered_from_the_cache() {
+    let control = port();
+    let spec = format!("udp:127.0.0.1:{control}");
+    let (m, mm) = ports(100).range();
     let rp = Rtpproxy::start(&[
         "-s",
-        "udp:127.0.0.1:22460",
+        &spec,
         "-l",
         "127.0.0.1",
         "-m",
-        "19600",
+        &m.to_string(),
         "-M",
-        "19699",
+        &mm.to_string(),
     ]);
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let to = "127.0.0.1:22460";
+    let to = &format!("127.0.0.1:{control}");
     let first = raw(&s, to, "c1 U rt1 127.0.0.1 5000 ft");
     let again = raw(&s, to, "c1 U rt1 127.0.0.1 5000 ft");
     assert_eq!(first, again);
@@ -54,15 +57,18 @@ fn retransmitted_commands_are_answered_from_the_cache() {
 
 #[test]
 fn g_reports_counters() {
+    let control = port();
+    let spec = format!("udp:127.0.0.1:{control}");
+    let (m, mm) = ports(100).range();
     let rp = Rtpproxy::start(&[
         "-s",
-        "udp:127.0.0.1:22461",
+        &spec,
         "-l",
         "127.0.0.1",
         "-m",
-        "19700",
+        &m.to_string(),
         "-M",
-        "19799",
+        &mm.to_string(),
     ]);
     assert_eq!(rp.command("VF 20141004"), "1");
     let caller = Peer::new("127.0.0.1");
@@ -100,15 +106,18 @@ fn g_reports_counters() {
 
 #[test]
 fn drain_keeps_calls_refuses_new_ones_and_exits_when_done() {
+    let control = port();
+    let spec = format!("udp:127.0.0.1:{control}");
+    let (m, mm) = ports(100).range();
     let mut rp = Rtpproxy::start(&[
         "-s",
-        "udp:127.0.0.1:22462",
+        &spec,
         "-l",
         "127.0.0.1",
         "-m",
-        "19800",
+        &m.to_string(),
         "-M",
-        "19899",
+        &mm.to_string(),
         "-d",
         "INFO",
     ]);
@@ -125,7 +134,7 @@ fn drain_keeps_calls_refuses_new_ones_and_exits_when_done() {
     let mut buf = [0u8; 256];
     let mut draining = false;
     for i in 0..100 {
-        s.send_to(format!("v{i} V").as_bytes(), "127.0.0.1:22462")
+        s.send_to(format!("v{i} V").as_bytes(), ("127.0.0.1", control))
             .unwrap();
         if let Ok(n) = s.recv(&mut buf) {
             if String::from_utf8_lossy(&buf[..n]).ends_with("E15\n") {
@@ -139,7 +148,7 @@ fn drain_keeps_calls_refuses_new_ones_and_exits_when_done() {
     }
     assert!(draining, "{}", rp.log());
     // A new session gets no reply at all, so Kamailio tries another relay.
-    s.send_to(b"n1 U dr2 127.0.0.1 5000 ft", "127.0.0.1:22462")
+    s.send_to(b"n1 U dr2 127.0.0.1 5000 ft", ("127.0.0.1", control))
         .unwrap();
     assert!(
         s.recv(&mut buf).is_err(),
@@ -214,15 +223,18 @@ fn accounting_file_gets_one_json_line_per_ended_session() {
     let dir = TempDir::new("acct");
     let file = dir.path().join("calls.json");
     let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let control = port();
+    let spec = format!("udp:127.0.0.1:{control}");
+    let (m, mm) = ports(50).range();
     let rp = Rtpproxy::start(&[
         "-s",
-        "udp:127.0.0.1:22480",
+        &spec,
         "-l",
         "127.0.0.1",
         "-m",
-        "19900",
+        &m.to_string(),
         "-M",
-        "19949",
+        &mm.to_string(),
         "-T",
         "2",
         "-A",
@@ -314,15 +326,18 @@ fn accounting_file_gets_one_json_line_per_ended_session() {
 
 #[test]
 fn accounting_file_errors_at_start_up_and_at_write() {
+    let control = port();
+    let spec = format!("udp:127.0.0.1:{control}");
+    let (m, mm) = ports(50).range();
     let err = match Rtpproxy::try_start(&[
         "-s",
-        "udp:127.0.0.1:22481",
+        &spec,
         "-l",
         "127.0.0.1",
         "-m",
-        "19950",
+        &m.to_string(),
         "-M",
-        "19999",
+        &mm.to_string(),
         "-A",
         "/nonexistent-rtpp-dir/calls.json",
     ]) {
@@ -333,15 +348,18 @@ fn accounting_file_errors_at_start_up_and_at_write() {
 
     // Every write to /dev/full fails: logged once, then the file is given
     // up and the daemon keeps relaying and logging each call.
+    let control = port();
+    let spec = format!("udp:127.0.0.1:{control}");
+    let (m, mm) = ports(50).range();
     let rp = Rtpproxy::start(&[
         "-s",
-        "udp:127.0.0.1:22482",
+        &spec,
         "-l",
         "127.0.0.1",
         "-m",
-        "19950",
+        &m.to_string(),
         "-M",
-        "19999",
+        &mm.to_string(),
         "-d",
         "INFO",
         "-A",

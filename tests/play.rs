@@ -3,12 +3,12 @@
 //! pace, codec choice, media held back while a prompt plays, and players
 //! ending with their session.
 //!
-//! Each test has its own UDP control port (228xx) and media range
-//! (18000-18219, twenty ports per test, below the kernel's ephemeral ports).
+//! Each test gets its UDP control port and media range (twenty ports) from
+//! `common::ports`.
 
 mod common;
 
-use common::udp;
+use common::{port, ports, udp};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -194,7 +194,7 @@ fn makeann_prompt_plays_twice_to_latched_caller() {
     let prompt = makeann(dir.path(), &tone(2400), "hello", &[]);
     let file = std::fs::read(dir.path().join("hello.0")).expect("makeann wrote hello.0");
     assert_eq!(file.len(), 2400);
-    let rp = udp(22800, (18000, 18019), &[]);
+    let rp = udp(port(), ports(20).range(), &[]);
     let call = setup_call(&rp, "play1", "", "");
 
     let started = Instant::now();
@@ -227,7 +227,7 @@ fn hand_made_prompt_plays_whole_frames_to_callee() {
     let mut file = frames.clone();
     file.extend_from_slice(&[0xee; 33]);
     let prompt = hand_made(dir.path(), "alaw", 8, &file);
-    let rp = udp(22801, (18020, 18039), &[]);
+    let rp = udp(port(), ports(20).range(), &[]);
     let call = setup_call(&rp, "play2", "", "");
 
     // FROMTAG = the callee's tag: the prompt goes to the callee.
@@ -344,7 +344,7 @@ fn ten_seconds_of_prompt_keep_a_10ms_pace_without_drift() {
     let dir = TempDir::new("play-pace");
     // 10 s made by makeann from a looped 0.25 s tone.
     let prompt = makeann(dir.path(), &tone(2000), "long", &["-l", "80000", "-L"]);
-    let rp = udp(22802, (18040, 18059), &[]);
+    let rp = udp(port(), ports(20).range(), &[]);
     let realtime = common::make_realtime(rp.pid());
     let caller = stamped_call(&rp, "pace1");
     assert_eq!(
@@ -381,7 +381,7 @@ fn stalled_daemon_catches_up_without_drift() {
     const PACKETS: usize = 600;
     let dir = TempDir::new("play-stall");
     let prompt = hand_made(dir.path(), "stall", 0, &pattern(PACKETS, 8));
-    let rp = udp(22810, (18200, 18219), &[]);
+    let rp = udp(port(), ports(20).range(), &[]);
     let realtime = common::make_realtime(rp.pid());
     let caller = stamped_call(&rp, "stall1");
     assert_eq!(rp.command(&format!("P stall1 {prompt} 0 ftag ttag")), "0");
@@ -441,7 +441,7 @@ fn session_codec_list_picks_the_prompt() {
     let both = hand_made(dir.path(), "both", 0, &pattern(4, 1));
     hand_made(dir.path(), "both", 8, &pattern(4, 2));
     let only_u = hand_made(dir.path(), "onlyu", 0, &pattern(4, 3));
-    let rp = udp(22803, (18060, 18079), &[]);
+    let rp = udp(port(), ports(20).range(), &[]);
     // The caller offers PCMA then PCMU; the callee answers without a list.
     let call = setup_call(&rp, "sess1", "c8,0", "");
 
@@ -489,7 +489,7 @@ fn session_codec_list_picks_the_prompt() {
 fn unknown_prompt_and_p0_start_nothing() {
     let dir = TempDir::new("play-none");
     let prompt = hand_made(dir.path(), "p", 0, &pattern(4, 9));
-    let rp = udp(22804, (18080, 18099), &[]);
+    let rp = udp(port(), ports(20).range(), &[]);
     let call = setup_call(&rp, "none1", "", "");
 
     let missing = dir.path().join("missing").display().to_string();
@@ -515,7 +515,7 @@ fn media_to_the_party_waits_while_a_prompt_plays() {
     let dir = TempDir::new("play-hold");
     // 5 packets per play: P-1 must loop it.
     let prompt = hand_made(dir.path(), "moh", 0, &pattern(5, 4));
-    let rp = udp(22805, (18100, 18119), &[]);
+    let rp = udp(port(), ports(20).range(), &[]);
     let call = setup_call(&rp, "hold1", "", "");
     let before = query(&rp, "Q hold1 ftag;1 ttag;1");
 
@@ -603,7 +603,7 @@ fn until_silent(peer: &Peer) -> usize {
 fn deleting_a_session_mid_prompt_frees_its_player() {
     let dir = TempDir::new("play-del");
     let prompt = hand_made(dir.path(), "loop", 0, &pattern(3, 5));
-    let rp = udp(22806, (18120, 18139), &[]);
+    let rp = udp(port(), ports(20).range(), &[]);
     let call = setup_call(&rp, "del1", "", "");
     assert_eq!(
         rp.command(&format!("P-1 del1 {prompt} 0 ftag;1 ttag;1")),
@@ -627,7 +627,7 @@ fn deleting_a_session_mid_prompt_frees_its_player() {
 fn timed_out_session_mid_prompt_frees_its_player() {
     let dir = TempDir::new("play-ttl");
     let prompt = hand_made(dir.path(), "loop", 0, &pattern(3, 6));
-    let mut rp = udp(22807, (18140, 18159), &["-T", "2"]);
+    let mut rp = udp(port(), ports(20).range(), &["-T", "2"]);
     let call = setup_call(&rp, "ttl1", "", "");
     let started = Instant::now();
     assert_eq!(
@@ -654,7 +654,7 @@ fn timed_out_session_mid_prompt_frees_its_player() {
 fn double_send_applies_to_prompt_packets() {
     let dir = TempDir::new("play-double");
     let prompt = hand_made(dir.path(), "twice", 0, &pattern(5, 7));
-    let rp = udp(22808, (18160, 18179), &["-2"]);
+    let rp = udp(port(), ports(20).range(), &["-2"]);
     let caller = Peer::new("127.0.0.1");
     rp.command(&format!("U dbl1 127.0.0.1 {} ftag", caller.port()));
     let l = rp.command("L dbl1 127.0.0.1 4000 ftag ttag");
@@ -687,7 +687,7 @@ fn gsm_prompt_is_paced_at_20ms() {
     let prompt = makeann(dir.path(), &tone(4000), "gsm", &[]);
     let file = std::fs::read(dir.path().join("gsm.3")).expect("makeann wrote gsm.3");
     assert_eq!(file.len(), 25 * 33);
-    let rp = udp(22809, (18180, 18199), &[]);
+    let rp = udp(port(), ports(20).range(), &[]);
     let call = setup_call(&rp, "gsm1", "c3,0", "");
     let started = Instant::now();
     assert_eq!(

@@ -6,32 +6,8 @@
 //! missing directory stops a recording but never the relay, and what is
 //! recorded decodes with tshark and with `extractaudio`.
 //!
-//! Each test has its own control port and media range (below the kernel's
-//! ephemeral ports), so that they run in parallel:
-//!
-//! | test | control | media |
-//! |---|---|---|
-//! | `r_records_each_direction_in_classic_format` | 22700 | 17000-17039 |
-//! | `spool_is_emptied_on_delete` | 22701 | 17050-17089 |
-//! | `spool_is_emptied_on_timeout` | 22702 | 17100-17139 |
-//! | `spool_is_emptied_on_delete_all` | 22703 | 17150-17189 |
-//! | `spool_is_emptied_on_terminate_losing_nothing` | 22704 | 17200-17239 |
-//! | `big_r_option_records_no_rtcp` | 22705 | 17250-17289 |
-//! | `a_option_records_from_creation` | 22706 | 17300-17339 |
-//! | `copy_to_udp_forwards_one_party` | 22707 | 17350-17389 |
-//! | `copy_to_file_records_one_party` | 22708 | 17400-17439 |
-//! | `hostile_call_ids_stay_inside_the_directory` | 22709 | 17450-17489 |
-//! | `full_directory_stops_only_that_recording` | 22710 | 17500-17539 |
-//! | `missing_directory_is_logged_and_relaying_goes_on` | 22711 | 17550-17589 |
-//! | `missing_final_directory_keeps_the_spooled_file` | 22712 | 17600-17639 |
-//! | `read_only_directory_is_logged_and_relaying_goes_on` | 22713 | 17650-17689 |
-//! | `pcap_recording_decodes_as_rtp_ipv4` | 22714 | 17700-17739 |
-//! | `pcap_recording_decodes_as_rtp_ipv6` | 22715 | 17750-17789 |
-//! | `extractaudio_gives_back_the_call_audio` | 22716 | 17800-17839 |
-//! | `ipv6_senders_fill_the_adhoc_address_block` | 22717 | 17850-17889 |
-//! | `r_without_media_number_records_every_stream` | 22718 | 17900-17939 |
-//! | `a_option_leaves_nothing_of_a_refused_session` | 22719 | 17950-17953 |
-//! | `copy_to_file_keeps_a_running_r_recording` | 22720 | 17960-17999 |
+//! Each test gets its control port and media range (40 ports) from
+//! `common::ports`, so that they run in parallel.
 //!
 //! The tests that mount a tmpfs need root (CI runs as root) and fail with a
 //! message saying so otherwise; tshark and sox are installed by
@@ -46,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{reply_addr, Peer, Rtpproxy, TempDir};
+use common::{port, ports, reply_addr, Peer, Rtpproxy, TempDir};
 use rtpproxy::g711::{linear_to_ulaw, ulaw_to_linear};
 use rtpproxy::rtpp_record_reader::read_recording;
 
@@ -64,16 +40,17 @@ const ADHOC_HEADER: usize = 40;
 const CALLER_SSRC: u32 = 0xca11_e4a0;
 const CALLEE_SSRC: u32 = 0x0ca1_1ee5;
 
-/// Starts a daemon on IPv4 loopback with UDP control on `control` and the
-/// 40 media ports from `media`.
-fn daemon(control: u16, media: u16, extra: &[&str]) -> Rtpproxy {
-    common::udp(control, (media, media + 39), extra)
+/// Starts a daemon on IPv4 loopback with UDP control and 40 media ports,
+/// all of them its own.
+fn daemon(extra: &[&str]) -> Rtpproxy {
+    common::udp(port(), ports(40).range(), extra)
 }
 
 /// The same on IPv6 loopback only.
-fn daemon6(control: u16, media: u16, extra: &[&str]) -> Rtpproxy {
-    let s = format!("udp6:[::1]:{control}");
-    let (min, max) = (media.to_string(), (media + 39).to_string());
+fn daemon6(extra: &[&str]) -> Rtpproxy {
+    let s = format!("udp6:[::1]:{}", port());
+    let (min, max) = ports(40).range();
+    let (min, max) = (min.to_string(), max.to_string());
     let mut args = vec!["-s", &s, "-6", "::1", "-m", &min, "-M", &max, "-d", "INFO"];
     args.extend_from_slice(extra);
     Rtpproxy::start(&args)
@@ -526,7 +503,7 @@ impl Drop for Tmpfs {
 #[test]
 fn r_records_each_direction_in_classic_format() {
     let rec = TempDir::new("rec-adhoc");
-    let rp = daemon(22700, 17000, &["-r", path_str(rec.path())]);
+    let rp = daemon(&["-r", path_str(rec.path())]);
     let call = setup_call(&rp, b"adhoc1@host", "127.0.0.1");
     assert_eq!(call.command(&rp, "R", &format!("{FROM_TAG} {TO_TAG}")), "0");
     let mut window = Window::open();
@@ -550,7 +527,7 @@ fn r_records_each_direction_in_classic_format() {
 #[test]
 fn r_without_media_number_records_every_stream() {
     let rec = TempDir::new("rec-streams");
-    let rp = daemon(22718, 17900, &["-r", path_str(rec.path())]);
+    let rp = daemon(&["-r", path_str(rec.path())]);
     let first = setup_stream(&rp, b"streams@host", "127.0.0.1", 1);
     let second = setup_stream(&rp, b"streams@host", "127.0.0.1", 2);
     // As Kamailio's start_recording() sends it: tags without media numbers.
@@ -589,14 +566,14 @@ enum End {
 /// Records a call through `-S`, checks that the files are in the spool
 /// while it runs, ends it as `end` says and checks that the complete files
 /// are then in `-r` and nothing is left in the spool.
-fn spool_scenario(control: u16, media: u16, end: End) {
+fn spool_scenario(end: End) {
     let rec = TempDir::new("rec-final");
     let spool = TempDir::new("rec-spool");
     let mut args = vec!["-r", path_str(rec.path()), "-S", path_str(spool.path())];
     if matches!(end, End::Timeout) {
         args.extend(["-T", "2"]);
     }
-    let mut rp = daemon(control, media, &args);
+    let mut rp = daemon(&args);
     let call_id = format!("spool-{end:?}@host");
     let call = setup_call(&rp, call_id.as_bytes(), "127.0.0.1");
     assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
@@ -654,28 +631,28 @@ fn spool_scenario(control: u16, media: u16, end: End) {
 
 #[test]
 fn spool_is_emptied_on_delete() {
-    spool_scenario(22701, 17050, End::Delete);
+    spool_scenario(End::Delete);
 }
 
 #[test]
 fn spool_is_emptied_on_timeout() {
-    spool_scenario(22702, 17100, End::Timeout);
+    spool_scenario(End::Timeout);
 }
 
 #[test]
 fn spool_is_emptied_on_delete_all() {
-    spool_scenario(22703, 17150, End::DeleteAll);
+    spool_scenario(End::DeleteAll);
 }
 
 #[test]
 fn spool_is_emptied_on_terminate_losing_nothing() {
-    spool_scenario(22704, 17200, End::Terminate);
+    spool_scenario(End::Terminate);
 }
 
 #[test]
 fn big_r_option_records_no_rtcp() {
     let rec = TempDir::new("rec-norctp");
-    let rp = daemon(22705, 17250, &["-R", "-r", path_str(rec.path())]);
+    let rp = daemon(&["-R", "-r", path_str(rec.path())]);
     let call = setup_call(&rp, b"nortcp@host", "127.0.0.1");
     assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
     let mut window = Window::open();
@@ -689,7 +666,7 @@ fn big_r_option_records_no_rtcp() {
 #[test]
 fn a_option_records_from_creation() {
     let rec = TempDir::new("rec-all");
-    let rp = daemon(22706, 17300, &["-a", "-r", path_str(rec.path())]);
+    let rp = daemon(&["-a", "-r", path_str(rec.path())]);
     let mut window = Window::open();
     let call = setup_call(&rp, b"all1@host", "127.0.0.1");
     let all: BTreeSet<String> = ["o.rtp", "a.rtp", "o.rtcp", "a.rtcp"]
@@ -710,16 +687,17 @@ fn a_option_records_from_creation() {
 fn a_option_leaves_nothing_of_a_refused_session() {
     let rec = TempDir::new("rec-refused");
     // Two port pairs: one session of two legs takes them all.
-    let s = "udp:127.0.0.1:22719";
+    let s = format!("udp:127.0.0.1:{}", port());
+    let (m, mm) = ports(4).range();
     let rp = Rtpproxy::start(&[
         "-s",
-        s,
+        &s,
         "-l",
         "127.0.0.1",
         "-m",
-        "17950",
+        &m.to_string(),
         "-M",
-        "17953",
+        &mm.to_string(),
         "-a",
         "-r",
         path_str(rec.path()),
@@ -746,7 +724,7 @@ fn collect(peer: &Peer) -> Vec<Vec<u8>> {
 #[test]
 fn copy_to_udp_forwards_one_party() {
     // No -r: copies to UDP need no directory.
-    let rp = daemon(22707, 17350, &[]);
+    let rp = daemon(&[]);
     let call = setup_call(&rp, b"copyudp@host", "127.0.0.1");
     let (caller_copy, caller_copy_rtcp) = peer_pair("127.0.0.1");
     let (callee_copy, callee_copy_rtcp) = peer_pair("127.0.0.1");
@@ -775,7 +753,7 @@ fn copy_to_udp_forwards_one_party() {
 #[test]
 fn copy_to_file_records_one_party() {
     let rec = TempDir::new("rec-copy");
-    let rp = daemon(22708, 17400, &["-r", path_str(rec.path())]);
+    let rp = daemon(&["-r", path_str(rec.path())]);
     let call = setup_call(&rp, b"copyfile@host", "127.0.0.1");
     assert_eq!(
         call.command(&rp, "C", &format!("caller-copy {FROM_TAG}")),
@@ -828,7 +806,7 @@ fn copy_to_file_records_one_party() {
 #[test]
 fn copy_to_file_keeps_a_running_r_recording() {
     let rec = TempDir::new("rec-r-then-c");
-    let rp = daemon(22720, 17960, &["-r", path_str(rec.path())]);
+    let rp = daemon(&["-r", path_str(rec.path())]);
     let call = setup_call(&rp, b"rthenc@host", "127.0.0.1");
     assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
     let mut window = Window::open();
@@ -871,11 +849,7 @@ fn hostile_call_ids_stay_inside_the_directory() {
     let spool = base.path().join("a/b/spool");
     std::fs::create_dir_all(&rec).expect("create -r");
     std::fs::create_dir_all(&spool).expect("create -S");
-    let rp = daemon(
-        22709,
-        17450,
-        &["-r", path_str(&rec), "-S", path_str(&spool)],
-    );
+    let rp = daemon(&["-r", path_str(&rec), "-S", path_str(&spool)]);
     let call_ids: [&[u8]; 3] = [
         b"../../../../escaped\xff\x80@host",
         b"/tmp/../../etc/x=y%2F..",
@@ -956,7 +930,7 @@ fn full_directory_stops_only_that_recording() {
     std::fs::create_dir(&dir).expect("create mount point");
     let _tmpfs = Tmpfs::mount(&dir, "size=64k");
     // Declared after the mount: the daemon is stopped before the unmount.
-    let rp = daemon(22710, 17500, &["-r", path_str(&dir)]);
+    let rp = daemon(&["-r", path_str(&dir)]);
     let call = setup_call(&rp, b"full@host", "127.0.0.1");
     assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
     // A few packets each way reach the disk at the next 1-second flush,
@@ -1018,7 +992,7 @@ fn missing_directory_is_logged_and_relaying_goes_on() {
     let base = TempDir::new("rec-missing");
     let rec = base.path().join("rec");
     std::fs::create_dir(&rec).expect("create -r");
-    let rp = daemon(22711, 17550, &["-r", path_str(&rec)]);
+    let rp = daemon(&["-r", path_str(&rec)]);
     std::fs::remove_dir(&rec).expect("remove -r");
     let call = setup_call(&rp, b"missing@host", "127.0.0.1");
     assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
@@ -1047,11 +1021,7 @@ fn missing_final_directory_keeps_the_spooled_file() {
     let spool = base.path().join("spool");
     std::fs::create_dir(&rec).expect("create -r");
     std::fs::create_dir(&spool).expect("create -S");
-    let rp = daemon(
-        22712,
-        17600,
-        &["-r", path_str(&rec), "-S", path_str(&spool)],
-    );
+    let rp = daemon(&["-r", path_str(&rec), "-S", path_str(&spool)]);
     let call = setup_call(&rp, b"gone@host", "127.0.0.1");
     assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
     let mut window = Window::open();
@@ -1084,7 +1054,7 @@ fn read_only_directory_is_logged_and_relaying_goes_on() {
     let tmpfs = Tmpfs::mount(&dir, "size=64k");
     // A read-only -r is refused at start-up; one that turns read-only
     // while the daemon runs must cost only the recordings.
-    let rp = daemon(22713, 17650, &["-r", path_str(&dir)]);
+    let rp = daemon(&["-r", path_str(&dir)]);
     tmpfs.remount_read_only();
     let call = setup_call(&rp, b"ro@host", "127.0.0.1");
     assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
@@ -1177,21 +1147,21 @@ fn pcap_scenario(rp: &Rtpproxy, ip: &str, rec: &Path) {
 #[test]
 fn pcap_recording_decodes_as_rtp_ipv4() {
     let rec = TempDir::new("rec-pcap4");
-    let rp = daemon(22714, 17700, &["-P", "-r", path_str(rec.path())]);
+    let rp = daemon(&["-P", "-r", path_str(rec.path())]);
     pcap_scenario(&rp, "127.0.0.1", rec.path());
 }
 
 #[test]
 fn pcap_recording_decodes_as_rtp_ipv6() {
     let rec = TempDir::new("rec-pcap6");
-    let rp = daemon6(22715, 17750, &["-P", "-r", path_str(rec.path())]);
+    let rp = daemon6(&["-P", "-r", path_str(rec.path())]);
     pcap_scenario(&rp, "::1", rec.path());
 }
 
 #[test]
 fn ipv6_senders_fill_the_adhoc_address_block() {
     let rec = TempDir::new("rec-adhoc6");
-    let rp = daemon6(22717, 17850, &["-r", path_str(rec.path())]);
+    let rp = daemon6(&["-r", path_str(rec.path())]);
     let call = setup_call(&rp, b"adhoc6@host", "::1");
     assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
     let mut window = Window::open();
@@ -1294,7 +1264,7 @@ fn find_exact(got: &[i16], want: &[i16], what: &str) -> usize {
 #[test]
 fn extractaudio_gives_back_the_call_audio() {
     let rec = TempDir::new("rec-audio");
-    let rp = daemon(22716, 17800, &["-r", path_str(rec.path())]);
+    let rp = daemon(&["-r", path_str(rec.path())]);
     let call = setup_call(&rp, b"audio@host", "127.0.0.1");
     assert_eq!(call.command(&rp, "R", FROM_TAG), "0");
     let (o_hz, o_amp, a_hz, a_amp) = (1000.0, 12000.0, 440.0, 5000.0);

@@ -1,6 +1,7 @@
 //! Re-packetization (`zNN`) through the real daemon: what a party sends is
 //! split or joined into NN ms packets on the way, with a consistent RTP
-//! header and real-time pacing. Control ports 22440-22459, media 19000-19499.
+//! header and real-time pacing. Control ports and media ranges come from
+//! `common::ports`.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{reply_addr, Peer, Rtpproxy};
+use common::{port, ports, reply_addr, Peer, Rtpproxy};
 
 struct Got {
     at: Duration,
@@ -30,8 +31,8 @@ fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A call where the caller's media is re-packetized by `z`.
-fn call(port: u16, range: (u16, u16), z: &str) -> (Rtpproxy, Peer, Peer, SocketAddr) {
-    let rp = common::udp(port, range, &[]);
+fn call(z: &str) -> (Rtpproxy, Peer, Peer, SocketAddr) {
+    let rp = common::udp(port(), ports(100).range(), &[]);
     let caller = Peer::new("127.0.0.1");
     let callee = Peer::new("127.0.0.1");
     let u = rp.command(&format!("U{z} rs 127.0.0.1 {} ft", caller.port()));
@@ -108,7 +109,7 @@ fn check_header_chain(got: &[Got], pt: u8, samples_per_byte_num: u32, samples_pe
 
 #[test]
 fn pcmu_20ms_joined_to_40ms() {
-    let (_rp, caller, callee, to) = call(22440, (19000, 19099), "z40");
+    let (_rp, caller, callee, to) = call("z40");
     let inputs = payload_stream(50, 160);
     let packets: Vec<_> = inputs
         .iter()
@@ -142,7 +143,7 @@ fn pcmu_20ms_joined_to_40ms() {
 
 #[test]
 fn pcmu_20ms_split_to_10ms_paced() {
-    let (_rp, caller, callee, to) = call(22441, (19100, 19199), "z10");
+    let (_rp, caller, callee, to) = call("z10");
     let inputs = payload_stream(50, 160);
     let packets: Vec<_> = inputs
         .iter()
@@ -180,7 +181,7 @@ fn pcmu_20ms_split_to_10ms_paced() {
 
 #[test]
 fn g729_10ms_joined_to_30ms() {
-    let (_rp, caller, callee, to) = call(22442, (19200, 19299), "z30");
+    let (_rp, caller, callee, to) = call("z30");
     let inputs = payload_stream(60, 10);
     let packets: Vec<_> = inputs
         .iter()
@@ -198,7 +199,7 @@ fn g729_10ms_joined_to_30ms() {
 
 #[test]
 fn out_of_order_is_reordered_and_late_is_dropped() {
-    let (rp, caller, callee, to) = call(22443, (19300, 19399), "z40");
+    let (rp, caller, callee, to) = call("z40");
     let inputs = payload_stream(8, 160);
     let mk = |i: usize| rtp(0, false, i as u16, 160 * i as u32, &inputs[i]);
     // 0,1 | 3,2 (swapped within the window) | 4,5 | 6,7, then 1 again, far too late.
@@ -218,7 +219,7 @@ fn out_of_order_is_reordered_and_late_is_dropped() {
 
 #[test]
 fn other_payload_types_pass_through_and_z_can_be_turned_off() {
-    let (rp, caller, callee, to) = call(22444, (19400, 19499), "z40");
+    let (rp, caller, callee, to) = call("z40");
     let dtmf = rtp(101, true, 1, 0, &[1, 0, 0, 160]);
     caller.send(to, &dtmf);
     assert_eq!(callee.recv().expect("pt 101 passes").0, dtmf);
@@ -233,15 +234,17 @@ fn other_payload_types_pass_through_and_z_can_be_turned_off() {
 
 #[test]
 fn bad_z_values_are_e1() {
+    let control = format!("udp:127.0.0.1:{}", port());
+    let (m, mm) = ports(21).range();
     let rp = Rtpproxy::start(&[
         "-s",
-        "udp:127.0.0.1:22445",
+        &control,
         "-l",
         "127.0.0.1",
         "-m",
-        "19500",
+        &m.to_string(),
         "-M",
-        "19520",
+        &mm.to_string(),
     ]);
     for z in ["z", "z0", "z15", "z5", "z2000", "zx"] {
         assert_eq!(rp.command(&format!("U{z} c 127.0.0.1 4000 f")), "E1", "{z}");

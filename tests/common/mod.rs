@@ -15,16 +15,26 @@ use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A directory removed when dropped.
+/// The test binary this module is compiled into (`core`, `record`, ...).
+const TEST_BINARY: &str = env!("CARGO_CRATE_NAME");
+
+/// A directory removed when dropped: the one scratch directory every test
+/// uses.
 pub struct TempDir {
     path: PathBuf,
 }
 
 impl TempDir {
-    /// Makes a fresh directory under the system temp dir.
+    /// Makes a fresh, empty directory under the system temp dir, named
+    /// `rtpp-BINARY-NAME-PID-N`: the test binary, `name`, the process and
+    /// a counter, so that no two directories of one run or of two runs
+    /// side by side are the same.
     pub fn new(name: &str) -> TempDir {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("rtpp-{name}-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "rtpp-{TEST_BINARY}-{name}-{}-{n}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir { path }
@@ -33,12 +43,154 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Each test binary's share of the UDP port space: (binary, first, last).
+///
+/// Every port a test binds or has a daemon, Kamailio or sipp bind (media
+/// ranges, control ports, SIP ports, a peer's fixed port) comes from its
+/// binary's share through [`ports`], so the tests of one binary, which run
+/// in parallel, never meet, and two binaries never share a port even when
+/// run at the same time. The shares lie in 10000-27999: above the
+/// well-known and registered service ports a test machine may run (SIP's
+/// 5060, ...), below the media ports of the soak test (28000-31999) and of
+/// the benchmark (30000 and up), and below the kernel's ephemeral ports
+/// (32768 and up on Linux), which the tests' own sockets bound to port 0
+/// get. They stay clear of [`RESERVED`]. A new test binary that needs
+/// ports gets a line here; the compile-time check below refuses shares
+/// that overlap.
+pub const PORT_SHARES: &[(&str, u16, u16)] = &[
+    ("core", 10000, 15999),
+    ("daemon_life", 16000, 17199),
+    ("record", 17200, 18399),
+    ("notify", 18400, 19399),
+    ("hardening", 19400, 20599),
+    ("interop_kamailio", 20600, 21799),
+    ("play", 23000, 23399),
+    ("resize", 23400, 24099),
+    ("operator", 24100, 24699),
+];
+
+/// Ports no test may use: (first, last, whose).
+pub const RESERVED: &[(u16, u16, &str)] = &[
+    (21960, 21999, "the fuzz target's media ports"),
+    (22222, 22222, "the daemon's default control port"),
+    (22300, 22399, "the benchmark's control ports"),
+    (22999, 22999, "the soak test's control port"),
+];
+
+const PORTS_FROM: u16 = 10000;
+const PORTS_TO: u16 = 27999;
+
+/// Compile-time check of [`PORT_SHARES`]: inside 10000-27999, even first
+/// ports, no overlap with each other or with [`RESERVED`].
+const _: () = {
+    const fn overlap(a: (u16, u16), b: (u16, u16)) -> bool {
+        a.0 <= b.1 && b.0 <= a.1
+    }
+    let mut i = 0;
+    while i < PORT_SHARES.len() {
+        let (_, first, last) = PORT_SHARES[i];
+        assert!(first % 2 == 0 && first <= last);
+        assert!(first >= PORTS_FROM && last <= PORTS_TO);
+        let mut j = 0;
+        while j < RESERVED.len() {
+            assert!(!overlap((first, last), (RESERVED[j].0, RESERVED[j].1)));
+            j += 1;
+        }
+        let mut k = i + 1;
+        while k < PORT_SHARES.len() {
+            assert!(!overlap(
+                (first, last),
+                (PORT_SHARES[k].1, PORT_SHARES[k].2)
+            ));
+            k += 1;
+        }
+        i += 1;
+    }
+};
+
+/// Ports of this binary's share handed out so far.
+static PORTS_USED: AtomicU32 = AtomicU32::new(0);
+
+/// Consecutive UDP ports, used by one test only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortBlock {
+    /// The first port; always even, so a block starts an RTP/RTCP pair.
+    pub first: u16,
+    /// How many ports the block holds.
+    pub len: u16,
+}
+
+impl PortBlock {
+    /// The last port of the block.
+    pub fn last(&self) -> u16 {
+        self.first + (self.len - 1)
+    }
+
+    /// The `i`th port of the block (0: the first).
+    pub fn port(&self, i: u16) -> u16 {
+        assert!(i < self.len, "port {i} of a block of {}", self.len);
+        self.first + i
+    }
+
+    /// The block as a media range, `(-m, -M)`.
+    pub fn range(&self) -> (u16, u16) {
+        (self.first, self.last())
+    }
+
+    /// The block as an inclusive range.
+    pub fn ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.first..=self.last()
+    }
+
+    /// True when `port` is one of the block's.
+    pub fn contains(&self, port: u16) -> bool {
+        self.ports().contains(&port)
+    }
+}
+
+/// Hands out `n` consecutive ports of this test binary's share
+/// ([`PORT_SHARES`]) that no other caller gets: a block starts on an even
+/// port, and blocks never overlap. Panics when the share is used up or the
+/// binary has none, naming the table to extend.
+pub fn ports(n: u16) -> PortBlock {
+    assert!(n > 0, "an empty port block");
+    let &(_, first, last) = PORT_SHARES
+        .iter()
+        .find(|(name, _, _)| *name == TEST_BINARY)
+        .unwrap_or_else(|| {
+            panic!("test binary {TEST_BINARY} has no port share: add one to PORT_SHARES in tests/common/mod.rs")
+        });
+    // Whole pairs, so that the next block starts even too.
+    let take = u32::from(n).next_multiple_of(2);
+    let offset = PORTS_USED.fetch_add(take, Ordering::SeqCst);
+    let start = u32::from(first) + offset;
+    let end = start + u32::from(n) - 1;
+    assert!(
+        end <= u32::from(last),
+        "{TEST_BINARY}'s port share {first}-{last} is used up ({n} more ports wanted): enlarge it in PORT_SHARES in tests/common/mod.rs"
+    );
+    PortBlock {
+        first: start as u16,
+        len: n,
+    }
+}
+
+/// One port of this binary's share (a control, SIP or peer port).
+pub fn port() -> u16 {
+    ports(1).first
 }
 
 /// The daemon binary under test.
