@@ -45,3 +45,6 @@ pub mod rtpp_session;
 pub mod rtpp_state;
 pub mod rtpp_util;
 pub mod wav;
+
+#[cfg(test)]
+mod test_support;

@@ -336,30 +336,14 @@ mod tests {
     use crate::rtp;
     use std::ffi::OsStr;
 
-    /// A scratch directory removed when dropped.
-    struct TempDir(PathBuf);
+    use crate::test_support::TempDir;
 
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let path =
-                std::env::temp_dir().join(format!("rtp_server_{tag}_{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-
-        /// Writes `PROMPT.<pt>` and returns the prompt name (no suffix).
-        fn prompt(&self, name: &str, payload_type: u8, data: &[u8]) -> PathBuf {
-            let prompt = self.0.join(name);
-            std::fs::write(prompt_path(&prompt, payload_type), data).unwrap();
-            prompt
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// Writes `PROMPT.<pt>` into `dir` and returns the prompt name (no
+    /// suffix).
+    fn write_prompt(dir: &TempDir, name: &str, payload_type: u8, data: &[u8]) -> PathBuf {
+        let prompt = dir.join(name);
+        std::fs::write(prompt_path(&prompt, payload_type), data).unwrap();
+        prompt
     }
 
     /// Recognisable bytes: no two frames alike.
@@ -395,7 +379,7 @@ mod tests {
     fn pcmu_prompt_played_twice() {
         let dir = TempDir::new("twice");
         let data = pattern(25 * 80);
-        let prompt = dir.prompt("hello", 0, &data);
+        let prompt = write_prompt(&dir, "hello", 0, &data);
         let mut player = open(&prompt, &[0], 2, Instant::now());
         assert_eq!(player.payload_type(), 0);
 
@@ -423,9 +407,9 @@ mod tests {
     #[test]
     fn first_listed_codec_with_a_file_wins() {
         let dir = TempDir::new("choice");
-        let only_0 = dir.prompt("a", 0, &[0xff; 160]);
+        let only_0 = write_prompt(&dir, "a", 0, &[0xff; 160]);
         assert_eq!(open(&only_0, &[8, 0], 1, Instant::now()).payload_type(), 0);
-        dir.prompt("a", 8, &[0xd5; 160]);
+        write_prompt(&dir, "a", 8, &[0xd5; 160]);
         assert_eq!(open(&only_0, &[8, 0], 1, Instant::now()).payload_type(), 8);
         assert_eq!(open(&only_0, &[0, 8], 1, Instant::now()).payload_type(), 0);
         // unknown payload types are passed over
@@ -439,7 +423,7 @@ mod tests {
             Path::new("/p/hold.wav.18")
         );
         let dir = TempDir::new("ext");
-        let prompt = dir.prompt("hold.wav", 8, &[1; 80]);
+        let prompt = write_prompt(&dir, "hold.wav", 8, &[1; 80]);
         assert_eq!(open(&prompt, &[8], 1, Instant::now()).payload_type(), 8);
     }
 
@@ -447,17 +431,17 @@ mod tests {
     fn missing_prompt_is_no_prompt() {
         let dir = TempDir::new("missing");
         let now = Instant::now();
-        let err = Player::open(&dir.0.join("nothing"), &[0, 8, 3], 1, 1, 2, 3, now).unwrap_err();
+        let err = Player::open(&dir.join("nothing"), &[0, 8, 3], 1, 1, 2, 3, now).unwrap_err();
         assert_eq!(err, PlayerError::NoPrompt);
         assert!(!err.to_string().is_empty());
         // an empty codec list, and a directory where a file should be
         assert_eq!(
-            Player::open(&dir.0.join("nothing"), &[], 1, 1, 2, 3, now).unwrap_err(),
+            Player::open(&dir.join("nothing"), &[], 1, 1, 2, 3, now).unwrap_err(),
             PlayerError::NoPrompt
         );
-        std::fs::create_dir(dir.0.join("d.0")).unwrap();
+        std::fs::create_dir(dir.join("d.path()")).unwrap();
         assert_eq!(
-            Player::open(&dir.0.join("d"), &[0], 1, 1, 2, 3, now).unwrap_err(),
+            Player::open(&dir.join("d"), &[0], 1, 1, 2, 3, now).unwrap_err(),
             PlayerError::NoPrompt
         );
     }
@@ -484,18 +468,18 @@ mod tests {
     fn empty_and_short_files_count_as_missing() {
         let dir = TempDir::new("short");
         let now = Instant::now();
-        let empty = dir.prompt("e", 0, &[]);
+        let empty = write_prompt(&dir, "e", 0, &[]);
         assert_eq!(
             Player::open(&empty, &[0], 1, 1, 2, 3, now).unwrap_err(),
             PlayerError::NoPrompt
         );
-        let one_byte = dir.prompt("one", 3, &[7]);
+        let one_byte = write_prompt(&dir, "one", 3, &[7]);
         assert_eq!(
             Player::open(&one_byte, &[3], 1, 1, 2, 3, now).unwrap_err(),
             PlayerError::NoPrompt
         );
         // ... and the next codec is tried
-        dir.prompt("one", 0, &[7; 80]);
+        write_prompt(&dir, "one", 0, &[7; 80]);
         assert_eq!(open(&one_byte, &[3, 0], 1, now).payload_type(), 0);
     }
 
@@ -503,7 +487,7 @@ mod tests {
     fn partial_last_frame_is_dropped() {
         let dir = TempDir::new("partial");
         let data = pattern(2 * 33 + 20);
-        let prompt = dir.prompt("p", 3, &data);
+        let prompt = write_prompt(&dir, "p", 3, &data);
         let mut player = open(&prompt, &[3], 1, Instant::now());
         let packets = play_all(&mut player, 100);
         assert_eq!(packets.len(), 2);
@@ -513,7 +497,7 @@ mod tests {
     #[test]
     fn too_large_prompt_is_refused() {
         let dir = TempDir::new("large");
-        let prompt = dir.0.join("big");
+        let prompt = dir.join("big");
         let file = std::fs::File::create(prompt_path(&prompt, 0)).unwrap();
         file.set_len(MAX_PROMPT_LEN + 1).unwrap();
         let now = Instant::now();
@@ -522,14 +506,14 @@ mod tests {
             PlayerError::TooLarge(prompt_path(&prompt, 0))
         );
         // a usable codec later in the list still plays
-        dir.prompt("big", 8, &[1; 80]);
+        write_prompt(&dir, "big", 8, &[1; 80]);
         assert_eq!(open(&prompt, &[0, 8], 1, now).payload_type(), 8);
     }
 
     #[test]
     fn fifo_does_not_block() {
         let dir = TempDir::new("fifo");
-        let prompt = dir.0.join("f");
+        let prompt = dir.join("f");
         nix::unistd::mkfifo(&prompt_path(&prompt, 0), nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert_eq!(
             Player::open(&prompt, &[0], 1, 1, 2, 3, Instant::now()).unwrap_err(),
@@ -543,7 +527,7 @@ mod tests {
         for (pt, frame, samples, ptime) in [(3u8, 33, 160, 20), (18, 10, 80, 10), (4, 24, 240, 30)]
         {
             let data = pattern(3 * frame);
-            let prompt = dir.prompt("f", pt, &data);
+            let prompt = write_prompt(&dir, "f", pt, &data);
             let start = Instant::now();
             let mut player = open(&prompt, &[pt], 1, start);
             let mut due = Vec::new();
@@ -580,7 +564,7 @@ mod tests {
     #[test]
     fn packets_are_due_on_a_fixed_grid() {
         let dir = TempDir::new("grid");
-        let prompt = dir.prompt("g", 0, &pattern(100 * 80));
+        let prompt = write_prompt(&dir, "g", 0, &pattern(100 * 80));
         let start = Instant::now();
         let mut player = open(&prompt, &[0], 1, start);
         let mut buf = [0u8; MAX_PACKET_LEN];
@@ -604,7 +588,7 @@ mod tests {
     fn short_stall_is_caught_up_on_the_same_grid() {
         let dir = TempDir::new("catchup");
         let data = pattern(50 * 80);
-        let prompt = dir.prompt("c", 0, &data);
+        let prompt = write_prompt(&dir, "c", 0, &data);
         let start = Instant::now();
         let mut player = open(&prompt, &[0], 1, start);
         let mut buf = [0u8; MAX_PACKET_LEN];
@@ -630,7 +614,7 @@ mod tests {
     fn long_stall_is_not_burst() {
         let dir = TempDir::new("stall");
         let data = pattern(50 * 80);
-        let prompt = dir.prompt("s", 0, &data);
+        let prompt = write_prompt(&dir, "s", 0, &data);
         let start = Instant::now();
         let mut player = open(&prompt, &[0], 1, start);
         let mut buf = [0u8; MAX_PACKET_LEN];
@@ -664,7 +648,7 @@ mod tests {
     fn negative_count_loops_until_stopped() {
         let dir = TempDir::new("forever");
         let data = pattern(3 * 80);
-        let prompt = dir.prompt("l", 8, &data);
+        let prompt = write_prompt(&dir, "l", 8, &data);
         let mut player = open(&prompt, &[8], -1, Instant::now());
         let packets = play_all(&mut player, 1000);
         assert_eq!(packets.len(), 1000);
@@ -679,7 +663,7 @@ mod tests {
     #[test]
     fn zero_count_plays_nothing() {
         let dir = TempDir::new("zero");
-        let prompt = dir.prompt("z", 0, &[1; 80]);
+        let prompt = write_prompt(&dir, "z", 0, &[1; 80]);
         let mut player = open(&prompt, &[0], 0, Instant::now());
         assert_eq!(player.next_due(), None);
         let mut buf = [0u8; MAX_PACKET_LEN];
@@ -690,7 +674,7 @@ mod tests {
     #[test]
     fn short_buffer_finishes_instead_of_panicking() {
         let dir = TempDir::new("buf");
-        let prompt = dir.prompt("b", 0, &[1; 160]);
+        let prompt = write_prompt(&dir, "b", 0, &[1; 160]);
         let mut player = open(&prompt, &[0], 1, Instant::now());
         let mut small = [0u8; 40];
         assert_eq!(

@@ -375,8 +375,8 @@ mod tests {
 
     #[test]
     fn account_file_appends_lines() {
-        let path = std::env::temp_dir().join(format!("rtpp-acct-unit-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let dir = crate::test_support::TempDir::new("acct");
+        let path = dir.join("acct.json");
         std::fs::write(&path, "earlier\n").unwrap();
         let mut f = AccountFile::open(&path).unwrap();
         f.append("one\n");
@@ -386,7 +386,6 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "earlier\none\ntwo\n"
         );
-        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -293,17 +293,16 @@ mod tests {
     }
 
     struct FakeSyslog {
-        dir: PathBuf,
+        /// Removed with the socket when the test ends.
+        _dir: crate::test_support::TempDir,
         path: PathBuf,
     }
 
     impl FakeSyslog {
         fn new(name: &str) -> FakeSyslog {
-            let dir = std::env::temp_dir().join(format!("rtpp-log-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
+            let dir = crate::test_support::TempDir::new(name);
             let path = dir.join("log.sock");
-            FakeSyslog { dir, path }
+            FakeSyslog { _dir: dir, path }
         }
 
         fn listen(&self) -> UnixDatagram {
@@ -311,12 +310,6 @@ mod tests {
             let rx = UnixDatagram::bind(&self.path).unwrap();
             rx.set_nonblocking(true).unwrap();
             rx
-        }
-    }
-
-    impl Drop for FakeSyslog {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 

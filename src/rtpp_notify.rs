@@ -354,27 +354,7 @@ mod tests {
     use std::os::unix::net::{UnixListener, UnixStream};
     use std::time::{Duration, Instant};
 
-    /// A socket path in the temp dir, unique per test and process,
-    /// removed when the test ends.
-    struct TempPath(PathBuf);
-
-    impl TempPath {
-        fn new(name: &str) -> TempPath {
-            let p = std::env::temp_dir().join(format!(
-                "rtpp_notify_{}_{}.sock",
-                std::process::id(),
-                name
-            ));
-            let _ = std::fs::remove_file(&p);
-            TempPath(p)
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+    use crate::test_support::TempDir;
 
     fn accept(listener: &UnixListener) -> BufReader<UnixStream> {
         let (s, _) = listener.accept().unwrap();
@@ -390,10 +370,11 @@ mod tests {
 
     #[test]
     fn notification_arrives_as_tag_line() {
-        let path = TempPath::new("arrives");
-        let listener = UnixListener::bind(&path.0).unwrap();
-        let mut n = Notifier::new(path.0.clone());
-        assert_eq!(n.path(), path.0.as_path());
+        let dir = TempDir::new("notify");
+        let path = dir.join("arrives.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut n = Notifier::new(path.clone());
+        assert_eq!(n.path(), path.as_path());
         n.notify(b"tag");
         let mut peer = accept(&listener);
         assert_eq!(read_line(&mut peer), "tag\n");
@@ -405,16 +386,17 @@ mod tests {
 
     #[test]
     fn new_listener_on_same_path_gets_next_notification() {
-        let path = TempPath::new("relisten");
-        let listener = UnixListener::bind(&path.0).unwrap();
-        let mut n = Notifier::new(path.0.clone());
+        let dir = TempDir::new("notify");
+        let path = dir.join("relisten.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut n = Notifier::new(path.clone());
         n.notify(b"one");
         let mut peer = accept(&listener);
         assert_eq!(read_line(&mut peer), "one\n");
         drop(peer);
         drop(listener);
-        std::fs::remove_file(&path.0).unwrap();
-        let listener = UnixListener::bind(&path.0).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let listener = UnixListener::bind(&path).unwrap();
         n.notify(b"two");
         let mut peer = accept(&listener);
         assert_eq!(read_line(&mut peer), "two\n");
@@ -423,9 +405,10 @@ mod tests {
 
     #[test]
     fn flush_lets_go_of_a_closed_peer() {
-        let path = TempPath::new("idleclose");
-        let listener = UnixListener::bind(&path.0).unwrap();
-        let mut n = Notifier::new(path.0.clone());
+        let dir = TempDir::new("notify");
+        let path = dir.join("idleclose.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut n = Notifier::new(path.clone());
         n.notify(b"one");
         drop(accept(&listener));
         n.flush();
@@ -437,8 +420,9 @@ mod tests {
 
     #[test]
     fn no_listener_drops_without_blocking() {
-        let path = TempPath::new("absent");
-        let mut n = Notifier::new(path.0.clone());
+        let dir = TempDir::new("notify");
+        let path = dir.join("absent.sock");
+        let mut n = Notifier::new(path.clone());
         let t = Instant::now();
         n.notify(b"lost");
         n.notify(b"lost too");
@@ -448,8 +432,8 @@ mod tests {
         assert_eq!(n.pending_fd(), None);
 
         // A socket file nobody listens on any more: ECONNREFUSED.
-        drop(UnixListener::bind(&path.0).unwrap());
-        assert!(path.0.exists());
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
         let t = Instant::now();
         n.notify(b"refused");
         assert!(t.elapsed() < Duration::from_millis(10));
@@ -458,11 +442,12 @@ mod tests {
 
     #[test]
     fn listener_appearing_later_gets_later_notifications() {
-        let path = TempPath::new("later");
-        let mut n = Notifier::new(path.0.clone());
+        let dir = TempDir::new("notify");
+        let path = dir.join("later.sock");
+        let mut n = Notifier::new(path.clone());
         n.notify(b"early");
         assert_eq!(n.dropped(), 1);
-        let listener = UnixListener::bind(&path.0).unwrap();
+        let listener = UnixListener::bind(&path).unwrap();
         n.notify(b"late");
         let mut peer = accept(&listener);
         assert_eq!(read_line(&mut peer), "late\n");
@@ -491,9 +476,10 @@ mod tests {
 
     #[test]
     fn peer_that_never_reads_costs_no_time() {
-        let path = TempPath::new("stuck");
-        let listener = UnixListener::bind(&path.0).unwrap();
-        let mut n = Notifier::new(path.0.clone());
+        let dir = TempDir::new("notify");
+        let path = dir.join("stuck.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut n = Notifier::new(path.clone());
         n.notify(&numbered(0));
         let mut peer = accept(&listener);
         let t = Instant::now();
@@ -518,9 +504,10 @@ mod tests {
     #[test]
     fn line_cut_by_broken_connection_is_resent_whole() {
         use nix::sys::socket::{setsockopt, sockopt};
-        let path = TempPath::new("partial");
-        let listener = UnixListener::bind(&path.0).unwrap();
-        let mut n = Notifier::new(path.0.clone());
+        let dir = TempDir::new("notify");
+        let path = dir.join("partial.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut n = Notifier::new(path.clone());
         n.notify(&numbered(0));
         let (mut peer, _) = listener.accept().unwrap();
         peer.set_nonblocking(true).unwrap();
@@ -541,8 +528,8 @@ mod tests {
         assert_eq!(n.dropped(), 0);
         drop(peer);
         drop(listener);
-        std::fs::remove_file(&path.0).unwrap();
-        let listener = UnixListener::bind(&path.0).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let listener = UnixListener::bind(&path).unwrap();
         let pending = n.lines.len() as u64;
         let sent_before = n.sent();
         n.flush();

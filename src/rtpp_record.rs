@@ -695,25 +695,9 @@ pub fn copy_file_name(name: &[u8]) -> Option<String> {
 pub(crate) mod test_support {
     use super::{RecordFile, RecordFormat, PCAP_FILE_HEADER_LEN};
     use std::net::SocketAddr;
-    use std::path::PathBuf;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    pub(crate) struct TempDir(pub(crate) PathBuf);
-
-    impl TempDir {
-        pub(crate) fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!("rtpp_record_{tag}_{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    pub(crate) use crate::test_support::TempDir;
 
     pub(crate) fn at(secs: u64, micros: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)
@@ -731,7 +715,7 @@ pub(crate) mod test_support {
         packets: &[(SocketAddr, SocketAddr, SystemTime, &[u8])],
     ) -> Vec<u8> {
         let dir = TempDir::new(&format!("rec{}", packets.len()));
-        let mut f = RecordFile::create(&dir.0, None, "x.rtp", format).unwrap();
+        let mut f = RecordFile::create(dir.path(), None, "x.rtp", format).unwrap();
         for (s, d, t, p) in packets {
             f.write_packet(*s, *d, *t, p).unwrap();
         }
@@ -862,7 +846,7 @@ mod tests {
     #[test]
     fn many_packets_cross_buffer_boundaries() {
         let dir = TempDir::new("many");
-        let mut f = RecordFile::create(&dir.0, None, "m.rtp", RecordFormat::Pcap).unwrap();
+        let mut f = RecordFile::create(dir.path(), None, "m.rtp", RecordFormat::Pcap).unwrap();
         let payload: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
         for i in 0..500u64 {
             f.write_packet(v4("10.0.0.1:1000"), v4("10.0.0.2:2000"), at(i, 0), &payload)
@@ -882,7 +866,7 @@ mod tests {
     #[test]
     fn oversized_packet_is_skipped_not_fatal() {
         let dir = TempDir::new("oversized");
-        let mut f = RecordFile::create(&dir.0, None, "o.rtp", RecordFormat::Pcap).unwrap();
+        let mut f = RecordFile::create(dir.path(), None, "o.rtp", RecordFormat::Pcap).unwrap();
         let huge = vec![0u8; 70_000];
         assert!(f
             .write_packet(v4("10.0.0.1:1"), v4("10.0.0.2:2"), at(1, 0), &huge)
@@ -894,19 +878,19 @@ mod tests {
     #[test]
     fn existing_file_is_not_clobbered() {
         let dir = TempDir::new("exists");
-        std::fs::write(dir.0.join("a.rtp"), b"keep").unwrap();
-        let f = RecordFile::create(&dir.0, None, "a.rtp", RecordFormat::Adhoc).unwrap();
-        assert_eq!(f.path(), dir.0.join("a.rtp.1"));
+        std::fs::write(dir.join("a.rtp"), b"keep").unwrap();
+        let f = RecordFile::create(dir.path(), None, "a.rtp", RecordFormat::Adhoc).unwrap();
+        assert_eq!(f.path(), dir.join("a.rtp.1"));
         drop(f);
-        assert_eq!(std::fs::read(dir.0.join("a.rtp")).unwrap(), b"keep");
-        assert!(dir.0.join("a.rtp.1").exists());
+        assert_eq!(std::fs::read(dir.join("a.rtp")).unwrap(), b"keep");
+        assert!(dir.join("a.rtp.1").exists());
     }
 
     #[test]
     fn created_with_mode_0644() {
         use std::os::unix::fs::PermissionsExt;
         let dir = TempDir::new("mode");
-        let f = RecordFile::create(&dir.0, None, "m.rtp", RecordFormat::Adhoc).unwrap();
+        let f = RecordFile::create(dir.path(), None, "m.rtp", RecordFormat::Adhoc).unwrap();
         let mode = std::fs::metadata(f.path()).unwrap().permissions().mode() & 0o777;
         // The process umask can only remove bits.
         assert_eq!(mode & !0o644, 0);
@@ -916,8 +900,8 @@ mod tests {
     #[test]
     fn spooled_file_moves_on_finish_without_clobbering() {
         let dir = TempDir::new("spool");
-        let spool = dir.0.join("spool");
-        let fin = dir.0.join("final");
+        let spool = dir.join("spool");
+        let fin = dir.join("final");
         std::fs::create_dir_all(&spool).unwrap();
         std::fs::create_dir_all(&fin).unwrap();
         std::fs::write(fin.join("c=t.o.rtp"), b"older").unwrap();
@@ -936,13 +920,14 @@ mod tests {
     #[test]
     fn drop_flushes_and_moves_out_of_spool() {
         let dir = TempDir::new("drop");
-        let spool = dir.0.join("spool");
+        let spool = dir.join("spool");
         std::fs::create_dir_all(&spool).unwrap();
-        let mut f = RecordFile::create(&dir.0, Some(&spool), "d.rtp", RecordFormat::Pcap).unwrap();
+        let mut f =
+            RecordFile::create(dir.path(), Some(&spool), "d.rtp", RecordFormat::Pcap).unwrap();
         f.write_packet(v4("10.0.0.1:1"), v4("10.0.0.2:2"), at(1, 0), &RTP)
             .unwrap();
         drop(f);
-        let got = read_recording(&std::fs::read(dir.0.join("d.rtp")).unwrap()).unwrap();
+        let got = read_recording(&std::fs::read(dir.join("d.rtp")).unwrap()).unwrap();
         assert_eq!(got.len(), 1);
         assert!(!spool.join("d.rtp").exists());
     }
@@ -953,23 +938,22 @@ mod tests {
         // temporary directory; where it is missing both sit on one.
         let shm = Path::new("/dev/shm");
         let spool = if shm.is_dir() {
-            let p = shm.join(format!("rtpp_record_xdev_{}", std::process::id()));
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
+            TempDir::new_in(shm, "xdev_spool")
         } else {
             TempDir::new("xdev_spool")
         };
         let fin = TempDir::new("xdev_final");
-        std::fs::write(fin.0.join("x.rtp"), b"older").unwrap();
+        std::fs::write(fin.join("x.rtp"), b"older").unwrap();
         let mut f =
-            RecordFile::create(&fin.0, Some(&spool.0), "x.rtp", RecordFormat::Adhoc).unwrap();
+            RecordFile::create(fin.path(), Some(spool.path()), "x.rtp", RecordFormat::Adhoc)
+                .unwrap();
         f.write_packet(v4("10.0.0.1:1"), v4("10.0.0.2:2"), at(1, 0), &RTP)
             .unwrap();
         let moved = f.finish().unwrap();
-        assert_eq!(moved, fin.0.join("x.rtp.1"));
+        assert_eq!(moved, fin.join("x.rtp.1"));
         assert_eq!(std::fs::read(&moved).unwrap().len(), 40 + RTP.len());
-        assert_eq!(std::fs::read(fin.0.join("x.rtp")).unwrap(), b"older");
-        assert!(!spool.0.join("x.rtp").exists());
+        assert_eq!(std::fs::read(fin.join("x.rtp")).unwrap(), b"older");
+        assert!(!spool.join("x.rtp").exists());
     }
 
     /// A channel whose file is `/dev/full`, where every write fails with ENOSPC.
@@ -1021,7 +1005,7 @@ mod tests {
     fn missing_directory_is_an_error_at_create() {
         let dir = TempDir::new("missing");
         let err =
-            RecordFile::create(&dir.0.join("nope"), None, "x", RecordFormat::Adhoc).unwrap_err();
+            RecordFile::create(&dir.join("nope"), None, "x", RecordFormat::Adhoc).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
@@ -1046,8 +1030,8 @@ mod tests {
         assert_eq!(copy_file_name(b""), None);
         assert_eq!(copy_file_name(&[b'a'; 300]), None);
         let dir = TempDir::new("names");
-        let f = RecordFile::create(&dir.0, None, &n, RecordFormat::Adhoc).unwrap();
-        assert_eq!(f.path().parent(), Some(dir.0.as_path()));
+        let f = RecordFile::create(dir.path(), None, &n, RecordFormat::Adhoc).unwrap();
+        assert_eq!(f.path().parent(), Some(dir.path()));
     }
 
     #[test]
@@ -1078,7 +1062,7 @@ mod tests {
     fn create_refuses_path_names() {
         let dir = TempDir::new("refuse");
         for bad in ["", ".", "..", "a/b", "a\0b"] {
-            let err = RecordFile::create(&dir.0, None, bad, RecordFormat::Adhoc).unwrap_err();
+            let err = RecordFile::create(dir.path(), None, bad, RecordFormat::Adhoc).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
         }
     }
