@@ -47,11 +47,35 @@ pub fn parse_control_spec(spec: &str) -> Result<ControlSpec, String> {
         let ip = resolve_host(host, true)?;
         return Ok(ControlSpec::Udp(SocketAddr::new(ip, port)));
     }
-    let path = spec.strip_prefix("unix:").unwrap_or(spec);
+    let path = match spec.strip_prefix("unix:") {
+        Some(path) => path,
+        None => {
+            // A bare path is a unix socket, as in the classic daemon; but
+            // `upd:...` or `bogus:...` is a typo, not a file to create.
+            if let Some(scheme) = unknown_scheme(spec) {
+                return Err(format!(
+                    "unknown scheme \"{scheme}:\" (accepted: unix:PATH, udp:ADDR[:PORT], udp6:ADDR[:PORT], or a path)"
+                ));
+            }
+            spec
+        }
+    };
     if path.is_empty() {
         return Err("empty control socket path".into());
     }
     Ok(ControlSpec::Unix(PathBuf::from(path)))
+}
+
+/// The `scheme` of a `scheme:rest` value, when it has one: a letter, then
+/// letters, digits, `+`, `-` or `.` up to the first colon. A path (`/run/x`,
+/// `./x:y`, `x.sock`) has none.
+pub fn unknown_scheme(value: &str) -> Option<&str> {
+    let (scheme, _) = value.split_once(':')?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    let schemelike = first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    (schemelike && !["unix", "udp", "udp6"].contains(&scheme)).then_some(scheme)
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -377,6 +401,19 @@ mod tests {
         assert!(parse_control_spec("udp:127.0.0.1:99999").is_err());
         assert!(parse_control_spec("udp:::1").is_err());
         assert!(parse_control_spec("unix:").is_err());
+        for typo in [
+            "bogus:foo",
+            "upd:127.0.0.1:22222",
+            "cunix:/run/x",
+            "UDP:1.2.3.4",
+        ] {
+            let e = parse_control_spec(typo).unwrap_err();
+            assert!(e.contains("unknown scheme"), "{typo}: {e}");
+        }
+        assert_eq!(
+            parse_control_spec("./ctl:1.sock"),
+            Ok(ControlSpec::Unix("./ctl:1.sock".into()))
+        );
     }
 
     #[test]

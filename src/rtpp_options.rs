@@ -179,9 +179,10 @@ fn run_as_option(m: &Matches, cfg: &mut Config) -> Result<(), String> {
 fn output_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
     if let Some(n) = last(m, "n") {
         let path = n.strip_prefix("unix:").unwrap_or(&n);
-        if path.is_empty() || n.starts_with("udp:") || n.starts_with("udp6:") {
+        let scheme = crate::rtpp_network::unknown_scheme(&n);
+        if path.is_empty() || n.starts_with("udp:") || n.starts_with("udp6:") || scheme.is_some() {
             return Err(format!(
-                "invalid value for -n: {n} (a unix socket path is required)"
+                "invalid value for -n: {n} (a unix socket path is required: unix:PATH or a path)"
             ));
         }
         cfg.notify_socket = Some(absolute("n", Path::new(path))?);
@@ -384,6 +385,8 @@ mod tests {
         assert!(bad("-S /tmp").contains("-S requires -r"));
         assert!(bad("-u :grp").contains("-u"));
         assert!(bad("-n udp:1.2.3.4:5").contains("-n"));
+        assert!(bad("-n tcp:1.2.3.4:5").contains("-n"));
+        assert!(bad("-s upd:127.0.0.1:22222").contains("-s"));
         assert!(bad("-Z").contains('Z'));
         assert!(bad("-f stray").contains("stray"));
     }

@@ -423,6 +423,10 @@ fn every_bad_option_value_is_one_line_naming_the_option() {
         (&["-s", "udp:127.0.0.1:99999"], 's'),
         (&["-s", "udp:no-such-host.invalid"], 's'),
         (&["-s", "unix:"], 's'),
+        // An unknown scheme is refused, not taken for a socket path.
+        (&["-s", "bogus:foo"], 's'),
+        (&["-s", "upd:127.0.0.1:22222"], 's'),
+        (&["-s", "UDP4:127.0.0.1"], 's'),
         (&["-t", "256"], 't'),
         (&["-t", "0x100"], 't'),
         (&["-t", "ef"], 't'),
@@ -450,6 +454,7 @@ fn every_bad_option_value_is_one_line_naming_the_option() {
         (&["-u", "root:rtpp-no-such-group"], 'u'),
         (&["-n", "udp:127.0.0.1:5000"], 'n'),
         (&["-n", "unix:"], 'n'),
+        (&["-n", "tpc:127.0.0.1:5000"], 'n'),
         (&["-d", "LOUD"], 'd'),
         (&["-d", "INFO:LOG_NOPE"], 'd'),
         (&["-d", ""], 'd'),
