@@ -1,5 +1,7 @@
 //! What the unit tests share: a scratch directory of their own.
 
+#![cfg(test)]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
