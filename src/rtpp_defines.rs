@@ -288,11 +288,6 @@ impl<K: PairKey, T> Pair<K, T> {
         self.items.iter_mut()
     }
 
-    /// Each key with its value.
-    pub fn keyed(&self) -> impl Iterator<Item = (K, &T)> {
-        K::BOTH.into_iter().zip(self.items.iter())
-    }
-
     /// A pair of what `f` makes of each value.
     pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> Pair<K, U> {
         let [a, b] = &self.items;

@@ -21,7 +21,9 @@ impl TempDir {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = base.join(format!("rtpp-unit-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("scratch directory");
+        if let Err(e) = std::fs::create_dir_all(&path) {
+            panic!("can't make the scratch directory {}: {e}", path.display());
+        }
         TempDir(path)
     }
 
