@@ -224,8 +224,21 @@ impl Rtpproxy {
         }
     }
 
+    /// Like `start`, with `cwd` as the daemon's working directory (the
+    /// background daemon works in `/`).
+    pub fn start_in(cwd: &Path, args: &[&str]) -> Rtpproxy {
+        match Rtpproxy::try_start_in(Some(cwd), args) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// Like `start`, but reports a daemon that does not come up.
     pub fn try_start(args: &[&str]) -> Result<Rtpproxy, String> {
+        Rtpproxy::try_start_in(None, args)
+    }
+
+    fn try_start_in(cwd: Option<&Path>, args: &[&str]) -> Result<Rtpproxy, String> {
         let dir = TempDir::new("daemon");
         let mut argv: Vec<String> = vec!["-f".into()];
         argv.extend(args.iter().map(|s| s.to_string()));
@@ -248,7 +261,11 @@ impl Rtpproxy {
         }
         let log_path = dir.path().join("stderr.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let child = Command::new(bin_path())
+        let mut command = Command::new(bin_path());
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let child = command
             .args(&argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
