@@ -199,9 +199,14 @@ fn play(
     let path = absolute_prompt(std::ffi::OsStr::from_bytes(prompt));
     match Player::open(&path, &list, count, ssrc, seq, ts, ctx.now) {
         Ok(player) => {
+            let times = if count < 0 {
+                "until stopped".to_string()
+            } else {
+                format!("{count} times")
+            };
             rtpp_log!(
                 Info,
-                "{count} times playing prompt {} codec {} to port {}",
+                "playing prompt {} {times}, codec {} to port {}",
                 show(prompt),
                 player.payload_type(),
                 s.port(party)
