@@ -203,19 +203,24 @@ impl Acceptor {
     ) {
         if self.paused_until.is_some_and(|t| now >= t) {
             self.paused_until = None;
-            poller.set_fd(socket, self.listener.as_raw_fd());
         }
-        if !ready || self.paused_until.is_some() {
-            return;
-        }
-        if self.accept_clients(poller, clients, &mut make) {
+        if ready && self.paused_until.is_none() && self.accept_clients(poller, clients, &mut make) {
             crate::rtpp_log!(
                 Err,
                 "can't accept a control connection: out of file descriptors (see -L)"
             );
             self.paused_until = Some(now + ACCEPT_PAUSE);
-            poller.set_fd(socket, -1);
         }
+        // While every place is taken the listener is left out of the poll
+        // set too: waiting connections keep it readable, and polling it
+        // would spin the loop until a place is free.
+        let full = clients.iter().all(Option::is_some);
+        let fd = if full || self.paused_until.is_some() {
+            -1
+        } else {
+            self.listener.as_raw_fd()
+        };
+        poller.set_fd(socket, fd);
     }
 
     /// Accepts waiting connections into free client places. True when one
