@@ -656,6 +656,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tcp_listener_reuses_addresses_and_tells_ipv4_clients() {
+        use nix::sys::socket::{getsockopt, sockopt::ReuseAddr};
+        let l = listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(getsockopt(&l, ReuseAddr).unwrap());
+        let v4: SocketAddr = "127.0.0.2:5060".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.3]:5060".parse().unwrap();
+        let v6: SocketAddr = "[::1]:5060".parse().unwrap();
+        assert_eq!(Origin::Udp(v4).ipv4(), Some([127, 0, 0, 2].into()));
+        assert_eq!(Origin::Tcp(mapped).ipv4(), Some([127, 0, 0, 3].into()));
+        assert_eq!(Origin::Tcp(v6).ipv4(), None);
+        assert_eq!(Origin::Tcp(v4).to_string(), "tcp:127.0.0.2:5060");
+    }
+
+    #[test]
     fn reply_cache_is_bounded_in_bytes_and_keeps_the_newest() {
         let mut cache = ReplyCache::default();
         let from: SocketAddr = "127.0.0.1:5060".parse().unwrap();
