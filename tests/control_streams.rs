@@ -534,8 +534,14 @@ fn creating_u_while_draining_closes_the_connection_after_earlier_replies() {
     }
     c.send(b"VF 20050322\nU new 127.0.0.1 4002 ftag\nV\n");
     assert_eq!(c.line(), "1");
-    assert!(c.closed_within(Duration::from_secs(3)), "not closed");
+    // Nothing more: no reply to the U, none to the V after it, then the end.
+    assert_eq!(c.line_within(Duration::from_secs(3)), None);
     assert!(c.pending.is_empty(), "a reply came after the refused U");
+    assert_eq!(
+        c.fill(Duration::from_millis(500)),
+        Some(false),
+        "not closed"
+    );
     // Existing sessions go on; once the last one ends the daemon exits.
     let mut c = Client::tcp(addr);
     assert_eq!(c.ask("D kept ftag"), "0");
