@@ -86,7 +86,7 @@ const PCAP_PACKETS: u64 = 236;
 const MIN_PACKETS_PER_DIRECTION: u64 = PCAP_PACKETS * 85 / 100;
 
 /// How the tests install the B2BUA.
-const INSTALL_B2BUA: &str = "sh tests/sippy/install.sh (tests/run.sh runs it)";
+const INSTALL_B2BUA: &str = "`sh tests/sippy/install.sh` (tests/run.sh runs it)";
 
 /// How long one sipp run may take before it is killed; sipp's own
 /// `-timeout` fires a little earlier so that it can still write its logs.
@@ -139,7 +139,7 @@ fn tools() -> Tools {
                 .unwrap_or(Path::new("target"))
                 .join("sippy-venv/bin/b2bua");
             panic!(
-                "interop tests need Sippy B2BUA: {} is missing (install it with {INSTALL_B2BUA})",
+                "interop tests need Sippy B2BUA: {} is missing: install it with {INSTALL_B2BUA}",
                 expected.display()
             )
         });
@@ -980,7 +980,8 @@ fn b2bua_heartbeat_with_many_sessions() {
         {
             let head: String = e.reply.lines().take(8).collect::<Vec<_>>().join("\n");
             run.fail(&format!(
-                "Ib was answered with {} lines ({} bytes), not the summary alone; it began:\n{head}",
+                "Ib was answered with {} lines ({} bytes), not the summary alone (the call \
+                 placed afterwards ended with {caller_status:?}); the reply began:\n{head}",
                 e.reply.lines().count(),
                 e.reply.len()
             ));
