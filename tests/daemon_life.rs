@@ -575,12 +575,22 @@ fn sysv_init_script_starts_reports_and_stops() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sysv_init.sh");
     // The script makes its scratch directory under TMPDIR.
     let tmp = TempDir::new("sysv");
-    let out = Command::new("sh")
-        .arg(&script)
+    let (first, last) = ports(20).range();
+    let mut cmd = Command::new("sh");
+    cmd.arg(&script)
         .arg(bin_path())
+        .arg(first.to_string())
+        .arg(last.to_string())
         .env("TMPDIR", tmp.path())
-        .output()
-        .expect("run sh");
+        .env_remove("START_STOP_DAEMON");
+    // The packaged layout's checks run the daemon as the test account.
+    if is_root() {
+        test_user();
+        cmd.env("RTPP_TEST_USER", TEST_USER);
+    } else {
+        eprintln!("not root: the init script's checks with RTPPROXY_USER are skipped");
+    }
+    let out = cmd.output().expect("run sh");
     assert!(
         out.status.success(),
         "{}\n{}",
