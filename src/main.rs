@@ -11,16 +11,17 @@ use rtpproxy::rtpp_log;
 use rtpproxy::rtpp_account::EndReason;
 use rtpproxy::rtpp_command::exec::{execute, Context};
 use rtpproxy::rtpp_command::{parse, Reply};
-use rtpproxy::rtpp_control::Control;
+use rtpproxy::rtpp_control::{Control, Origin};
 use rtpproxy::rtpp_daemon::{
-    check_identity, detach, finish_start_up, secure_control_socket, show_control, Shutdown,
+    check_identity, check_pidfile, detach, finish_start_up, secure_control_socket, show_control,
+    start_line, Shutdown,
 };
 use rtpproxy::rtpp_defines::{
     Config, BATCH_MIN_SOCKETS, BATCH_WINDOW, CPROTOVER, NOTIFY_CAP, PROTO_CAPS, RTCP_POLL_INTERVAL,
     TIMETICK,
 };
-use rtpproxy::rtpp_log::show;
 use rtpproxy::rtpp_log::Level;
+use rtpproxy::rtpp_log::{escape, show};
 
 use rtpproxy::rtpp_network::{PortTable, RecvBatch};
 use rtpproxy::rtpp_notify::Notifier;
@@ -33,6 +34,9 @@ use rtpproxy::rtpp_util::{
     check_writable_dir, inherited_fds, raise_nofile, resolve_run_as, Random,
 };
 
+/// How much of a failed command its log line shows: enough for any
+/// classic command, not a 64 KiB datagram per line.
+const LOGGED_COMMAND_MAX: usize = 200;
 /// How long shutdown goes on relaying packets already queued.
 const FINAL_DRAIN: Duration = Duration::from_millis(100);
 
@@ -44,16 +48,13 @@ fn main() -> ExitCode {
             print!("{}", usage());
             return ExitCode::SUCCESS;
         }
+        Ok(Action::SoftwareVersion) => {
+            println!("rtpproxy {}", env!("CARGO_PKG_VERSION"));
+            print_protocol_versions();
+            return ExitCode::SUCCESS;
+        }
         Ok(Action::Version) => {
-            println!("Basic version: {CPROTOVER}");
-            for (stamp, what) in PROTO_CAPS {
-                let note = if *stamp == NOTIFY_CAP {
-                    " (with -n)"
-                } else {
-                    ""
-                };
-                println!("Extension {stamp}: {what}{note}");
-            }
+            print_protocol_versions();
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -67,6 +68,19 @@ fn main() -> ExitCode {
             eprintln!("rtpproxy: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// What `-v` prints: the basic protocol version and every extension.
+fn print_protocol_versions() {
+    println!("Basic version: {CPROTOVER}");
+    for (stamp, what) in PROTO_CAPS {
+        let note = if *stamp == NOTIFY_CAP {
+            " (with -n)"
+        } else {
+            ""
+        };
+        println!("Extension {stamp}: {what}{note}");
     }
 }
 
@@ -88,6 +102,11 @@ fn run(cfg: &Config) -> Result<(), String> {
         None => None,
     };
     check_identity(cfg, run_as.as_ref())?;
+    // Checked again when the file is written; checked now so that a
+    // second instance fails before it touches any socket.
+    if let Some(path) = &cfg.pid_file {
+        check_pidfile(path)?;
+    }
     for (flag, dir) in [("r", &cfg.record_dir), ("S", &cfg.spool_dir)] {
         if let Some(dir) = dir {
             check_writable_dir(dir, run_as.as_ref())
@@ -124,7 +143,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     daemon.accounting = accounting;
     daemon.notifier = cfg.notify_socket.clone().map(Notifier::new);
     let mut sessions = Sessions::new();
-    rtpp_log!(Info, "rtpproxy started, pid {}", std::process::id());
+    rtpp_log!(Info, "{}", start_line(cfg, run_as.as_ref()));
     if let Some(report) = report {
         report.ok();
     }
@@ -198,8 +217,8 @@ fn run_loop(
             sessions.expire(cfg, now, daemon);
             nofile.check(sessions.active());
         }
-        control.serve(daemon, now, |daemon, raw| {
-            run_command(cfg, sessions, daemon, raw, now)
+        control.serve(daemon, now, |daemon, raw, from| {
+            run_command(cfg, sessions, daemon, raw, from, now)
         });
     }
 }
@@ -325,6 +344,7 @@ fn run_command(
     sessions: &mut Sessions,
     daemon: &mut Daemon,
     raw: &[u8],
+    from: &Origin,
     now: Instant,
 ) -> Reply {
     rtpp_log!(Dbug, "received command \"{}\"", show(raw).trim());
@@ -340,10 +360,18 @@ fn run_command(
                 daemon,
                 now,
             };
-            execute(&cmd, &mut ctx)
+            let reply = execute(&cmd, &mut ctx);
+            if let Reply::Error(e) = reply {
+                // The reason, where there is more to say than the code,
+                // was logged where it was found; this line says who.
+                let shown = escape(raw.trim_ascii(), LOGGED_COMMAND_MAX);
+                rtpp_log!(Warn, "command failed (E{}): {shown} from {from}", e.0);
+            }
+            reply
         }
         Err(e) => {
-            rtpp_log!(Err, "command syntax error (E{})", e.0);
+            let shown = escape(raw.trim_ascii(), LOGGED_COMMAND_MAX);
+            rtpp_log!(Err, "command syntax error (E{}): {shown} from {from}", e.0);
             Reply::Error(e)
         }
     };

@@ -22,6 +22,29 @@ pub const MAX_CLIENTS: usize = 32;
 /// How long the listener rests when no descriptor is left to accept with.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// Who sent a command, for the log line of one that failed.
+pub enum Origin<'a> {
+    Udp(SocketAddr),
+    /// A unix client has no address; its process and account, asked of
+    /// the kernel only when a line names it, do instead.
+    Unix(&'a UnixStream),
+}
+
+impl std::fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Udp(addr) => write!(f, "udp:{addr}"),
+            Origin::Unix(stream) => {
+                use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+                match getsockopt(stream, PeerCredentials) {
+                    Ok(c) => write!(f, "unix client pid {} uid {}", c.pid(), c.uid()),
+                    Err(_) => write!(f, "unix client"),
+                }
+            }
+        }
+    }
+}
+
 struct Client {
     stream: UnixStream,
     buf: Vec<u8>,
@@ -211,7 +234,7 @@ impl Control {
         &mut self,
         daemon: &mut Daemon,
         now: Instant,
-        mut exec: impl FnMut(&mut Daemon, &[u8]) -> Reply,
+        mut exec: impl FnMut(&mut Daemon, &[u8], &Origin) -> Reply,
     ) {
         let Some(socket) = self.socket else {
             return;
@@ -226,8 +249,8 @@ impl Control {
                         &mut self.reply,
                         cache,
                         now,
-                        |c| match c {
-                            Some(command) => Some(exec(daemon, command)),
+                        |c, from| match c {
+                            Some(command) => Some(exec(daemon, command, &Origin::Udp(from))),
                             None => {
                                 // Counted at once: a G later in this batch sees it.
                                 daemon.counters.commands_repeated += 1;
@@ -275,7 +298,7 @@ impl UnixControl {
         daemon: &mut Daemon,
         now: Instant,
         reply: &mut Vec<u8>,
-        exec: &mut impl FnMut(&mut Daemon, &[u8]) -> Reply,
+        exec: &mut impl FnMut(&mut Daemon, &[u8], &Origin) -> Reply,
     ) {
         let mut closed = false;
         for (slot, &place) in self.clients.iter_mut().zip(&self.places) {
@@ -285,7 +308,7 @@ impl UnixControl {
                 continue;
             }
             if !client.buf.is_empty() {
-                let answer = exec(daemon, &client.buf);
+                let answer = exec(daemon, &client.buf, &Origin::Unix(&client.stream));
                 // Silent: the connection closes with no reply.
                 answer.format(None, reply);
                 // The reply is a few bytes into an empty socket buffer; a
@@ -364,7 +387,7 @@ fn serve_udp(
     reply: &mut Vec<u8>,
     cache: &mut ReplyCache,
     now: Instant,
-    mut exec: impl FnMut(Option<&[u8]>) -> Option<Reply>,
+    mut exec: impl FnMut(Option<&[u8]>, SocketAddr) -> Option<Reply>,
 ) {
     cache.expire(now);
     for _ in 0..COMMAND_BATCH {
@@ -379,11 +402,12 @@ fn serve_udp(
         let answer = match split_cookie(datagram) {
             Some((cookie, command)) => match cache.get(from, cookie) {
                 Some(cached) => {
-                    exec(None);
+                    exec(None, from);
                     cached
                 }
                 None => {
-                    let answer = exec(Some(command)).unwrap_or(Reply::Error(ErrorCode::EMPTY));
+                    let answer =
+                        exec(Some(command), from).unwrap_or(Reply::Error(ErrorCode::EMPTY));
                     if answer == Reply::Silent {
                         continue;
                     }

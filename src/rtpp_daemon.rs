@@ -2,13 +2,14 @@
 //! the shell that started it, the pidfile, and the signals that end it.
 
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::rtpp_control::Control;
-use crate::rtpp_defines::{Config, ControlSpec};
+use crate::rtpp_defines::{BindMode, Config, ControlSpec};
 use crate::rtpp_log::{self, Level};
 use crate::rtpp_util::{already_running_as, close_fds, drop_privileges, RunAs};
 
@@ -24,6 +25,36 @@ pub fn show_control(cfg: &Config) -> String {
         ControlSpec::Unix(path) => format!("unix:{}", path.display()),
         ControlSpec::Udp(addr) => format!("udp:{addr}"),
     }
+}
+
+/// The line that opens every run's log: what runs, where it listens and
+/// as whom, so one look at the log answers "which relay, which version".
+pub fn start_line(cfg: &Config, run_as: Option<&RunAs>) -> String {
+    let listen = match &cfg.bind {
+        BindMode::Single { v4, v6 } => {
+            let shown: Vec<String> = v4.iter().chain(v6).map(|a| a.to_string()).collect();
+            shown.join(" and ")
+        }
+        BindMode::Bridge([a, b]) => format!("{a}/{b} (bridging)"),
+    };
+    let user = match run_as {
+        Some(r) => r.user.clone(),
+        None => {
+            let uid = nix::unistd::geteuid();
+            match nix::unistd::User::from_uid(uid) {
+                Ok(Some(u)) => u.name,
+                _ => format!("uid {uid}"),
+            }
+        }
+    };
+    format!(
+        "rtpproxy {} started: pid {}, control {}, listen {listen}, ports {}-{}, user {user}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        show_control(cfg),
+        cfg.port_min,
+        cfg.port_max,
+    )
 }
 
 /// Who may run how: `-u` needs root unless we already are that account;
@@ -87,9 +118,9 @@ pub fn secure_control_socket(control: &Control, run_as: Option<&RunAs>) -> Resul
 pub fn finish_start_up(
     cfg: &Config,
     run_as: Option<&RunAs>,
-) -> Result<(PidFile, Shutdown), String> {
+) -> Result<(Option<PidFile>, Shutdown), String> {
     let shutdown = Shutdown::install()?;
-    let pidfile = PidFile::create(&cfg.pid_file)?;
+    let pidfile = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
     if let Some(run_as) = run_as {
         drop_privileges(run_as)
             .map_err(|e| format!("can't switch to user {}: {e}", run_as.user))?;
@@ -112,6 +143,14 @@ pub fn detach(
     if cfg.foreground {
         rtpp_log::open_stderr(level);
         return Ok(None);
+    }
+    if !rtpp_log::syslog_listening(Path::new(rtpp_log::SYSLOG_PATH)) {
+        // Said while standard error still reaches whoever started us: in
+        // the background it is the only place the log goes.
+        eprintln!(
+            "rtpproxy: WARNING: no syslog daemon listens on {}: log lines are dropped until one does",
+            rtpp_log::SYSLOG_PATH
+        );
     }
     let report = daemonize()?;
     close_fds(inherited);
@@ -237,29 +276,85 @@ fn await_start_up(pipe: std::os::fd::OwnedFd) -> i32 {
 }
 
 /// The pidfile (`-p`), removed when dropped: at exit, or when a later step
-/// of start-up fails.
+/// of start-up fails. A pidfile naming another live process is never
+/// replaced: an init script reads it to find what to signal, so a second
+/// instance taking it over would have the script stop the wrong process.
 pub struct PidFile {
     path: PathBuf,
+    /// The file written (device, inode): only that one is removed.
+    written: (u64, u64),
 }
 
 impl PidFile {
     fn create(path: &Path) -> Result<PidFile, String> {
-        let written =
-            std::fs::File::create(path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
+        check_pidfile(path)?;
+        // Gone or stale by now; create_new makes a rival starting at the
+        // same moment lose instead of both writing.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!(
+                    "can't replace stale pidfile {}: {e}",
+                    path.display()
+                ));
+            }
+            _ => {}
+        }
+        let written = std::fs::File::create_new(path).and_then(|mut f| {
+            writeln!(f, "{}", std::process::id())?;
+            f.metadata()
+        });
         match written {
-            Ok(()) => Ok(PidFile {
+            Ok(meta) => Ok(PidFile {
                 path: path.to_path_buf(),
+                written: (meta.dev(), meta.ino()),
             }),
             Err(e) => Err(format!("can't write pidfile {}: {e}", path.display())),
         }
     }
 }
 
+/// Fails, naming the process, when the pidfile at `path` names a live
+/// process other than this one. A missing, unreadable-as-a-pid or stale
+/// pidfile is fine: it is taken over.
+pub fn check_pidfile(path: &Path) -> Result<(), String> {
+    match pidfile_owner(path) {
+        Some(pid) => Err(format!(
+            "pidfile {} names running process {pid}; not overwritten \
+             (stop that one first, or give this one its own -p)",
+            path.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The live process other than this one that the pidfile names, if any.
+fn pidfile_owner(path: &Path) -> Option<i32> {
+    use nix::errno::Errno;
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    let text = std::fs::read_to_string(path).ok()?;
+    let pid = text.trim().parse::<i32>().ok().filter(|&p| p > 0)?;
+    if u32::try_from(pid).ok() == Some(std::process::id()) {
+        return None;
+    }
+    match kill(Pid::from_raw(pid), None) {
+        // EPERM: it runs, as another account.
+        Ok(()) | Err(Errno::EPERM) => Some(pid),
+        Err(_) => None,
+    }
+}
+
 impl Drop for PidFile {
     fn drop(&mut self) {
-        // After -u this fails unless the user may write to the pidfile's
-        // directory; init scripts and systemd remove what is left.
-        let _ = std::fs::remove_file(&self.path);
+        // Only our own: a file someone else wrote since is theirs. Told by
+        // its inode, since after -u the daemon may not read the file it
+        // wrote as root. Removal fails unless the user may write to the
+        // pidfile's directory (the packaged /run/rtpproxy is the user's);
+        // init scripts and systemd remove what is left.
+        let ours = std::fs::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.written);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -101,7 +101,9 @@ pub struct Config {
     pub tos: Option<u8>,
     pub record_dir: Option<PathBuf>,
     pub spool_dir: Option<PathBuf>,
-    pub pid_file: PathBuf,
+    /// `-p`; none in the foreground without `-p`, so a debugging
+    /// instance never touches the service's pidfile.
+    pub pid_file: Option<PathBuf>,
     pub max_ttl: u32,
     pub nofile: Option<u64>,
     pub port_min: u16,
@@ -133,7 +135,7 @@ impl Default for Config {
             tos: Some(TOS),
             record_dir: None,
             spool_dir: None,
-            pid_file: PathBuf::from(PID_FILE),
+            pid_file: None,
             max_ttl: SESSION_TIMEOUT,
             nofile: None,
             port_min: PORT_MIN,

@@ -273,9 +273,51 @@ pub fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Bytes from a client (a whole command) quoted for one log line: at most
+/// `max` bytes shown, and nothing a client sends can forge a second line or
+/// a terminal escape, since every byte outside printable ASCII, the quote
+/// and the backslash are escaped.
+pub fn escape(bytes: &[u8], max: usize) -> String {
+    let mut out = String::with_capacity(bytes.len().min(max) + 2);
+    out.push('"');
+    for &b in bytes.iter().take(max) {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push('"');
+    if bytes.len() > max {
+        out.push_str(&format!("... ({} bytes)", bytes.len()));
+    }
+    out
+}
+
+/// Whether a syslog daemon listens at `path` now. Lines logged while none
+/// does are dropped, so start-up says so where someone still reads.
+pub fn syslog_listening(path: &Path) -> bool {
+    connect_syslog(path).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_quotes_bounds_and_neutralises_control_bytes() {
+        assert_eq!(escape(b"U c1 1.2.3.4 5 t", 100), "\"U c1 1.2.3.4 5 t\"");
+        assert_eq!(
+            escape(b"V\n\x1b[2J\"\\\xff", 100),
+            "\"V\\n\\x1b[2J\\\"\\\\\\xff\""
+        );
+        assert_eq!(escape(b"abcdef", 3), "\"abc\"... (6 bytes)");
+        assert_eq!(escape(b"", 3), "\"\"");
+    }
 
     #[test]
     fn level_names_parse() {

@@ -5,14 +5,17 @@ use std::path::{Path, PathBuf};
 
 use getopts::{Matches, Options};
 
-use crate::rtpp_defines::{BindMode, Config, ControlSpec};
+use crate::rtpp_defines::{BindMode, Config, ControlSpec, PID_FILE};
 use crate::rtpp_log::{self, Level};
 use crate::rtpp_network::{parse_control_spec, resolve_host};
 
 /// What the command line asks for.
 pub enum Action {
     Run(Box<Config>),
+    /// `-v`: the protocol versions, as the classic daemon prints them.
     Version,
+    /// `--version`: the software version, then what `-v` prints.
+    SoftwareVersion,
     Help,
 }
 
@@ -20,6 +23,11 @@ fn options() -> Options {
     let mut o = Options::new();
     o.optflag("f", "", "stay in the foreground, log to stderr");
     o.optflag("v", "", "print the protocol version and extensions, exit");
+    o.optflag(
+        "",
+        "version",
+        "print the software and protocol versions, exit",
+    );
     o.optflag("2", "", "send packets shorter than 128 bytes twice");
     o.optflag("F", "", "allow root in UDP control mode without -u");
     o.optflag("i", "", "idle timeout per direction");
@@ -55,7 +63,8 @@ pub fn usage() -> String {
     "usage: rtpproxy [-2fvFiPaR] [-l addr1[/addr2]] [-6 addr1[/addr2]] [-s path]\n\
      \x20 [-t tos] [-r rdir [-S sdir]] [-T ttl] [-L nofile] [-m port_min]\n\
      \x20 [-M port_max] [-u uname[:gname]] [-n timeout_socket] [-d log_level[:log_facility]]\n\
-     \x20 [-p pid_file] [-A acct_file]\n"
+     \x20 [-p pid_file] [-A acct_file]\n\
+     \x20      rtpproxy --version\n"
         .to_string()
 }
 
@@ -68,6 +77,9 @@ pub fn parse_args(args: &[String]) -> Result<Action, String> {
     }
     if m.opt_present("h") || m.opt_present("?") {
         return Ok(Action::Help);
+    }
+    if m.opt_present("version") {
+        return Ok(Action::SoftwareVersion);
     }
     if m.opt_present("v") {
         return Ok(Action::Version);
@@ -152,9 +164,11 @@ fn path_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
     if cfg.spool_dir.is_some() && cfg.record_dir.is_none() {
         return Err("-S requires -r".into());
     }
-    if let Some(p) = last(m, "p") {
-        cfg.pid_file = pidfile_option(&p)?;
-    }
+    cfg.pid_file = match last(m, "p") {
+        Some(p) => Some(pidfile_option(&p)?),
+        None if cfg.foreground => None,
+        None => Some(PathBuf::from(PID_FILE)),
+    };
     Ok(())
 }
 
@@ -257,6 +271,13 @@ fn parse_tos(t: &str) -> Option<Option<u8>> {
 /// Builds the listen addresses from `-l` and `-6`. A `/` in either means
 /// bridge mode, where each of the two interfaces is IPv4 or IPv6, not both.
 fn parse_bind(l: Option<&str>, six: Option<&str>) -> Result<BindMode, String> {
+    for (flag, value) in [("l", l), ("6", six)] {
+        if let Some(v) = value.filter(|v| v.matches('/').count() > 1) {
+            return Err(format!(
+                "invalid value for -{flag}: {v} (one address, or two as ADDR1/ADDR2 to bridge)"
+            ));
+        }
+    }
     let split = |s: Option<&str>| -> (Option<String>, Option<String>, bool) {
         match s {
             None => (None, None, false),
@@ -407,11 +428,29 @@ mod tests {
     fn kept_paths_are_absolute() {
         let c = cfg("-p x.pid -s unix:ctl.sock -n notify.sock -r . -S . -A acct.json");
         assert!(c.accounting_file.is_some_and(|p| p.is_absolute()));
-        assert!(c.pid_file.is_absolute());
+        assert!(c.pid_file.is_some_and(|p| p.is_absolute()));
         assert!(matches!(&c.control, ControlSpec::Unix(p) if p.is_absolute()));
         assert!(c.notify_socket.is_some_and(|p| p.is_absolute()));
         assert!(c.record_dir.is_some_and(|p| p.is_absolute()));
         assert!(c.spool_dir.is_some_and(|p| p.is_absolute()));
+    }
+
+    #[test]
+    fn more_than_two_listen_addresses_are_refused_as_such() {
+        for (opt, flag) in [
+            ("-l 127.0.0.1/127.0.0.2/127.0.0.3", "-l"),
+            ("-6 ::1/::1/::1", "-6"),
+        ] {
+            let e = bad(opt);
+            assert!(e.contains(flag) && e.contains("ADDR1/ADDR2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn pidfile_only_in_the_background_unless_asked() {
+        assert_eq!(cfg("").pid_file, Some(PathBuf::from(PID_FILE)));
+        assert_eq!(cfg("-f").pid_file, None);
+        assert!(cfg("-f -p x.pid").pid_file.is_some());
     }
 
     #[test]

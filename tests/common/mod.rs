@@ -80,6 +80,7 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("play", 23000, 23399),
     ("resize", 23400, 24099),
     ("operator", 24100, 24699),
+    ("start_up", 24700, 25199),
 ];
 
 /// Ports no test may use: (first, last, whose).
@@ -226,6 +227,19 @@ impl Rtpproxy {
 
     /// Like `start`, but reports a daemon that does not come up.
     pub fn try_start(args: &[&str]) -> Result<Rtpproxy, String> {
+        Rtpproxy::try_start_as(args, true)
+    }
+
+    /// Like `start`, but without adding `-p`: in the foreground the daemon
+    /// then writes no pidfile at all.
+    pub fn start_without_pidfile(args: &[&str]) -> Rtpproxy {
+        match Rtpproxy::try_start_as(args, false) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn try_start_as(args: &[&str], add_pidfile: bool) -> Result<Rtpproxy, String> {
         let dir = TempDir::new("daemon");
         let mut argv: Vec<String> = vec!["-f".into()];
         argv.extend(args.iter().map(|s| s.to_string()));
@@ -238,7 +252,7 @@ impl Rtpproxy {
                 format!("unix:{}", p.display())
             }
         };
-        if !args.contains(&"-p") {
+        if add_pidfile && !args.contains(&"-p") {
             argv.push("-p".into());
             argv.push(dir.path().join("rtpproxy.pid").display().to_string());
         }
@@ -717,6 +731,16 @@ impl Background {
                 .and_then(|s| s.trim().parse().ok());
         }
         bg
+    }
+
+    /// What the starting command wrote to stderr, less the warning that no
+    /// syslog daemon listens (test machines often run none).
+    pub fn stderr_besides_syslog(&self) -> String {
+        self.stderr
+            .lines()
+            .filter(|l| !l.contains("no syslog daemon listens"))
+            .map(|l| format!("{l}\n"))
+            .collect()
     }
 
     /// The pid of a daemon that started; panics with its stderr otherwise.
