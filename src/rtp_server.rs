@@ -283,6 +283,23 @@ impl fmt::Debug for Player {
     }
 }
 
+/// The files [`Player::open`] looks for, in the order it tries them, each
+/// once: `PROMPT.<pt>` for every payload type of `codecs` that prompts are
+/// played in.
+pub fn prompt_files(prompt: &Path, codecs: &[u8]) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for &payload_type in codecs {
+        if frame_size(payload_type).is_none() {
+            continue;
+        }
+        let path = prompt_path(prompt, payload_type);
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// `PROMPT.<pt>`: the suffix is appended, never replacing an extension
 /// (`hold.wav` gives `hold.wav.0`), as makeann names its outputs.
 fn prompt_path(prompt: &Path, payload_type: u8) -> PathBuf {
@@ -425,6 +442,17 @@ mod tests {
         let dir = TempDir::new("ext");
         let prompt = write_prompt(&dir, "hold.wav", 8, &[1; 80]);
         assert_eq!(open(&prompt, &[8], 1, Instant::now()).payload_type(), 8);
+    }
+
+    #[test]
+    fn prompt_files_are_the_candidates_in_order_once_each() {
+        let files = prompt_files(Path::new("/p/hold.wav"), &[8, 96, 0, 8, 18, 101]);
+        let want: Vec<PathBuf> = ["/p/hold.wav.8", "/p/hold.wav.0", "/p/hold.wav.18"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(files, want);
+        assert!(prompt_files(Path::new("/p/hold"), &[96, 101]).is_empty());
     }
 
     #[test]

@@ -177,11 +177,32 @@ fn assert_close(got: i16, want: i32, what: &str, frame: usize) {
     );
 }
 
-fn check_sox(path: &Path, channels: u16) {
-    let out = match Command::new("sox").arg("--i").arg(path).output() {
+fn sox(args: &[&std::ffi::OsStr]) -> Output {
+    match Command::new("sox").args(args).output() {
         Ok(out) => out,
         Err(e) => panic!("sox is needed for this test (apt-get install -y sox): {e}"),
-    };
+    }
+}
+
+/// Reads the whole file with `sox FILE -n stat`, which checks the header
+/// against the data (`sox --i` alone stays quiet about a bad header): any
+/// `WARN` or `FAIL` line, or a non-zero exit, means a player may choke.
+fn check_sox_reads_it_cleanly(path: &Path) {
+    let out = sox(&[path.as_os_str(), "-n".as_ref(), "stat".as_ref()]);
+    // stat writes its figures to stderr too: only sox's own messages count.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("sox WARN") && !err.contains("sox FAIL"),
+        "sox {} -n stat: {}\n{err}",
+        path.display(),
+        out.status
+    );
+    assert!(err.contains("Samples read:"), "{err}");
+}
+
+fn check_sox(path: &Path, channels: u16) {
+    check_sox_reads_it_cleanly(path);
+    let out = sox(&["--i".as_ref(), path.as_os_str()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -308,8 +329,15 @@ fn au_output_is_accepted_by_sox() {
         au.to_str().unwrap(),
     ]));
     let b = std::fs::read(&au).unwrap();
+    let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     assert_eq!(&b[0..4], b".snd");
-    assert_eq!(b.len(), 24 + CALL_FRAMES * 4);
+    // Header size: at least 28, the 24 fixed bytes and an annotation.
+    let header = u32_at(4) as usize;
+    assert!(header >= 28, "AU header size {header}");
+    assert_eq!(u32_at(8) as usize, CALL_FRAMES * 4, "data size");
+    assert_eq!(u32_at(12), 3, "16-bit linear PCM");
+    assert_eq!((u32_at(16), u32_at(20)), (8000, 2));
+    assert_eq!(b.len(), header + CALL_FRAMES * 4);
     check_sox(&au, 2);
 }
 

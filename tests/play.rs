@@ -510,6 +510,65 @@ fn unknown_prompt_and_p0_start_nothing() {
     assert!(rp.command("I").contains("active sessions: 1"));
 }
 
+/// Waits (bounded) for a line of the daemon's log that contains `needle`.
+fn log_line(rp: &Rtpproxy, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let log = rp.log();
+        if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The daemon in the background works in `/`, so a relative prompt name is
+/// looked for there: a name relative to `/` plays, and a missing one is E6
+/// with a log line naming the absolute files it tried.
+#[test]
+fn relative_prompt_name_resolves_against_the_working_directory() {
+    let dir = TempDir::new("play-relative");
+    let absolute = hand_made(dir.path(), "hello", 0, &pattern(3, 7));
+    let relative = absolute.trim_start_matches('/');
+    let ctl = format!("udp:127.0.0.1:{}", port());
+    let (m, mm) = ports(8).range();
+    let (m, mm) = (m.to_string(), mm.to_string());
+    let args = [
+        "-s",
+        &ctl,
+        "-l",
+        "127.0.0.1",
+        "-m",
+        &m,
+        "-M",
+        &mm,
+        "-d",
+        "DBUG",
+    ];
+    let rp = Rtpproxy::start_in(Path::new("/"), &args);
+    let call = setup_call(&rp, "rel1", "", "");
+
+    assert_eq!(rp.command(&format!("P rel1 {relative} 0 ftag;1")), "0");
+    let got = receive(&call.caller, 3, call.to_caller_leg, 500);
+    assert_eq!(check_stream(&got, 0, 80), pattern(3, 7));
+
+    let missing = format!("rtpp-play-missing-{}.sln", std::process::id());
+    assert_eq!(rp.command(&format!("P rel1 {missing} 0,8 ftag;1")), "E6");
+    let line = log_line(&rp, "can't play prompt");
+    assert!(
+        line.contains(&format!("prompt /{missing}: ")),
+        "the log names the prompt as sought: {line}"
+    );
+    assert!(
+        line.contains(&format!("/{missing}.0, /{missing}.8")),
+        "the log names the files tried: {line}"
+    );
+}
+
 #[test]
 fn media_to_the_party_waits_while_a_prompt_plays() {
     let dir = TempDir::new("play-hold");

@@ -25,8 +25,14 @@ const MAX_TIMESTAMP_DRIFT: i64 = 2 * RATE;
 const MAX_ARRIVAL: f64 = 1e11;
 /// Frames rendered per output block.
 const BLOCK_FRAMES: usize = 8000;
-/// Size of a WAV header; also bounds the data size with the u32 fields.
+/// Size of a WAV header, the larger of the two: it bounds the data size so
+/// that the u32 size fields of either format hold it.
 const WAV_HEADER_LEN: u64 = 44;
+/// Size of the AU header: the 24 fixed bytes and an empty, NUL-filled
+/// annotation. The format requires an annotation of at least 4 bytes (sox
+/// warns "header size 24 is too small" without one); 8 keeps the samples
+/// 8-byte aligned, as Python's `sunau` writer does.
+const AU_HEADER_LEN: u32 = 32;
 
 /// Output container.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -476,11 +482,12 @@ fn write_header(
         }
         FileFormat::Au => {
             out.write_all(b".snd")?;
-            out.write_all(&24u32.to_be_bytes())?;
+            out.write_all(&AU_HEADER_LEN.to_be_bytes())?;
             out.write_all(&data_len.to_be_bytes())?;
             out.write_all(&3u32.to_be_bytes())?; // 16-bit linear PCM
             out.write_all(&(RATE as u32).to_be_bytes())?;
-            out.write_all(&u32::from(channels).to_be_bytes())
+            out.write_all(&u32::from(channels).to_be_bytes())?;
+            out.write_all(&[0; AU_HEADER_LEN as usize - 24])
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::{codec_list, Command, ErrorCode, Modifiers, Notify, Reply};
 use crate::rtp_resizer::Resizer;
-use crate::rtp_server::Player;
+use crate::rtp_server::{prompt_files, Player};
 use crate::rtpp_account::EndReason;
 use crate::rtpp_copy::{parse_remote_target, RemoteCopy};
 use crate::rtpp_defines::{
@@ -196,12 +196,17 @@ fn play(
     if count == 0 {
         return Reply::Ok;
     }
-    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(prompt));
-    match Player::open(path, &list, count, ssrc, seq, ts, ctx.now) {
+    let path = absolute_prompt(std::ffi::OsStr::from_bytes(prompt));
+    match Player::open(&path, &list, count, ssrc, seq, ts, ctx.now) {
         Ok(player) => {
+            let times = if count < 0 {
+                "until stopped".to_string()
+            } else {
+                format!("{count} times")
+            };
             rtpp_log!(
                 Info,
-                "{count} times playing prompt {} codec {} to port {}",
+                "playing prompt {} {times}, codec {} to port {}",
                 show(prompt),
                 player.payload_type(),
                 s.port(party)
@@ -210,10 +215,34 @@ fn play(
             Reply::Ok
         }
         Err(e) => {
-            rtpp_log!(Err, "can't play prompt {}: {e}", show(prompt));
+            rtpp_log!(
+                Err,
+                "can't play prompt {}: {e} (tried {})",
+                path.display(),
+                tried_files(&path, &list)
+            );
             ErrorCode::NO_PLAYER.into()
         }
     }
+}
+
+/// A relative prompt name resolves against the working directory, which is
+/// `/` once the daemon runs in the background: made absolute, the name in
+/// the log is the file the daemon looked for, not the one the operator
+/// meant. An empty name stays empty, for [`Player::open`] to refuse.
+fn absolute_prompt(name: &std::ffi::OsStr) -> std::path::PathBuf {
+    let given = std::path::Path::new(name);
+    std::path::absolute(given).unwrap_or_else(|_| given.to_path_buf())
+}
+
+/// The prompt files a failed `P` looked for, for its log line.
+fn tried_files(prompt: &std::path::Path, codecs: &[u8]) -> String {
+    let files = prompt_files(prompt, codecs);
+    if files.is_empty() {
+        return "no file: no payload type of the list is one prompts are played in".into();
+    }
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    names.join(", ")
 }
 
 /// `C`: copies what the FROMTAG party sends to a UDP target or a file.

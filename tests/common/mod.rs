@@ -225,21 +225,34 @@ impl Rtpproxy {
         }
     }
 
-    /// Like `start`, but reports a daemon that does not come up.
-    pub fn try_start(args: &[&str]) -> Result<Rtpproxy, String> {
-        Rtpproxy::try_start_as(args, true)
-    }
-
-    /// Like `start`, but without adding `-p`: in the foreground the daemon
-    /// then writes no pidfile at all.
-    pub fn start_without_pidfile(args: &[&str]) -> Rtpproxy {
-        match Rtpproxy::try_start_as(args, false) {
+    /// Like `start`, with `cwd` as the daemon's working directory (the
+    /// background daemon works in `/`).
+    pub fn start_in(cwd: &Path, args: &[&str]) -> Rtpproxy {
+        match Rtpproxy::try_start_as(Some(cwd), args, true) {
             Ok(r) => r,
             Err(e) => panic!("{e}"),
         }
     }
 
-    fn try_start_as(args: &[&str], add_pidfile: bool) -> Result<Rtpproxy, String> {
+    /// Like `start`, but reports a daemon that does not come up.
+    pub fn try_start(args: &[&str]) -> Result<Rtpproxy, String> {
+        Rtpproxy::try_start_as(None, args, true)
+    }
+
+    /// Like `start`, but without adding `-p`: in the foreground the daemon
+    /// then writes no pidfile at all.
+    pub fn start_without_pidfile(args: &[&str]) -> Rtpproxy {
+        match Rtpproxy::try_start_as(None, args, false) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn try_start_as(
+        cwd: Option<&Path>,
+        args: &[&str],
+        add_pidfile: bool,
+    ) -> Result<Rtpproxy, String> {
         let dir = TempDir::new("daemon");
         let mut argv: Vec<String> = vec!["-f".into()];
         argv.extend(args.iter().map(|s| s.to_string()));
@@ -262,7 +275,11 @@ impl Rtpproxy {
         }
         let log_path = dir.path().join("stderr.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let child = Command::new(bin_path())
+        let mut command = Command::new(bin_path());
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let child = command
             .args(&argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
