@@ -359,6 +359,7 @@ fn run_command(
                 sessions,
                 daemon,
                 now,
+                origin: from,
             };
             let reply = execute(&cmd, &mut ctx);
             if let Reply::Error(e) = reply {

@@ -13,6 +13,7 @@ use std::time::Instant;
 use libfuzzer_sys::fuzz_target;
 use rtpproxy::rtpp_command::exec::{execute, Context};
 use rtpproxy::rtpp_command::{parse, split_cookie, Command, Reply};
+use rtpproxy::rtpp_control::Origin;
 use rtpproxy::rtpp_defines::{BindMode, Config};
 use rtpproxy::rtpp_log::{self, Level};
 use rtpproxy::rtpp_network::PortTable;
@@ -104,11 +105,13 @@ fn run(
     cmd: &Command<'_>,
     now: Instant,
 ) -> Reply {
+    let origin = Origin::Udp(std::net::SocketAddr::from(([127, 0, 0, 1], 5060)));
     let mut ctx = Context {
         cfg,
         sessions,
         daemon,
         now,
+        origin: &origin,
     };
     execute(cmd, &mut ctx)
 }

@@ -10,6 +10,7 @@ use super::{codec_list, Command, ErrorCode, Modifiers, Notify, Reply};
 use crate::rtp_resizer::Resizer;
 use crate::rtp_server::{prompt_files, Player};
 use crate::rtpp_account::EndReason;
+use crate::rtpp_control::Origin;
 use crate::rtpp_copy::{parse_remote_target, RemoteCopy};
 use crate::rtpp_defines::{
     BindMode, ByParty, Config, Party, SessionId, Stream, NOTIFY_CAP, PROTO_CAPS,
@@ -28,6 +29,8 @@ pub struct Context<'a> {
     pub sessions: &'a mut Sessions,
     pub daemon: &'a mut Daemon,
     pub now: Instant,
+    /// Who sent the command.
+    pub origin: &'a Origin<'a>,
 }
 
 /// Runs one command and says what to answer.
