@@ -110,10 +110,10 @@ const B2BUA_START: Duration = Duration::from_secs(15);
 const CALL_MEDIA_PORTS: u16 = 40;
 
 /// Sessions the heartbeat test creates besides the call, and how long
-/// their Call-IDs are: enough that a plain `I`, which lists two lines per
-/// session, is far larger than a UDP datagram can carry (64 KiB).
-const BULK_SESSIONS: u16 = 200;
-const BULK_CALL_ID_LEN: usize = 100;
+/// their Call-IDs are: a crowded relay, where a plain `I`, which lists two
+/// lines per session, is far larger than a UDP datagram can carry (64 KiB).
+const BULK_SESSIONS: u16 = 400;
+const BULK_CALL_ID_LEN: usize = 200;
 
 /// The end of the bulk sessions' Call-IDs, which tells the test's own
 /// commands from the B2BUA's in the relay's log.
@@ -966,10 +966,10 @@ fn b2bua_call_over_unix_control() {
 /// an unanswered one for 10 s), and the B2BUA takes a relay that does not
 /// answer it offline: new calls then get 502 "No online RTP proxy client
 /// has been found". With many sessions a plain `I`, which lists two lines
-/// per session, is too big for one UDP datagram (with 200 sessions of
-/// 100-byte Call-IDs it is about 90 KB; with 100 it is 45 KB and still
-/// fits); `Ib` must answer only the summary lines. The test creates
-/// `BULK_SESSIONS` sessions (U and L) over the same UDP control socket,
+/// per session, is too big for one UDP datagram (with 400 sessions of
+/// 200-byte Call-IDs it is about 250 KB); `Ib` must answer only the
+/// summary lines. The test creates `BULK_SESSIONS` sessions (offered by a
+/// `U`, held open) over the same UDP control socket,
 /// half before the B2BUA starts and half while it runs, lets a few
 /// heartbeats pass (or waits until the B2BUA would have given up on the
 /// relay), then places a call, which must succeed; and every `Ib` must have
@@ -979,10 +979,11 @@ fn b2bua_call_over_unix_control() {
 fn b2bua_heartbeat_with_many_sessions() {
     let mut run = Run::new("heartbeat");
     let control = format!("udp:127.0.0.1:{}", port());
-    let media = ports(4 * BULK_SESSIONS + CALL_MEDIA_PORTS);
+    // One leg (two ports) per bulk session: offered, never answered.
+    let media = ports(2 * BULK_SESSIONS + CALL_MEDIA_PORTS);
     run.start_relay(&control, media, &[]);
     // Where the bulk sessions' media would go; nothing is ever sent there.
-    let peers = ports(2);
+    let peers = ports(1);
     let create = |run: &Run, range: std::ops::Range<u16>| {
         for i in range {
             let mut call_id = format!("{i:04}-bulk-{}-", std::process::id());
@@ -991,15 +992,12 @@ fn b2bua_heartbeat_with_many_sessions() {
             }
             call_id.truncate(BULK_CALL_ID_LEN - BULK_DOMAIN.len());
             call_id.push_str(BULK_DOMAIN);
-            let (from, to) = (format!("bulkfrom{i}"), format!("bulkto{i}"));
-            let u = format!("U {call_id} 127.0.0.1 {} {from}", peers.port(0));
-            let l = format!("L {call_id} 127.0.0.1 {} {from} {to}", peers.port(1));
-            for cmd in [u, l] {
-                let reply = run.relay().command(&cmd);
-                let port = reply.split_whitespace().next();
-                if port.is_none_or(|p| p.parse::<u16>().is_err()) {
-                    run.fail(&format!("{cmd:?} got {reply:?}"));
-                }
+            let from = format!("bulkfrom{i}");
+            let cmd = format!("U {call_id} 127.0.0.1 {} {from}", peers.port(0));
+            let reply = run.relay().command(&cmd);
+            let port = reply.split_whitespace().next();
+            if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                run.fail(&format!("{cmd:?} got {reply:?}"));
             }
         }
     };
