@@ -231,7 +231,7 @@ fn over_long_line_is_e1_and_the_connection_goes_on() {
     assert!(c.line_within(Duration::from_millis(200)).is_none());
     assert!(rp.log().contains("command longer than 8192 bytes"));
     let g = c.ask("G ncmds_errs");
-    assert_eq!(g, "ncmds_errs=2", "E3 and E1 counted as errors");
+    assert_eq!(g, "2", "E3 and E1 counted as errors");
 }
 
 /// A live call through the relay: RTP both ways, timed.
@@ -326,15 +326,16 @@ fn client_that_never_reads_does_not_stop_others_or_media() {
             Err(e) => panic!("the daemon did not close the client: {e}"),
         }
     }
-    assert_eq!(other.ask("G nsess_created"), "nsess_created=51");
+    assert_eq!(other.ask("G nsess_created"), "51");
     let whole = 1000 * 50 * 2 * 300;
     assert!(got < whole, "{got} bytes: every reply was kept");
     assert_eq!(other.ask("V"), "20040107");
 }
 
 #[test]
-fn reply_of_any_size_is_written_whole_over_time() {
-    const SESSIONS: usize = 150;
+fn replies_beyond_the_socket_buffer_are_written_whole_over_time() {
+    const SESSIONS: usize = 25;
+    const ASKED: usize = 12;
     let dir = TempDir::new("big-reply");
     let path = dir.join("ctl.sock");
     let s = format!("cunix:{}", path.display());
@@ -342,39 +343,44 @@ fn reply_of_any_size_is_written_whole_over_time() {
     let (m, mm) = (m.to_string(), mm.to_string());
     let rp = Rtpproxy::start(&["-s", &s, "-l", "127.0.0.1", "-m", &m, "-M", &mm]);
     let mut c = Client::unix(&path);
-    // About 2 KB of `I` per session: 300 KB, more than a unix socket
-    // takes at once.
+    // About 2 KB of `I` per session, some 56 KB per `I`: twelve of them
+    // asked at once are three times what a unix socket takes, so the
+    // daemon must keep them and write as the client reads.
     let ids: Vec<String> = (0..SESSIONS)
         .map(|i| format!("{i:04}{}", "i".repeat(1000)))
         .collect();
     for (i, id) in ids.iter().enumerate() {
         port_of(&c.ask(&format!("U {id} 127.0.0.1 {} ftag", 5000 + 2 * i)));
     }
-    c.send(b"I\nV\n");
-    // Read slowly, so the daemon must write it in many passes.
-    let mut lines = Vec::new();
-    while lines.len() < 3 + 2 * SESSIONS {
-        std::thread::sleep(Duration::from_millis(2));
-        let line = c
-            .line_within(Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("reply cut after {} lines", lines.len()));
-        lines.push(line);
-    }
-    assert_eq!(lines[0], format!("sessions created: {SESSIONS}"));
-    assert_eq!(lines[1], format!("active sessions: {SESSIONS}"));
-    let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
-    assert!(bytes > 250_000, "only {bytes} bytes");
-    for id in &ids {
+    c.send("I\n".repeat(ASKED).as_bytes());
+    c.send(b"V\n");
+    let mut bytes = 0;
+    for n in 0..ASKED {
+        let mut lines = Vec::new();
+        while lines.len() < 5 + 2 * SESSIONS {
+            // Read slowly, so the daemon must write in many passes.
+            std::thread::sleep(Duration::from_millis(1));
+            let line = c
+                .line_within(Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("reply {n} cut after {} lines", lines.len()));
+            lines.push(line);
+        }
         assert_eq!(
-            lines.iter().filter(|l| l.contains(id.as_str())).count(),
-            2,
-            "{}",
-            &id[..4]
+            lines[1],
+            format!("active sessions: {SESSIONS}"),
+            "reply {n}"
         );
+        for id in &ids {
+            let found = lines.iter().filter(|l| l.contains(id.as_str())).count();
+            assert_eq!(found, 2, "reply {n}, session {}", &id[..4]);
+        }
+        bytes += lines.iter().map(|l| l.len() + 1).sum::<usize>();
     }
-    // The next reply follows the long one.
+    assert!(bytes > 600_000, "only {bytes} bytes");
+    // The reply after them, and nothing else.
     assert_eq!(c.line(), "20040107");
-    assert_eq!(rp.command("V"), "20040107");
+    assert!(c.line_within(Duration::from_millis(200)).is_none());
+    assert!(!rp.log().contains("does not read its replies"));
 }
 
 #[test]

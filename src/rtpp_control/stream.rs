@@ -382,6 +382,7 @@ fn too_long(daemon: &mut Daemon, origin: &Origin) -> Reply {
     );
     daemon.counters.commands_received += 1;
     daemon.counters.commands_failed += 1;
+    daemon.counters.replies_sent += 1;
     Reply::Error(ErrorCode::SYNTAX)
 }
 

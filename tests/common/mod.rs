@@ -82,6 +82,8 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("operator", 24100, 24699),
     ("start_up", 24700, 25199),
     ("control_streams", 25200, 25799),
+    ("interop_sippy", 25800, 26999),
+    ("extensions", 27600, 27999),
 ];
 
 /// Ports no test may use: (first, last, whose).
@@ -404,6 +406,15 @@ impl Rtpproxy {
     /// The daemon's temp dir (pidfile, default control socket, stderr log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The UDP control address; panics for any other control socket.
+    pub fn udp_addr(&self) -> SocketAddr {
+        match &self.ctrl {
+            Ctrl::Udp(a) => *a,
+            Ctrl::Tcp(a) => panic!("TCP control socket {a}"),
+            Ctrl::Unix(p) | Ctrl::Cunix(p) => panic!("unix control socket {}", p.display()),
+        }
     }
 
     /// What the daemon wrote to stderr so far.
