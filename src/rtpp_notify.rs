@@ -831,6 +831,30 @@ mod tests {
     }
 
     #[test]
+    fn broken_tcp_connection_is_made_again_for_the_next_line() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = tcp(listener.local_addr().unwrap(), None);
+        let mut n = Notifier::new(vec![to.clone()]);
+        let id = n.target(&to).unwrap();
+        n.notify(id, b"one");
+        settle(&mut n);
+        let (first, _) = listener.accept().unwrap();
+        drop(first);
+        // The loop's once-a-second flush notices the peer left.
+        std::thread::sleep(Duration::from_millis(50));
+        n.flush();
+        n.notify(id, b"two");
+        settle(&mut n);
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert_eq!(line, "two\n");
+        assert_eq!((n.sent(), n.dropped()), (2, 0));
+    }
+
+    #[test]
     fn tcp_connection_is_bound_to_the_local_address() {
         use std::net::TcpListener;
         let listener = TcpListener::bind("127.0.0.2:0").unwrap();
