@@ -1,10 +1,13 @@
-//! The packet path: for each ready media socket, read, latch, forward.
+//! The packet path: for each ready media socket, read, latch, observe,
+//! forward.
 //!
 //! `main`'s loop polls ([`crate::rtpp_poll`]) and hands the ready entries
 //! to [`relay_ready`]; everything from there to `sendto(2)` is in this
 //! file, except the latching decision, which is `Peer::accept` in
-//! `rtpp_session`. Nothing here allocates: the receive buffers are the
-//! caller's and every decision is a few field updates on the session.
+//! `rtpp_session`, and the observers of an accepted RTP packet: the
+//! sequence analysis (`rtpp_analyzer`) and DTMF catching (`rtpp_dtmf`).
+//! Nothing here allocates: the receive buffers are the caller's and every
+//! decision is a few field updates on the session.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -16,17 +19,19 @@ use crate::rtp_server::{Next, MAX_PACKET_LEN};
 use crate::rtpp_defines::{Party, SessionId, Stream, LBR_THRS};
 use crate::rtpp_log;
 use crate::rtpp_network::RecvBatch;
+use crate::rtpp_notify::Notifier;
 use crate::rtpp_poll::{Event, Owner};
 use crate::rtpp_session::{Session, Sessions, Verdict};
 
 /// Relays from every ready media socket of one poll; returns whether any
-/// media socket was ready.
+/// media socket was ready. Caught DTMF digits go to `notifier`.
 pub fn relay_ready(
     sessions: &mut Sessions,
     events: &[Event],
     double_small: bool,
     now: Instant,
     batch: &mut RecvBatch,
+    notifier: &mut Option<Notifier>,
 ) -> bool {
     let mut media = false;
     for event in events {
@@ -42,7 +47,12 @@ pub fn relay_ready(
                 party,
                 stream,
             };
-            drain_socket(sessions, from, event.busy, double_small, now, batch);
+            let pass = Pass {
+                double_small,
+                now,
+                notifier: &mut *notifier,
+            };
+            drain_socket(sessions, from, event.busy, batch, pass);
         }
     }
     media
@@ -56,15 +66,22 @@ struct Source {
     stream: Stream,
 }
 
+/// What relaying a packet needs besides the session: the `-2` option, the
+/// time of this pass, and where caught DTMF digits are reported.
+pub struct Pass<'a> {
+    pub double_small: bool,
+    pub now: Instant,
+    pub notifier: &'a mut Option<Notifier>,
+}
+
 /// Reads the packets queued on one media socket and relays each to the
 /// other party.
 fn drain_socket(
     sessions: &mut Sessions,
     from: Source,
     busy: bool,
-    double_small: bool,
-    now: Instant,
     batch: &mut RecvBatch,
+    mut pass: Pass<'_>,
 ) {
     let Some(s) = sessions.get_mut(from.session) else {
         return;
@@ -89,7 +106,7 @@ fn drain_socket(
         let Some((packet, src)) = batch.get(i) else {
             break;
         };
-        relay_packet(s, from.party, from.stream, src, packet, double_small, now);
+        relay_packet(s, from.party, from.stream, src, packet, &mut pass);
     }
     // A re-packetizer holding audio must be served on the clock.
     if s.resizers[from.party]
@@ -107,9 +124,9 @@ pub fn relay_packet(
     stream: Stream,
     src: SocketAddr,
     packet: &[u8],
-    double_small: bool,
-    now: Instant,
+    pass: &mut Pass<'_>,
 ) {
+    let (double_small, now) = (pass.double_small, pass.now);
     let st = &mut s.streams[stream];
     st.received += 1;
     match st.peers[party].accept(src, now) {
@@ -130,18 +147,35 @@ pub fn relay_packet(
     let from = &mut s.streams[stream].peers[party];
     from.packets += 1;
     from.bytes += packet.len() as u64;
-    if stream == Stream::Rtp {
-        if let Ok(header) = rtp::parse(packet) {
-            from.seq.observe(header.seq);
-        }
-        s.last_rx[party] = now;
-    }
+    let hidden = stream == Stream::Rtp && observe_rtp(s, party, packet, pass);
     record(s, party, stream, src, packet);
+    if hidden {
+        // Recorded as the party sent it, but not relayed (DTMF `h`).
+        s.streams[stream].dropped += 1;
+        return;
+    }
     if stream == Stream::Rtp && s.resizers[party].is_some() {
         resize(s, party, packet, double_small, now);
         return;
     }
     forward(s, party, stream, packet, double_small);
+}
+
+/// What an accepted RTP packet from `party` tells: its sequence number for
+/// the loss estimate of the accounting record and for the analyzer, and
+/// any DTMF digit it completes. True when DTMF catching hides it.
+fn observe_rtp(s: &mut Session, party: Party, packet: &[u8], pass: &mut Pass<'_>) -> bool {
+    s.last_rx[party] = pass.now;
+    let Ok(header) = rtp::parse(packet) else {
+        s.analyzers[party].parse_error();
+        return false;
+    };
+    // Both observe the numbers: the accounting record's loss estimate keeps
+    // its RFC 3550 meaning (duplicates offset losses, no epochs), the
+    // analyzer gives the rtpa_* values.
+    s.streams[Stream::Rtp].peers[party].seq.observe(header.seq);
+    s.analyzers[party].observe(&header);
+    s.catch_dtmf_packet(party, &header, packet, pass.notifier)
 }
 
 /// Sends a packet from `party` on to the other party, or counts it dropped

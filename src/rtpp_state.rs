@@ -4,13 +4,16 @@
 //! socket). The session table itself is `rtpp_session::Sessions`.
 
 use crate::rtpp_account::AccountFile;
+use crate::rtpp_analyzer::RtpaStats;
 use crate::rtpp_network::PortTable;
 use crate::rtpp_notify::Notifier;
 use crate::rtpp_poll::Poller;
 use crate::rtpp_util::Random;
 
-/// Daemon-wide counters (the `G` command): ended sessions' packets, and
-/// commands. Live sessions' packets are added when `G` asks.
+/// Daemon-wide counters (the `G` command): ended sessions' packets and RTP
+/// analysis, and commands. Live sessions' packets are added when `G` asks;
+/// their analysis is not (the `rtpa_*` sums count a stream once it ended,
+/// as in the classic daemon).
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
     pub sessions_created: u64,
@@ -24,6 +27,8 @@ pub struct Counters {
     pub commands_succeeded: u64,
     pub commands_failed: u64,
     pub commands_repeated: u64,
+    /// Sums of the RTP analysis of ended sessions, both directions.
+    pub rtpa: RtpaStats,
 }
 
 /// Packets of one session, as counted into [`Counters`].
@@ -45,7 +50,7 @@ impl Counters {
     }
 
     /// Every counter by its `G` name; `active` is the live session count.
-    pub fn named(&self, active: usize) -> [(&'static str, u64); 13] {
+    pub fn named(&self, active: usize) -> [(&'static str, u64); 18] {
         [
             ("nsess_created", self.sessions_created),
             ("nsess_destroyed", self.sessions_destroyed),
@@ -60,6 +65,11 @@ impl Counters {
             ("ncmds_errs", self.commands_failed),
             ("ncmds_repld", self.commands_repeated),
             ("nlog_dropped", crate::rtpp_log::dropped_lines()),
+            ("rtpa_nsent", self.rtpa.nsent),
+            ("rtpa_nrcvd", self.rtpa.nrcvd),
+            ("rtpa_ndups", self.rtpa.ndups),
+            ("rtpa_nlost", self.rtpa.nlost),
+            ("rtpa_perrs", self.rtpa.perrs),
         ]
     }
 }
