@@ -173,6 +173,7 @@ impl DtmfCatcher {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EventPacket {
     pub pt: u8,
+    pub seq: u16,
     pub ts: u32,
     pub event: u8,
     pub end: bool,
@@ -190,6 +191,7 @@ impl EventPacket {
     pub(crate) fn new(ts: u32, event: u8, end: bool, duration: u16) -> EventPacket {
         EventPacket {
             pt: DEFAULT_PAYLOAD_TYPE,
+            seq: 1,
             ts,
             event,
             end,
@@ -203,7 +205,8 @@ impl EventPacket {
     /// The packet.
     pub(crate) fn bytes(&self) -> Vec<u8> {
         let ext = if self.ext_words.is_some() { 0x10 } else { 0 };
-        let mut p = vec![0x80 | self.csrcs | ext, self.pt, 0, 1];
+        let mut p = vec![0x80 | self.csrcs | ext, self.pt];
+        p.extend_from_slice(&self.seq.to_be_bytes());
         p.extend_from_slice(&self.ts.to_be_bytes());
         p.extend_from_slice(&0x0102_0304u32.to_be_bytes());
         for i in 0..self.csrcs {
