@@ -42,6 +42,12 @@ COMMANDS = {
     "weak": "Uw c8 127.0.0.1 4000 f\nLw c8 127.0.0.1 4002 f t\nD c8 f t\nQ c8 f t\n",
     "cookie": "ck123 U c9 127.0.0.1 4000 f\r\n",
     "bridge": "\x01\nUie cb 127.0.0.1 4000 f\nLei cb 127.0.0.2 4000 f t\nUee cb 127.0.0.1 4000 f\n",
+    "extensions": "U e1 127.0.0.1 4000 f && M3:1 Dd%20x+y 101 h\n"
+                  "Ul127.0.0.1 e2 127.0.0.1 4000 f\nU6r[::1]n e3 ::1 4000 f\n"
+                  "UR2001:db8::1c0,8 e4 127.0.0.1 4000 f\nUn e1 127.0.0.1 4000 f\n"
+                  "Qv e1 f t ttl npkts_ina rtpa_nlost && D\nNa e1 f\nIbl\nGv nsess_created\n"
+                  "U e5 127.0.0.1 4000 f /tmp/rtpp-fuzz-notify.sock r%20x && M3:1 t\n"
+                  "U e6 1.2.3.4 1 f && && D\nQ e1 f && D x\nUc, e7 127.0.0.1 4000 f\n",
     "hostile": "U \x80\xff\xfe 127.0.0.1 4000 \xc3\x28\nU " + "x" * 1100 + " 1.2.3.4 1 f\n"
                "U c 999.1.1.1 99999 f\nU c ::ffff:1.2.3.4 4000 f\nDw c f\n",
 }

@@ -225,6 +225,8 @@ fn run_loop(
         if clock.tick_due(now) {
             sessions.expire(cfg, now, daemon);
             nofile.check(sessions.active());
+            let received = sessions.counters(&daemon.counters).packets_received;
+            daemon.sample_second(received, now);
         }
         control.serve(daemon, now, |daemon, raw, from| {
             run_command(cfg, sessions, daemon, raw, from, now)
@@ -362,7 +364,7 @@ fn run_command(
     daemon.counters.commands_received += 1;
     let reply = match parse(raw) {
         Ok(cmd) => {
-            for c in cmd.modifiers().into_iter().flat_map(|m| m.unknown()) {
+            for c in cmd.cmd.modifiers().into_iter().flat_map(|m| m.unknown()) {
                 rtpp_log!(Warn, "unknown command modifier `{c}'");
             }
             let mut ctx = Context {
@@ -391,6 +393,9 @@ fn run_command(
         daemon.counters.commands_failed += 1;
     } else {
         daemon.counters.commands_succeeded += 1;
+    }
+    if reply != Reply::Silent {
+        daemon.counters.replies_sent += 1;
     }
     if rtpp_log::enabled(Level::Dbug) {
         let mut out = Vec::new();

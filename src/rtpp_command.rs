@@ -11,11 +11,23 @@ use crate::rtpp_defines::{CPROTOVER, MAX_ID_LEN};
 use crate::rtpp_session::StreamIds;
 use crate::rtpp_util::url_unquote;
 
+mod modifiers;
+mod report;
+pub mod subcommand;
+
+pub use modifiers::{codec_list, parse_modifiers, LegAddr, Modifiers};
+use subcommand::{parse_sub, results_tail, SubCommand, SubResult};
+
 /// Longest packet `z` may ask for.
 pub const MAX_PTIME_MS: u32 = 1000;
 
-/// At most this many tokens of a command are looked at.
-pub const MAX_TOKENS: usize = 10;
+/// A command, and each of its sub-commands, may hold this many tokens;
+/// more is `E1` (the classic 10 were too few for the later commands).
+pub const MAX_TOKENS: usize = 23;
+/// Sub-commands after one command, at most.
+pub const MAX_SUBCOMMANDS: usize = 15;
+/// Names one `Q` may ask for.
+pub const MAX_QUERY_NAMES: usize = 11;
 
 /// An `E<code>` reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,39 +47,40 @@ impl ErrorCode {
     pub const DRAINING: ErrorCode = ErrorCode(15);
 }
 
-/// Modifiers of `U` and `L`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Modifiers<'a> {
-    /// `a` (true) or `s` (false); `None` = the mode's default.
-    pub asymmetric: Option<bool>,
-    /// Interfaces picked by `i` (0) and `e` (1), in the order given.
-    pub ifaces: [Option<u8>; 2],
-    /// `6`: the command's address is IPv6.
-    pub ipv6: bool,
-    /// `w`: this side holds the session weakly.
-    pub weak: bool,
-    /// `zNN`: re-packetize to this many milliseconds (a multiple of 10, at most 1000).
-    pub ptime_ms: Option<u32>,
-    /// `cLIST`: payload types offered by this party, validated.
-    pub codecs: Option<&'a [u8]>,
-    /// The modifier letters as given, for [`Modifiers::unknown`].
-    pub text: &'a [u8],
-}
-
-impl Modifiers<'_> {
-    /// Letters that mean nothing to us: logged and otherwise ignored, as
-    /// the classic daemon did.
-    pub fn unknown(&self) -> impl Iterator<Item = char> + '_ {
-        unknown_modifiers(self.text)
-    }
-}
-
 /// `NOTIFY_SOCKET [NOTIFY_TAG]` of `U`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notify<'a> {
     pub socket: &'a [u8],
     /// URL-decoded tag.
     pub tag: Option<Vec<u8>>,
+}
+
+/// Names given to `G` or `Q`, in order, without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Names<'a> {
+    list: [&'a [u8]; MAX_TOKENS - 1],
+    len: usize,
+}
+
+impl<'a> Names<'a> {
+    fn new(names: &[&'a [u8]]) -> Names<'a> {
+        let mut list: [&[u8]; MAX_TOKENS - 1] = [&[]; MAX_TOKENS - 1];
+        for (slot, name) in list.iter_mut().zip(names) {
+            *slot = name;
+        }
+        Names {
+            list,
+            len: names.len().min(MAX_TOKENS - 1),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[&'a [u8]] {
+        &self.list[..self.len]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// A parsed command.
@@ -90,6 +103,12 @@ pub enum Command<'a> {
     },
     Delete(StreamIds<'a>),
     Record(StreamIds<'a>),
+    /// `N[a]` (extension 20200226): stop recording what the FROMTAG party
+    /// sends, or with `a` both directions.
+    StopRecording {
+        ids: StreamIds<'a>,
+        both: bool,
+    },
     Copy {
         target: &'a [u8],
         ids: StreamIds<'a>,
@@ -101,13 +120,26 @@ pub enum Command<'a> {
         ids: StreamIds<'a>,
     },
     Stop(StreamIds<'a>),
-    Query(StreamIds<'a>),
-    Info,
+    /// `Q[v] CALLID FROMTAG [TOTAG [NAME ...]]`: the classic five fields,
+    /// or the named values (extension 20150420); `v` puts `name=` before
+    /// each. Names are checked once the session is found (`E8` first).
+    Query {
+        ids: StreamIds<'a>,
+        verbose: bool,
+        names: Names<'a>,
+    },
+    /// `I[b][l]`: `b` leaves out the per-stream lines, `l` adds the load
+    /// line (extension 20140323).
+    Info {
+        brief: bool,
+        load: bool,
+    },
     DeleteAll,
-    /// `G [name ...]`: counters, all of them when no name is given.
+    /// `G[v] [name ...]`: counters (extension 20141004); no name: all of
+    /// them as `name=value`.
     Stats {
-        names: [&'a [u8]; MAX_TOKENS - 1],
-        count: usize,
+        verbose: bool,
+        names: Names<'a>,
     },
 }
 
@@ -119,6 +151,13 @@ impl Command<'_> {
             _ => None,
         }
     }
+}
+
+/// A command and the sub-commands `&&` chained to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compound<'a> {
+    pub cmd: Command<'a>,
+    pub subs: Vec<SubCommand>,
 }
 
 /// What a command answers.
@@ -134,6 +173,8 @@ pub enum Reply {
     Text(String),
     /// `E<code>`.
     Error(ErrorCode),
+    /// A reply followed by what its sub-commands yielded.
+    Compound(Box<Reply>, Vec<SubResult>),
     /// No reply at all. A draining relay stays silent to a `U` that would
     /// create a session: Kamailio's rtpproxy module takes silence (unlike an
     /// `E` reply, which fails the call) as a dead relay and retries the
@@ -160,6 +201,15 @@ impl Reply {
             out.extend_from_slice(c);
             out.push(b' ');
         }
+        if *self == Reply::Silent {
+            out.clear();
+            return;
+        }
+        self.write_body(out);
+        out.push(b'\n');
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>) {
         // Writing into a Vec cannot fail.
         let _ = match self {
             Reply::Ok => out.write_all(b"0"),
@@ -173,20 +223,19 @@ impl Reply {
             },
             Reply::Text(t) => out.write_all(t.as_bytes()),
             Reply::Error(ErrorCode(c)) => write!(out, "E{c}"),
-            Reply::Silent => {
-                out.clear();
-                return;
+            Reply::Compound(main, results) => {
+                main.write_body(out);
+                out.write_all(results_tail(results).as_bytes())
             }
+            Reply::Silent => Ok(()),
         };
-        out.push(b'\n');
     }
 }
 
-/// Splits a command into at most [`MAX_TOKENS`] tokens on space, tab, CR, LF.
+/// Splits a command into tokens on space, tab, CR, LF.
 pub fn tokenize(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     buf.split(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
         .filter(|t| !t.is_empty())
-        .take(MAX_TOKENS)
 }
 
 /// Splits a UDP datagram into its cookie and the command after it.
@@ -200,39 +249,72 @@ pub fn split_cookie(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&rest[..end], &rest[end..]))
 }
 
-/// Parses one command (without cookie).
-pub fn parse(buf: &[u8]) -> Result<Command<'_>, ErrorCode> {
-    let mut argv: [&[u8]; MAX_TOKENS] = [&[]; MAX_TOKENS];
-    let mut argc = 0;
+/// Most tokens a command with all its sub-commands may hold.
+const MAX_ALL_TOKENS: usize = (MAX_TOKENS + 1) * (MAX_SUBCOMMANDS + 1);
+
+/// Parses one command (without cookie) and its sub-commands.
+pub fn parse(buf: &[u8]) -> Result<Compound<'_>, ErrorCode> {
+    let mut all: [&[u8]; MAX_ALL_TOKENS] = [&[]; MAX_ALL_TOKENS];
+    let mut n = 0;
     for t in tokenize(buf) {
-        argv[argc] = t;
-        argc += 1;
+        let slot = all.get_mut(n).ok_or(ErrorCode::SYNTAX)?;
+        *slot = t;
+        n += 1;
     }
-    if argc == 0 {
+    if n == 0 {
         return Err(ErrorCode::EMPTY);
     }
-    let verb = argv[0][0].to_ascii_uppercase();
-    let mods = &argv[0][1..];
-    let args = &argv[1..argc];
+    let mut segments = all[..n].split(|t| *t == b"&&");
+    let main = segments.next().unwrap_or(&[]);
+    if main.is_empty() || main.len() > MAX_TOKENS {
+        return Err(ErrorCode::SYNTAX);
+    }
+    let cmd = parse_command(main)?;
+    let mut subs = Vec::new();
+    for segment in segments {
+        if segment.len() > MAX_TOKENS || subs.len() == MAX_SUBCOMMANDS {
+            return Err(ErrorCode::SYNTAX);
+        }
+        subs.push(parse_sub(main[0][0].to_ascii_uppercase(), segment)?);
+    }
+    Ok(Compound { cmd, subs })
+}
+
+/// Parses one command's tokens (at least one).
+fn parse_command<'a>(argv: &[&'a [u8]]) -> Result<Command<'a>, ErrorCode> {
+    let Some((&verb_token, args)) = argv.split_first() else {
+        return Err(ErrorCode::EMPTY);
+    };
+    let verb = verb_token[0].to_ascii_uppercase();
+    let mods = &verb_token[1..];
     match verb {
         b'V' => parse_version(mods, args),
         b'U' | b'L' => parse_update(verb == b'L', mods, args),
-        b'D' | b'R' | b'S' | b'Q' => {
-            if !(2..=3).contains(&args.len()) {
-                return Err(ErrorCode::SYNTAX);
-            }
-            // The classic D, R and S take no modifiers; Q ignores them.
-            if verb != b'Q' && !mods.is_empty() {
+        b'D' | b'R' | b'S' => {
+            // The classic D, R and S take no modifiers.
+            if !(2..=3).contains(&args.len()) || !mods.is_empty() {
                 return Err(ErrorCode::SYNTAX);
             }
             let ids = stream_ids(args[0], args[1], args.get(2).copied())?;
             Ok(match verb {
                 b'D' => Command::Delete(ids),
                 b'R' => Command::Record(ids),
-                b'S' => Command::Stop(ids),
-                _ => Command::Query(ids),
+                _ => Command::Stop(ids),
             })
         }
+        b'N' => {
+            let both = match mods {
+                b"" => false,
+                b"a" | b"A" => true,
+                _ => return Err(ErrorCode::SYNTAX),
+            };
+            if !(2..=3).contains(&args.len()) {
+                return Err(ErrorCode::SYNTAX);
+            }
+            let ids = stream_ids(args[0], args[1], args.get(2).copied())?;
+            Ok(Command::StopRecording { ids, both })
+        }
+        b'Q' => parse_query(mods, args),
         b'C' => {
             if !(3..=4).contains(&args.len()) || !mods.is_empty() {
                 return Err(ErrorCode::SYNTAX);
@@ -244,20 +326,47 @@ pub fn parse(buf: &[u8]) -> Result<Command<'_>, ErrorCode> {
             })
         }
         b'P' => parse_play(mods, args),
-        b'I' => Ok(Command::Info),
-        b'G' => {
-            let mut names: [&[u8]; MAX_TOKENS - 1] = [&[]; MAX_TOKENS - 1];
-            for (slot, name) in names.iter_mut().zip(args) {
-                *slot = name;
-            }
-            Ok(Command::Stats {
-                names,
-                count: args.len(),
+        b'I' => {
+            let letters = flags(mods, b"bl")?;
+            Ok(Command::Info {
+                brief: letters[0],
+                load: letters[1],
             })
         }
+        b'G' => Ok(Command::Stats {
+            verbose: flags(mods, b"v")?[0],
+            names: Names::new(args),
+        }),
         b'X' => Ok(Command::DeleteAll),
         _ => Err(ErrorCode::UNKNOWN),
     }
+}
+
+/// Which of `allowed` (lowercase letters) `mods` holds, in any case; any
+/// other letter is `E1`.
+fn flags<const N: usize>(mods: &[u8], allowed: &[u8; N]) -> Result<[bool; N], ErrorCode> {
+    let mut set = [false; N];
+    for c in mods {
+        let at = allowed
+            .iter()
+            .position(|a| *a == c.to_ascii_lowercase())
+            .ok_or(ErrorCode::SYNTAX)?;
+        set[at] = true;
+    }
+    Ok(set)
+}
+
+/// `Q[v] CALLID FROMTAG [TOTAG [NAME ...]]`.
+fn parse_query<'a>(mods: &'a [u8], args: &[&'a [u8]]) -> Result<Command<'a>, ErrorCode> {
+    let verbose = flags(mods, b"v")?[0];
+    if !(2..=3 + MAX_QUERY_NAMES).contains(&args.len()) {
+        return Err(ErrorCode::SYNTAX);
+    }
+    Ok(Command::Query {
+        ids: stream_ids(args[0], args[1], args.get(2).copied())?,
+        verbose,
+        names: Names::new(args.get(3..).unwrap_or(&[])),
+    })
 }
 
 /// `P[count] CALLID PROMPT CODECS FROMTAG [TOTAG]`.
@@ -307,7 +416,12 @@ fn parse_update<'a>(
         return Err(ErrorCode::ARGS);
     }
     let mods = parse_modifiers(mods)?;
-    let ids = stream_ids(args[0], args[3], args.get(4).copied())?;
+    // `U CALLID ADDR PORT FROMTAG NOTIFY_SOCKET NOTIFY_TAG`: no to-tag.
+    let to_tag = match notify_at(args) {
+        Some(4) => None,
+        _ => args.get(4).copied(),
+    };
+    let ids = stream_ids(args[0], args[3], to_tag)?;
     let (addr, port) = (args[1], args[2]);
     if lookup {
         return Ok(Command::Lookup {
@@ -317,11 +431,12 @@ fn parse_update<'a>(
             port,
         });
     }
-    let notify = match args.get(5) {
+    let notify = match notify_at(args) {
         None => None,
-        Some(socket) => {
+        Some(at) => {
+            let socket = args[at];
             check_len(socket)?;
-            let tag = match args.get(6) {
+            let tag = match args.get(at + 1) {
                 None => None,
                 Some(raw) => Some(url_unquote(raw).ok_or(ErrorCode::ARGS)?),
             };
@@ -337,100 +452,20 @@ fn parse_update<'a>(
     })
 }
 
-/// Parses the letters after `U`/`L`. Unknown letters are ignored (see
-/// [`Modifiers::unknown`]); bad `z`/`c` values and a third `i`/`e` are `E1`.
-pub fn parse_modifiers(mods: &[u8]) -> Result<Modifiers<'_>, ErrorCode> {
-    let mut m = Modifiers {
-        text: mods,
-        ..Modifiers::default()
-    };
-    let mut n_ifaces = 0;
-    let mut i = 0;
-    while i < mods.len() {
-        let c = mods[i].to_ascii_lowercase();
-        i += 1;
-        match c {
-            b'a' => m.asymmetric = Some(true),
-            b's' => m.asymmetric = Some(false),
-            b'i' | b'e' => {
-                if n_ifaces >= 2 {
-                    return Err(ErrorCode::SYNTAX);
-                }
-                m.ifaces[n_ifaces] = Some(u8::from(c == b'e'));
-                n_ifaces += 1;
-            }
-            b'6' => m.ipv6 = true,
-            b'w' => m.weak = true,
-            b'z' => {
-                let digits = count_while(&mods[i..], |c| c.is_ascii_digit());
-                let ms: u32 = std::str::from_utf8(&mods[i..i + digits])
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or(ErrorCode::SYNTAX)?;
-                i += digits;
-                // Whole 10 ms units only (the classic daemon silently
-                // rounded down), and no more than a second of audio.
-                if ms == 0 || !ms.is_multiple_of(10) || ms > MAX_PTIME_MS {
-                    return Err(ErrorCode::SYNTAX);
-                }
-                m.ptime_ms = Some(ms);
-            }
-            b'c' => {
-                let len = count_while(&mods[i..], |c| c.is_ascii_digit() || c == b',');
-                let list = &mods[i..i + len];
-                i += len;
-                if !valid_codec_list(list) {
-                    return Err(ErrorCode::SYNTAX);
-                }
-                m.codecs = Some(list);
-            }
-            _ => {}
-        }
+/// Where a `U`'s NOTIFY_SOCKET is among its arguments, if it has one.
+/// Seven arguments: after the to-tag, then the tag. Six are ambiguous:
+/// rtpproxy 2.x and later, the Sippy B2BUA and OpenSIPS send
+/// `FROMTAG NOTIFY_SOCKET NOTIFY_TAG` (no to-tag), while Kamailio's
+/// module sends `FROMTAG TOTAG NOTIFY_SOCKET` on the answer, as 1.2 read
+/// it. A SIP tag is an RFC 3261 token, which holds neither `/` nor `:`,
+/// and every notify socket name does, so the fifth argument tells them
+/// apart.
+fn notify_at(args: &[&[u8]]) -> Option<usize> {
+    match args.len() {
+        6 if args[4].iter().any(|&c| c == b'/' || c == b':') => Some(4),
+        6 | 7 => Some(5),
+        _ => None,
     }
-    Ok(m)
-}
-
-/// Letters of a `U`/`L` modifier string that mean nothing to us.
-fn unknown_modifiers(mods: &[u8]) -> impl Iterator<Item = char> + '_ {
-    let mut skip_digits = false;
-    mods.iter().filter_map(move |&c| {
-        let lc = c.to_ascii_lowercase();
-        if skip_digits && (c.is_ascii_digit() || c == b',') {
-            return None;
-        }
-        skip_digits = matches!(lc, b'z' | b'c');
-        match lc {
-            b'a' | b's' | b'i' | b'e' | b'6' | b'w' | b'z' | b'c' => None,
-            _ => Some(c as char),
-        }
-    })
-}
-
-fn count_while(s: &[u8], pred: impl Fn(u8) -> bool) -> usize {
-    s.iter().take_while(|&&c| pred(c)).count()
-}
-
-/// A comma list of payload types 0..=127, no empty items.
-fn valid_codec_list(list: &[u8]) -> bool {
-    !list.is_empty()
-        && list.split(|&c| c == b',').all(|item| {
-            !item.is_empty()
-                && item.len() <= 3
-                && std::str::from_utf8(item)
-                    .ok()
-                    .and_then(|s| s.parse::<u16>().ok())
-                    .is_some_and(|pt| pt <= 127)
-        })
-}
-
-/// Payload types of a validated codec list, in order.
-pub fn codec_list(list: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    list.split(|&c| c == b',').filter_map(|item| {
-        std::str::from_utf8(item)
-            .ok()
-            .and_then(|s| s.parse::<u8>().ok())
-            .filter(|&pt| pt <= 127)
-    })
 }
 
 fn check_len(token: &[u8]) -> Result<(), ErrorCode> {
@@ -462,6 +497,13 @@ fn stream_ids<'a>(
 mod tests {
     use super::*;
 
+    fn one(s: &str) -> Command<'_> {
+        match parse(s.as_bytes()) {
+            Ok(c) if c.subs.is_empty() => c.cmd,
+            other => panic!("{s:?}: {other:?}"),
+        }
+    }
+
     fn err(s: &str) -> u8 {
         match parse(s.as_bytes()) {
             Err(ErrorCode(c)) => c,
@@ -471,25 +513,18 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(parse(b"V"), Ok(Command::Version));
-        assert_eq!(parse(b"v extra"), Ok(Command::Version));
+        assert_eq!(one("V"), Command::Version);
+        assert_eq!(one("v extra"), Command::Version);
         assert_eq!(err("V a b"), 2);
-        assert_eq!(
-            parse(b"VF 20050322"),
-            Ok(Command::VersionFeature(b"20050322"))
-        );
-        assert_eq!(
-            parse(b"vf 20050322 x"),
-            Ok(Command::VersionFeature(b"20050322"))
-        );
+        assert_eq!(one("VF 20050322"), Command::VersionFeature(b"20050322"));
+        assert_eq!(one("vf 20050322 x"), Command::VersionFeature(b"20050322"));
         assert_eq!(err("VF"), 2);
         assert_eq!(err("VF a b c"), 2);
     }
 
     #[test]
     fn update_and_lookup() {
-        let c = parse(b"Uc0,8,101 call 10.0.0.1 4000 ftag;1").unwrap();
-        match c {
+        match one("Uc0,8,101 call 10.0.0.1 4000 ftag;1") {
             Command::Update {
                 mods, ids, notify, ..
             } => {
@@ -501,74 +536,108 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            parse(b"L call 10.0.0.1 4000 f t"),
-            Ok(Command::Lookup { .. })
+            one("L call 10.0.0.1 4000 f t"),
+            Command::Lookup { .. }
         ));
         assert_eq!(err("U call 10.0.0.1 4000"), 4);
         assert_eq!(err("L call 10.0.0.1 4000 f t x"), 4);
         assert_eq!(err("U c a p f t s n x"), 4);
+        assert!(matches!(
+            one("Uc, call 10.0.0.1 4000 f"),
+            Command::Update { .. }
+        ));
     }
 
-    #[test]
-    fn notify_tag_is_decoded() {
-        match parse(b"U c a p f t unix:/tmp/s hello%20world").unwrap() {
-            Command::Update {
-                notify: Some(n), ..
-            } => {
-                assert_eq!(n.socket, b"unix:/tmp/s");
-                assert_eq!(n.tag.as_deref(), Some(&b"hello world"[..]));
-            }
+    fn notify_of(s: &str) -> (Option<Vec<u8>>, Option<Notify<'_>>) {
+        match one(s) {
+            Command::Update { ids, notify, .. } => (ids.to_tag.map(<[u8]>::to_vec), notify),
             other => panic!("{other:?}"),
         }
-        // A socket without a tag is fine (the classic daemon crashed on it).
-        assert!(parse(b"U c a p f t /tmp/s").is_ok());
-        assert_eq!(err("U c a p f t /tmp/s bad%zz"), 4);
     }
 
     #[test]
-    fn modifiers() {
-        let m = parse_modifiers(b"aie6wz20c8,0").unwrap();
-        assert_eq!(m.asymmetric, Some(true));
-        assert_eq!(m.ifaces, [Some(0), Some(1)]);
-        assert!(m.ipv6 && m.weak);
-        assert_eq!(m.ptime_ms, Some(20));
-        assert_eq!(m.codecs, Some(&b"8,0"[..]));
-        assert_eq!(parse_modifiers(b"z15"), Err(ErrorCode::SYNTAX));
-        assert_eq!(parse_modifiers(b"z0"), Err(ErrorCode::SYNTAX));
-        assert_eq!(parse_modifiers(b"z2000"), Err(ErrorCode::SYNTAX));
-        assert_eq!(parse_modifiers(b"z1000").unwrap().ptime_ms, Some(1000));
-        assert_eq!(parse_modifiers(b"as").unwrap().asymmetric, Some(false));
-        assert_eq!(parse_modifiers(b"z"), Err(ErrorCode::SYNTAX));
-        assert_eq!(parse_modifiers(b"z5"), Err(ErrorCode::SYNTAX));
-        assert_eq!(parse_modifiers(b"c"), Err(ErrorCode::SYNTAX));
-        assert_eq!(parse_modifiers(b"c8,,0"), Err(ErrorCode::SYNTAX));
-        assert_eq!(parse_modifiers(b"c8,"), Err(ErrorCode::SYNTAX));
-        assert_eq!(parse_modifiers(b"c200"), Err(ErrorCode::SYNTAX));
-        assert_eq!(parse_modifiers(b"iei"), Err(ErrorCode::SYNTAX));
-        // Unknown letters are ignored.
-        assert!(parse_modifiers(b"xyq").is_ok());
-        assert_eq!(unknown_modifiers(b"xc8,0z20q").collect::<String>(), "xq");
+    fn notify_forms() {
+        // The full classic form: to-tag, socket, tag (decoded).
+        let (to, n) = notify_of("U c a p f t unix:/tmp/s hello%20world");
+        assert_eq!(to.as_deref(), Some(&b"t"[..]));
+        let n = n.unwrap();
+        assert_eq!(n.socket, b"unix:/tmp/s");
+        assert_eq!(n.tag.as_deref(), Some(&b"hello world"[..]));
+        // Kamailio's answer: to-tag and socket, no tag.
+        let (to, n) = notify_of("U c a p f;1 t;1 unix:/tmp/s");
+        assert_eq!(to.as_deref(), Some(&b"t;1"[..]));
+        assert_eq!(n.unwrap().tag, None);
+        // 2.x, B2BUA, OpenSIPS: socket and tag without a to-tag.
+        for sock in [
+            "/tmp/s",
+            "unix:/tmp/s",
+            "tcp:%%CC_SELF%%:2000",
+            "tcp:127.0.0.1:2000",
+        ] {
+            let cmd = format!("U c a p f {sock} r%20abc");
+            let (to, n) = notify_of(&cmd);
+            assert_eq!(to, None, "{sock}");
+            let n = n.unwrap();
+            assert_eq!(n.socket, sock.as_bytes());
+            assert_eq!(n.tag.as_deref(), Some(&b"r abc"[..]));
+        }
+        assert_eq!(err("U c a p f t /tmp/s bad%zz"), 4);
+        assert_eq!(err("U c a p f /tmp/s bad%zz"), 4);
     }
 
     #[test]
     fn delete_family() {
-        assert!(matches!(parse(b"D c f"), Ok(Command::Delete(_))));
-        assert!(matches!(parse(b"D c f t"), Ok(Command::Delete(_))));
+        assert!(matches!(one("D c f"), Command::Delete(_)));
+        assert!(matches!(one("D c f t"), Command::Delete(_)));
         assert_eq!(err("D c"), 1);
         assert_eq!(err("D c f t x"), 1);
         assert_eq!(err("Dw c f t"), 1);
         assert_eq!(err("Rx c f"), 1);
         assert_eq!(err("Sx c f"), 1);
-        assert!(matches!(parse(b"Qv c f"), Ok(Command::Query(_))));
-        assert_eq!(err("Q c"), 1);
-        assert!(matches!(parse(b"C c name f"), Ok(Command::Copy { .. })));
+        assert!(matches!(one("C c name f"), Command::Copy { .. }));
         assert_eq!(err("C c name"), 1);
         assert_eq!(err("Cx c name f"), 1);
     }
 
     #[test]
+    fn stop_recording() {
+        assert!(matches!(
+            one("N c f"),
+            Command::StopRecording { both: false, .. }
+        ));
+        assert!(matches!(
+            one("Na c f t"),
+            Command::StopRecording { both: true, .. }
+        ));
+        assert_eq!(err("Nx c f"), 1);
+        assert_eq!(err("N c"), 1);
+        assert_eq!(err("N c f t x"), 1);
+    }
+
+    #[test]
+    fn queries() {
+        match one("Qv c f t ttl rtpa_nlost") {
+            Command::Query { verbose, names, .. } => {
+                assert!(verbose);
+                assert_eq!(names.as_slice(), [&b"ttl"[..], b"rtpa_nlost"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            one("Q c f"),
+            Command::Query { verbose: false, .. }
+        ));
+        assert_eq!(err("Qx c f"), 1);
+        assert_eq!(err("Q c"), 1);
+        let twelve = ["ttl"; 12].join(" ");
+        assert_eq!(err(&format!("Q c f t {twelve}")), 1);
+        let eleven = ["ttl"; 11].join(" ");
+        assert!(parse(format!("Q c f t {eleven}").as_bytes()).is_ok());
+    }
+
+    #[test]
     fn play() {
-        match parse(b"P-1 c prompt 0,8 f t").unwrap() {
+        match one("P-1 c prompt 0,8 f t") {
             Command::Play { count, prompt, .. } => {
                 assert_eq!(count, -1);
                 assert_eq!(prompt, b"prompt");
@@ -576,8 +645,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            parse(b"P c p session f"),
-            Ok(Command::Play { count: 1, .. })
+            one("P c p session f"),
+            Command::Play { count: 1, .. }
         ));
         assert_eq!(err("P c p 0"), 4);
         assert_eq!(err("Pxx c p 0 f"), 1);
@@ -587,23 +656,72 @@ mod tests {
 
     #[test]
     fn other_verbs() {
-        assert_eq!(parse(b"I"), Ok(Command::Info));
-        match parse(b"G nsess_created npkts_rcvd") {
-            Ok(Command::Stats { names, count }) => {
-                assert_eq!(count, 2);
-                assert_eq!(names[1], b"npkts_rcvd");
+        assert_eq!(
+            one("I"),
+            Command::Info {
+                brief: false,
+                load: false
+            }
+        );
+        assert_eq!(
+            one("Ib"),
+            Command::Info {
+                brief: true,
+                load: false
+            }
+        );
+        assert_eq!(
+            one("ILB"),
+            Command::Info {
+                brief: true,
+                load: true
+            }
+        );
+        assert_eq!(err("Ix"), 1);
+        match one("Gv nsess_created npkts_rcvd") {
+            Command::Stats { verbose, names } => {
+                assert!(verbose);
+                assert_eq!(names.as_slice()[1], b"npkts_rcvd");
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(parse(b"x"), Ok(Command::DeleteAll));
+        assert_eq!(err("Gq"), 1);
+        assert_eq!(one("x"), Command::DeleteAll);
         assert_eq!(err("Z"), 3);
         assert_eq!(err(""), 0);
         assert_eq!(err(" \r\n"), 0);
     }
 
     #[test]
+    fn sub_commands() {
+        let c = parse(b"U c 10.0.0.1 4000 f && M3:1 tag 101 h").unwrap();
+        assert!(matches!(c.cmd, Command::Update { .. }));
+        assert_eq!(c.subs.len(), 1);
+        let c = parse(b"Q c f t && D").unwrap();
+        assert_eq!(c.subs, [SubCommand::Delete]);
+        for bad in [
+            "D c f && D",
+            "G && D",
+            "Q c f t &&",
+            "Q c f t && && D",
+            "&& D",
+            "Q c f t && D x",
+            "U c 10.0.0.1 4000 f && M9:1",
+        ] {
+            assert_eq!(err(bad), 1, "{bad}");
+        }
+        // At most 15 sub-commands.
+        let fifteen = " && M3:1 t".repeat(15);
+        assert!(parse(format!("U c a 1 f{fifteen}").as_bytes()).is_ok());
+        assert_eq!(err(&format!("U c a 1 f{fifteen} && M3:1 t")), 1);
+    }
+
+    #[test]
     fn tokens_are_capped() {
-        assert_eq!(tokenize(b"a b c d e f g h i j k l").count(), 10);
+        let words = |n: usize| vec!["x"; n].join(" ");
+        // 23 tokens are read; 24 are E1 (the classic cut at 10 silently).
+        assert_eq!(err(&format!("U c a 1 f {}", words(18))), 4);
+        assert_eq!(err(&format!("U c a 1 f {}", words(19))), 1);
         assert_eq!(split_cookie(b"  ck V\n"), Some((&b"ck"[..], &b" V\n"[..])));
         assert_eq!(split_cookie(b"ck"), Some((&b"ck"[..], &b""[..])));
         assert_eq!(split_cookie(b"  "), None);
@@ -626,6 +744,16 @@ mod tests {
         assert_eq!(out, b"35000\n");
         Reply::Error(ErrorCode(8)).format(Some(b"c"), &mut out);
         assert_eq!(out, b"c E8\n");
+        let port = Reply::Port {
+            port: 24270,
+            addr: None,
+        };
+        Reply::Compound(Box::new(port.clone()), vec![Err(())]).format(None, &mut out);
+        assert_eq!(out, b"24270 && -1\n");
+        Reply::Compound(Box::new(port), vec![Ok(())]).format(None, &mut out);
+        assert_eq!(out, b"24270\n");
+        Reply::Silent.format(Some(b"c"), &mut out);
+        assert!(out.is_empty());
     }
 }
 

@@ -254,6 +254,7 @@ impl Control {
                             None => {
                                 // Counted at once: a G later in this batch sees it.
                                 daemon.counters.commands_repeated += 1;
+                                daemon.counters.replies_sent += 1;
                                 None
                             }
                         },

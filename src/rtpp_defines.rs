@@ -59,7 +59,17 @@ pub const PROTO_CAPS: &[(&str, &str)] = &[
         "Support for setting codecs in the update/lookup command",
     ),
     ("20081224", "Support for session timeout notifications"),
+    (
+        "20090810",
+        "Support for automatic bridging (l and r modifiers)",
+    ),
+    ("20140323", "Support for reporting load (I with b and l)"),
+    ("20140617", "Support for anchoring session connect time"),
     ("20141004", "Support for extendable performance counters"),
+    ("20150330", "Support for allocating a new port (n modifier)"),
+    ("20191015", "Support for the && sub-command specifier"),
+    ("20200226", "Support for the N command to stop recording"),
+    ("20230314", "Support for fusing Q and D (Q ... && D)"),
 ];
 
 /// The extension that is only supported when `-n` was given.

@@ -215,8 +215,11 @@ fn resize(s: &mut Session, party: Party, packet: &[u8], double_small: bool, now:
     };
     match r.enqueue(packet, now) {
         Enqueued::PassThrough => forward(s, party, Stream::Rtp, packet, double_small),
-        Enqueued::Dropped => s.streams[Stream::Rtp].dropped += 1,
-        Enqueued::Queued => {}
+        Enqueued::Dropped => {
+            s.streams[Stream::Rtp].dropped += 1;
+            s.tally.resizer_discard += 1;
+        }
+        Enqueued::Queued => s.tally.resizer_in += 1,
     }
     send_resized(s, party, &mut r, double_small, now);
     s.resizers[party] = Some(r);
@@ -230,6 +233,7 @@ fn send_resized(s: &mut Session, party: Party, r: &mut Resizer, double_small: bo
             break;
         };
         if let Some(p) = out.get(..len) {
+            s.tally.resizer_out += 1;
             forward(s, party, Stream::Rtp, p, double_small);
         }
     }
@@ -247,6 +251,7 @@ pub fn flush_resizer(s: &mut Session, party: Party, double_small: bool) {
             break;
         };
         if let Some(p) = out.get(..len) {
+            s.tally.resizer_out += 1;
             forward(s, party, Stream::Rtp, p, double_small);
         }
     }
@@ -311,6 +316,7 @@ fn play_due(s: &mut Session, now: Instant, buf: &mut [u8], double_small: bool) {
                 Next::Finished => {
                     rtpp_log!(Info, "prompt finished at port {}", s.port(party));
                     s.players[party] = None;
+                    s.tally.players_destroyed += 1;
                     break;
                 }
             }

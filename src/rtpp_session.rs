@@ -144,6 +144,8 @@ pub struct Session {
     pub resizers: ByParty<Option<Resizer>>,
     /// Prompt packets sent.
     pub played: u64,
+    /// Re-packetizer and prompt counts (the rest of [`PacketCounts`]).
+    pub tally: PacketCounts,
     /// `analyzers[p]` analyzes the RTP party `p` sends (`rtpa_*`).
     pub(crate) analyzers: ByParty<RtpAnalyzer>,
     /// `dtmf[p]` catches the DTMF digits party `p` sends.
@@ -180,6 +182,7 @@ impl Session {
             players: ByParty::default(),
             resizers: ByParty::default(),
             played: 0,
+            tally: PacketCounts::default(),
             analyzers: ByParty::default(),
             dtmf: ByParty::default(),
         }
@@ -299,7 +302,7 @@ impl Session {
     pub fn packet_counts(&self) -> PacketCounts {
         let mut p = PacketCounts {
             played: self.played,
-            ..PacketCounts::default()
+            ..self.tally
         };
         for st in self.streams.iter() {
             p.received += st.received;
@@ -409,13 +412,47 @@ impl Session {
     fn finish_recordings(&mut self) {
         for stream in self.streams.iter_mut() {
             for rec in stream.recorders.iter_mut() {
-                let Some(f) = rec.take() else { continue };
-                match f.finish() {
-                    Ok(path) => rtpp_log!(Info, "recording {} finished", path.display()),
-                    Err(e) => rtpp_log!(Err, "finishing recording: {e}"),
+                if let Some(f) = rec.take() {
+                    finish_recording(f);
                 }
             }
         }
+    }
+
+    /// A complete session that ended: which of its streams carried
+    /// nothing, or went one way only.
+    fn count_silence(&self, c: &mut crate::rtpp_state::Counters) {
+        let flow = |stream: Stream| self.streams[stream].peers.map(|p| p.packets > 0);
+        match (
+            flow(Stream::Rtp)[Party::Caller],
+            flow(Stream::Rtp)[Party::Callee],
+        ) {
+            (false, false) => c.sessions_no_rtp += 1,
+            (true, true) => {}
+            _ => c.sessions_oneway_rtp += 1,
+        }
+        match (
+            flow(Stream::Rtcp)[Party::Caller],
+            flow(Stream::Rtcp)[Party::Callee],
+        ) {
+            (false, false) => c.sessions_no_rtcp += 1,
+            (true, true) => {}
+            _ => c.sessions_oneway_rtcp += 1,
+        }
+    }
+
+    /// `N`: stops recording (R, C to a file) and copying (C udp:) what
+    /// `party` sends; the files are finished as at the end of the call.
+    /// True when something was being recorded or copied.
+    pub fn stop_recording(&mut self, party: Party) -> bool {
+        let mut stopped = self.copies[party].take().is_some();
+        for stream in self.streams.iter_mut() {
+            if let Some(f) = stream.recorders[party].take() {
+                finish_recording(f);
+                stopped = true;
+            }
+        }
+        stopped
     }
 
     fn recorders_mut(&mut self) -> impl Iterator<Item = &mut RecordFile> {
@@ -618,43 +655,56 @@ impl Sessions {
         tos: Option<u8>,
         daemon: &mut Daemon,
     ) -> Option<u16> {
-        let s = self.get_mut(id)?;
+        let s = self.get(id)?;
         if let Some(leg) = &s.legs[party] {
             return Some(leg.port);
         }
-        if !daemon.poller.has_room(1) {
-            return None;
+        let leg = bind_leg(id, party, s.leg_ips[party], tos, daemon)?;
+        let port = leg.port;
+        let s = self.get_mut(id)?;
+        s.legs[party] = Some(leg);
+        if s.open_legs() == 2 {
+            daemon.counters.sessions_complete += 1;
         }
-        let ip = s.leg_ips[party];
-        let (port, rtp, rtcp) = daemon.ports.allocate_pair(ip, tos)?;
-        let sockets = ByStream::new(rtp, rtcp);
-        let mut register = |stream: Stream, cadence: Cadence| {
-            let owner = Owner::Media {
-                session: id,
-                party,
-                stream,
-            };
-            daemon
-                .poller
-                .register(sockets[stream].as_raw_fd(), owner, cadence)
-        };
-        let rtp_token = register(Stream::Rtp, Cadence::EveryPass);
-        let rtcp_token = register(Stream::Rtcp, Cadence::Slow);
-        let (Some(rtp_token), Some(rtcp_token)) = (rtp_token, rtcp_token) else {
-            // Not reached while has_room held; undone all the same.
-            for token in [rtp_token, rtcp_token].into_iter().flatten() {
-                daemon.poller.deregister(token);
-            }
-            daemon.ports.release(port);
-            return None;
-        };
-        s.legs[party] = Some(Leg {
-            port,
-            ip,
-            sockets,
-            tokens: ByStream::new(rtp_token, rtcp_token),
-        });
         Some(port)
+    }
+
+    /// `n`: gives `party`'s open leg a fresh port pair and closes the old
+    /// one at once, so media for the old pair stops; the old leg is kept
+    /// when no pair is free. False when the leg was not open (nothing to
+    /// renew: it opens as usual).
+    pub fn reopen_leg(
+        &mut self,
+        id: SessionId,
+        party: Party,
+        tos: Option<u8>,
+        daemon: &mut Daemon,
+    ) -> Result<bool, &'static str> {
+        let Some(s) = self.get(id) else {
+            return Ok(false);
+        };
+        if s.legs[party].is_none() {
+            return Ok(false);
+        }
+        let fresh =
+            bind_leg(id, party, s.leg_ips[party], tos, daemon).ok_or("no free port pair")?;
+        let Some(s) = self.get_mut(id) else {
+            return Ok(false);
+        };
+        if let Some(old) = s.legs[party].replace(fresh) {
+            release_leg(&old, daemon);
+        }
+        Ok(true)
+    }
+
+    /// `l`/`r` on an existing session: where `party`'s leg opens. A leg
+    /// already open keeps its address unless it is about to be renewed.
+    pub fn set_leg_ip(&mut self, id: SessionId, party: Party, ip: IpAddr, renewing: bool) {
+        if let Some(s) = self.get_mut(id) {
+            if s.legs[party].is_none() || renewing {
+                s.leg_ips[party] = ip;
+            }
+        }
     }
 
     /// Ends a session for `why`: its sockets leave the poll sets and its
@@ -716,10 +766,7 @@ impl Sessions {
     fn remove(&mut self, id: SessionId, daemon: &mut Daemon) -> Option<Session> {
         let session = self.slab.get_mut(id.0 as usize)?.take()?;
         for leg in session.legs.iter().flatten() {
-            for token in leg.tokens.iter() {
-                daemon.poller.deregister(*token);
-            }
-            daemon.ports.release(leg.port);
+            release_leg(leg, daemon);
         }
         if let Some(list) = self.by_call.get_mut(&session.call_id) {
             list.retain(|&x| x != id);
@@ -728,9 +775,15 @@ impl Sessions {
             }
         }
         self.timed.retain(|&x| x != id);
-        daemon.counters.sessions_destroyed += 1;
-        daemon.counters.add_packets(session.packet_counts());
-        daemon.counters.rtpa.add(&session.rtpa_total());
+        let c = &mut daemon.counters;
+        c.sessions_destroyed += 1;
+        c.total_duration += session.created.elapsed().as_secs_f64();
+        c.add_packets(session.packet_counts());
+        c.rtpa.add(&session.rtpa_total());
+        c.players_destroyed += session.players.iter().flatten().count() as u64;
+        if session.open_legs() == 2 {
+            session.count_silence(c);
+        }
         self.free_ids.push(id.0);
         self.active -= 1;
         Some(session)
@@ -739,7 +792,10 @@ impl Sessions {
     /// Starts playing a prompt to `party`, replacing any prompt playing.
     pub(crate) fn start_player(&mut self, id: SessionId, party: Party, player: Player) {
         if let Some(s) = self.get_mut(id) {
-            s.players[party] = Some(player);
+            s.tally.players_created += 1;
+            if s.players[party].replace(player).is_some() {
+                s.tally.players_destroyed += 1;
+            }
             self.mark_timed(id);
         }
     }
@@ -830,6 +886,63 @@ fn named_party(from_matched: bool) -> Party {
     } else {
         Party::Callee
     }
+}
+
+fn finish_recording(f: RecordFile) {
+    match f.finish() {
+        Ok(path) => rtpp_log!(Info, "recording {} finished", path.display()),
+        Err(e) => rtpp_log!(Err, "finishing recording: {e}"),
+    }
+}
+
+/// Opens a port pair for a leg on `ip` and puts its sockets in the poll
+/// sets; None when no pair is free or the poll set is full.
+fn bind_leg(
+    id: SessionId,
+    party: Party,
+    ip: IpAddr,
+    tos: Option<u8>,
+    daemon: &mut Daemon,
+) -> Option<Leg> {
+    if !daemon.poller.has_room(1) {
+        return None;
+    }
+    let (port, rtp, rtcp) = daemon.ports.allocate_pair(ip, tos)?;
+    let sockets = ByStream::new(rtp, rtcp);
+    let mut register = |stream: Stream, cadence: Cadence| {
+        let owner = Owner::Media {
+            session: id,
+            party,
+            stream,
+        };
+        daemon
+            .poller
+            .register(sockets[stream].as_raw_fd(), owner, cadence)
+    };
+    let rtp_token = register(Stream::Rtp, Cadence::EveryPass);
+    let rtcp_token = register(Stream::Rtcp, Cadence::Slow);
+    let (Some(rtp_token), Some(rtcp_token)) = (rtp_token, rtcp_token) else {
+        // Not reached while has_room held; undone all the same.
+        for token in [rtp_token, rtcp_token].into_iter().flatten() {
+            daemon.poller.deregister(token);
+        }
+        daemon.ports.release(port);
+        return None;
+    };
+    Some(Leg {
+        port,
+        ip,
+        sockets,
+        tokens: ByStream::new(rtp_token, rtcp_token),
+    })
+}
+
+/// Takes a leg's sockets out of the poll sets and gives its ports back.
+fn release_leg(leg: &Leg, daemon: &mut Daemon) {
+    for token in leg.tokens.iter() {
+        daemon.poller.deregister(*token);
+    }
+    daemon.ports.release(leg.port);
 }
 
 #[cfg(test)]

@@ -19,16 +19,52 @@ pub struct Counters {
     pub sessions_created: u64,
     pub sessions_destroyed: u64,
     pub sessions_timeout: u64,
+    /// Sessions whose second leg got its port.
+    pub sessions_complete: u64,
+    /// Complete sessions that ended with no RTP, or RTP one way only; the
+    /// same for RTCP.
+    pub sessions_no_rtp: u64,
+    pub sessions_oneway_rtp: u64,
+    pub sessions_no_rtcp: u64,
+    pub sessions_oneway_rtcp: u64,
+    /// Seconds ended sessions lived, summed.
+    pub total_duration: f64,
+    pub players_created: u64,
+    pub players_destroyed: u64,
     pub packets_received: u64,
     pub packets_relayed: u64,
     pub packets_dropped: u64,
     pub packets_played: u64,
+    pub resizer_in: u64,
+    pub resizer_out: u64,
+    pub resizer_discard: u64,
     pub commands_received: u64,
     pub commands_succeeded: u64,
     pub commands_failed: u64,
+    /// UDP commands answered from the reply cache, not run again.
     pub commands_repeated: u64,
+    pub replies_sent: u64,
+    /// `npkts_rcvd` per second over the last second.
+    pub packets_in_rate: f64,
     /// Sums of the RTP analysis of ended sessions, both directions.
     pub rtpa: RtpaStats,
+}
+
+/// A counter's value as `G` prints it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CounterValue {
+    Int(u64),
+    /// Printed with six decimals, as the classic daemons print floats.
+    Float(f64),
+}
+
+impl std::fmt::Display for CounterValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CounterValue::Int(v) => write!(f, "{v}"),
+            CounterValue::Float(v) => write!(f, "{v:.6}"),
+        }
+    }
 }
 
 /// Packets of one session, as counted into [`Counters`].
@@ -38,6 +74,13 @@ pub struct PacketCounts {
     pub relayed: u64,
     pub dropped: u64,
     pub played: u64,
+    /// Packets into and out of re-packetizers, and those they discarded.
+    pub resizer_in: u64,
+    pub resizer_out: u64,
+    pub resizer_discard: u64,
+    /// Prompts started, and stopped or finished.
+    pub players_created: u64,
+    pub players_destroyed: u64,
 }
 
 impl Counters {
@@ -47,30 +90,86 @@ impl Counters {
         self.packets_relayed += p.relayed;
         self.packets_dropped += p.dropped;
         self.packets_played += p.played;
+        self.resizer_in += p.resizer_in;
+        self.resizer_out += p.resizer_out;
+        self.resizer_discard += p.resizer_discard;
+        self.players_created += p.players_created;
+        self.players_destroyed += p.players_destroyed;
     }
 
-    /// Every counter by its `G` name; `active` is the live session count.
-    pub fn named(&self, active: usize) -> [(&'static str, u64); 18] {
-        [
-            ("nsess_created", self.sessions_created),
-            ("nsess_destroyed", self.sessions_destroyed),
-            ("nsess_timeout", self.sessions_timeout),
-            ("nsess_active", active as u64),
-            ("npkts_rcvd", self.packets_received),
-            ("npkts_relayed", self.packets_relayed),
-            ("npkts_discard", self.packets_dropped),
-            ("npkts_played", self.packets_played),
-            ("ncmds_rcvd", self.commands_received),
-            ("ncmds_succd", self.commands_succeeded),
-            ("ncmds_errs", self.commands_failed),
-            ("ncmds_repld", self.commands_repeated),
-            ("nlog_dropped", crate::rtpp_log::dropped_lines()),
-            ("rtpa_nsent", self.rtpa.nsent),
-            ("rtpa_nrcvd", self.rtpa.nrcvd),
-            ("rtpa_ndups", self.rtpa.ndups),
-            ("rtpa_nlost", self.rtpa.nlost),
-            ("rtpa_perrs", self.rtpa.perrs),
+    /// Every counter by its `G` name (rtpproxy 3.x's names, and ours:
+    /// `nsess_active`, `nlog_dropped`); `active` is the live session count.
+    /// The `rtpa_*` sums come last.
+    pub fn named(&self, active: usize) -> Vec<(&'static str, CounterValue)> {
+        use CounterValue::{Float, Int};
+        vec![
+            ("nsess_created", Int(self.sessions_created)),
+            ("nsess_destroyed", Int(self.sessions_destroyed)),
+            ("nsess_timeout", Int(self.sessions_timeout)),
+            ("nsess_active", Int(active as u64)),
+            ("nsess_complete", Int(self.sessions_complete)),
+            ("nsess_nortp", Int(self.sessions_no_rtp)),
+            ("nsess_owrtp", Int(self.sessions_oneway_rtp)),
+            ("nsess_nortcp", Int(self.sessions_no_rtcp)),
+            ("nsess_owrtcp", Int(self.sessions_oneway_rtcp)),
+            ("nplrs_created", Int(self.players_created)),
+            ("nplrs_destroyed", Int(self.players_destroyed)),
+            ("npkts_rcvd", Int(self.packets_received)),
+            ("npkts_played", Int(self.packets_played)),
+            ("npkts_relayed", Int(self.packets_relayed)),
+            ("npkts_resizer_in", Int(self.resizer_in)),
+            ("npkts_resizer_out", Int(self.resizer_out)),
+            ("npkts_resizer_discard", Int(self.resizer_discard)),
+            ("npkts_discard", Int(self.packets_dropped)),
+            ("total_duration", Float(self.total_duration)),
+            ("ncmds_rcvd", Int(self.commands_received)),
+            ("ncmds_rcvd_ndups", Int(self.commands_repeated)),
+            ("ncmds_succd", Int(self.commands_succeeded)),
+            ("ncmds_errs", Int(self.commands_failed)),
+            ("ncmds_repld", Int(self.replies_sent)),
+            ("pps_in", Float(self.packets_in_rate)),
+            ("nlog_dropped", Int(crate::rtpp_log::dropped_lines())),
+            ("rtpa_nsent", Int(self.rtpa.nsent)),
+            ("rtpa_nrcvd", Int(self.rtpa.nrcvd)),
+            ("rtpa_ndups", Int(self.rtpa.ndups)),
+            ("rtpa_nlost", Int(self.rtpa.nlost)),
+            ("rtpa_perrs", Int(self.rtpa.perrs)),
         ]
+    }
+}
+
+/// The share of the CPU the daemon used, smoothed over the last seconds
+/// (`I l`): sampled once a second from getrusage(2).
+#[derive(Debug, Default)]
+pub struct LoadMeter {
+    last: Option<(std::time::Instant, std::time::Duration)>,
+    average: f64,
+}
+
+impl LoadMeter {
+    /// Takes one sample; call it once a second.
+    pub fn sample(&mut self, now: std::time::Instant) {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+            return;
+        };
+        let cpu = |t: nix::sys::time::TimeVal| {
+            std::time::Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+        };
+        let used = cpu(usage.user_time()) + cpu(usage.system_time());
+        if let Some((then, before)) = self.last {
+            let wall = now.saturating_duration_since(then).as_secs_f64();
+            if wall > 0.0 {
+                let share = used.saturating_sub(before).as_secs_f64() / wall;
+                // Smoothed like a load average over about ten samples.
+                self.average += (share - self.average) / 10.0;
+            }
+        }
+        self.last = Some((now, used));
+    }
+
+    pub fn average(&self) -> f64 {
+        self.average
     }
 }
 
@@ -89,6 +188,10 @@ pub struct Daemon {
     pub notifier: Option<Notifier>,
     /// SSRCs, sequence numbers and timestamps of generated streams.
     pub rng: Random,
+    /// `I l`'s average load.
+    pub load: LoadMeter,
+    /// `npkts_rcvd` at the last once-a-second sample, for `pps_in`.
+    received_before: Option<(std::time::Instant, u64)>,
 }
 
 impl Daemon {
@@ -102,6 +205,22 @@ impl Daemon {
             accounting: None,
             notifier: None,
             rng: Random::new(),
+            load: LoadMeter::default(),
+            received_before: None,
         }
+    }
+
+    /// The once-a-second samples: the load and the rate of packets in;
+    /// `received` counts every packet received so far, live sessions'
+    /// included.
+    pub fn sample_second(&mut self, received: u64, now: std::time::Instant) {
+        self.load.sample(now);
+        if let Some((then, before)) = self.received_before {
+            let wall = now.saturating_duration_since(then).as_secs_f64();
+            if wall > 0.0 {
+                self.counters.packets_in_rate = received.saturating_sub(before) as f64 / wall;
+            }
+        }
+        self.received_before = Some((now, received));
     }
 }

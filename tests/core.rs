@@ -163,23 +163,29 @@ fn info_lists_streams_and_rtcp_twins() {
     assert_eq!(lines[0], "sessions created: 1");
     assert_eq!(lines[1], "active sessions: 1");
     assert_eq!(lines[2], "active streams: 2");
-    // The TTL may have ticked once on a loaded machine.
+    assert_eq!(lines[3], "packets received: 0");
+    assert_eq!(lines[4], "packets transmitted: 0");
+    // As 1.2 prints it: the caller's leg, not open yet, shows the address
+    // it will open on with port 0. The TTL may have ticked once on a
+    // loaded machine.
     let want = format!(
-        "\tinfo1/ft: caller = NONE/127.0.0.1:{}, callee = 127.0.0.1:{port}/NONE, stats = 0/0/0/0, ttl = ",
+        "\tinfo1/ft: caller = 127.0.0.1:0/127.0.0.1:{}, callee = 127.0.0.1:{port}/NONE, stats = 0/0/0/0, ttl = ",
         caller.port()
     );
-    assert!(lines[3].starts_with(&want), "{}", lines[3]);
+    assert!(lines[5].starts_with(&want), "{}", lines[5]);
     assert!(
-        lines[3].ends_with("60/60") || lines[3].ends_with("59/59"),
+        lines[5].ends_with("60/60") || lines[5].ends_with("59/59"),
         "{}",
-        lines[3]
+        lines[5]
     );
-    assert!(
-        lines[4].starts_with("\tC info1/ft: caller = NONE/127.0.0.1:"),
-        "{}",
-        lines[4]
+    // RTCP streams have no timers of their own: -1/-1, as in 1.2.
+    let want = format!(
+        "\tC info1/ft: caller = 127.0.0.1:0/127.0.0.1:{}, callee = 127.0.0.1:{}/NONE, stats = 0/0/0/0, ttl = -1/-1",
+        caller.port() + 1,
+        port + 1
     );
-    assert!(lines[4].contains(&format!("callee = 127.0.0.1:{}/NONE", port + 1)));
+    assert_eq!(lines[6], want);
+    assert_eq!(lines.len(), 7);
 }
 
 #[test]

@@ -522,7 +522,8 @@ fn version_lists_every_extension() {
         stamps,
         [
             "20040107", "20050322", "20060704", "20071116", "20071218", "20080403", "20081102",
-            "20081224", "20141004"
+            "20081224", "20090810", "20140323", "20140617", "20141004", "20150330", "20191015",
+            "20200226", "20230314"
         ]
     );
     assert!(lines
@@ -581,12 +582,22 @@ fn sysv_init_script_starts_reports_and_stops() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sysv_init.sh");
     // The script makes its scratch directory under TMPDIR.
     let tmp = TempDir::new("sysv");
-    let out = Command::new("sh")
-        .arg(&script)
+    let (first, last) = ports(20).range();
+    let mut cmd = Command::new("sh");
+    cmd.arg(&script)
         .arg(bin_path())
+        .arg(first.to_string())
+        .arg(last.to_string())
         .env("TMPDIR", tmp.path())
-        .output()
-        .expect("run sh");
+        .env_remove("START_STOP_DAEMON");
+    // The packaged layout's checks run the daemon as the test account.
+    if is_root() {
+        test_user();
+        cmd.env("RTPP_TEST_USER", TEST_USER);
+    } else {
+        eprintln!("not root: the init script's checks with RTPPROXY_USER are skipped");
+    }
+    let out = cmd.output().expect("run sh");
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -596,17 +607,284 @@ fn sysv_init_script_starts_reports_and_stops() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("sysv_init.sh: ok"));
 }
 
+/// `tests/syslog_level.sh`, running in a mount namespace of its own; ended
+/// (SIGTERM, which runs its cleanup, then SIGKILL) if still running when
+/// dropped, so that a failing test leaves no process behind.
+struct NsScript {
+    child: std::process::Child,
+}
+
+impl NsScript {
+    /// Waits up to `secs` for the script to exit.
+    fn wait(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for NsScript {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            common::signal(self.child.id(), "TERM");
+            if self.wait(15).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// The packaged settings through a real syslog daemon: the SysV script,
+/// reading `contrib/default/rtpproxy`, runs the daemon at its
+/// `RTPPROXY_LOG_LEVEL`, and rsyslogd gets the start line and a session's
+/// accounting line; a `-d` in `RTPPROXY_OPTS` wins over that level; without
+/// `/dev/log` the daemon says so on stderr.  `tests/syslog_level.sh` does
+/// the namespace, rsyslogd and the init script; this side makes the call.
+#[test]
+fn packaged_log_level_reaches_syslog() {
+    if !is_root() {
+        eprintln!(
+            "skipped packaged_log_level_reaches_syslog: it needs root \
+             (a mount namespace with a /dev/log of its own)"
+        );
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let defaults =
+        std::fs::read_to_string(root.join("contrib/default/rtpproxy")).expect("defaults");
+    assert!(
+        defaults.lines().any(|l| l == "RTPPROXY_LOG_LEVEL=\"INFO\""),
+        "contrib/default/rtpproxy does not set RTPPROXY_LOG_LEVEL=\"INFO\""
+    );
+    let dir = TempDir::new("syslog");
+    let (first, last) = ports(20).range();
+    let out = std::fs::File::create(dir.join("script.out")).expect("script.out");
+    let err = std::fs::File::create(dir.join("script.err")).expect("script.err");
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh"])
+        .arg(root.join("tests/syslog_level.sh"))
+        .arg(bin_path())
+        .arg(dir.path())
+        .arg(first.to_string())
+        .arg(last.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let mut script = NsScript { child };
+    let output = |dir: &TempDir| {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        format!(
+            "script stdout:\n{}\nscript stderr:\n{}\ninit script:\n{}\nsyslog:\n{}",
+            read("script.out"),
+            read("script.err"),
+            read("init.out"),
+            read("syslog.out")
+        )
+    };
+
+    // The daemon runs under the init script once "ready" appears.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !dir.join("ready").exists() {
+        if let Ok(Some(st)) = script.child.try_wait() {
+            panic!("syslog_level.sh exited ({st}) early:\n{}", output(&dir));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "syslog_level.sh not ready within 30 s:\n{}",
+            output(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // One call, with a little media each way.
+    let ctl = dir.join("ctl.sock");
+    let caller = Peer::new("127.0.0.1");
+    let callee = Peer::new("127.0.0.1");
+    let u = common::unix_command(&ctl, &format!("U call1 127.0.0.1 {} tag1", caller.port()))
+        .expect("U");
+    let l = common::unix_command(
+        &ctl,
+        &format!("L call1 127.0.0.1 {} tag1 tag2", callee.port()),
+    )
+    .expect("L");
+    let to_callee_leg = reply_addr(&u, "127.0.0.1");
+    let to_caller_leg = reply_addr(&l, "127.0.0.1");
+    for seq in 0..3 {
+        caller.send(to_caller_leg, &rtp_packet(seq, 0));
+        assert!(callee.recv().is_some(), "not relayed");
+        callee.send(to_callee_leg, &rtp_packet(seq, 0));
+        assert!(caller.recv().is_some(), "not relayed back");
+    }
+    assert_eq!(
+        common::unix_command(&ctl, "D call1 tag1").as_deref(),
+        Some("0")
+    );
+    std::fs::write(dir.join("go"), "").expect("go");
+
+    let status = script.wait(90);
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "syslog_level.sh: {status:?}\n{}",
+        output(&dir)
+    );
+
+    // Without /dev/log, the background daemon says so.
+    let nolog = std::fs::read_to_string(dir.join("nolog.err")).unwrap_or_default();
+    assert!(
+        nolog.contains("/dev/log"),
+        "no word of /dev/log on stderr without syslog: {nolog:?}\n{}",
+        output(&dir)
+    );
+
+    let syslog = std::fs::read_to_string(dir.join("syslog.out")).unwrap_or_default();
+    let started = format!("rtpproxy {} started", env!("CARGO_PKG_VERSION"));
+    let starts = syslog.lines().filter(|l| l.contains(&started)).count();
+    assert_eq!(
+        starts,
+        1,
+        "want one {started:?} line: the defaults file's INFO, then -d WARN in \
+         RTPPROXY_OPTS winning\n{}",
+        output(&dir)
+    );
+    assert!(
+        syslog
+            .lines()
+            .any(|l| l.contains("session ended (") && l.contains("call1")),
+        "no accounting line for call1 in syslog\n{}",
+        output(&dir)
+    );
+}
+
+/// The packaged paths and log level agree across the unit, the defaults
+/// file, the SysV script and the SIP proxies' example configurations.
+#[test]
+fn packaged_settings_agree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).expect(p);
+    let unit = read("contrib/systemd/rtpproxy.service");
+    let line = |key: &str| -> String {
+        let found: Vec<&str> = unit.lines().filter(|l| l.starts_with(key)).collect();
+        assert_eq!(found.len(), 1, "the unit's {key} lines: {found:?}");
+        found[0].to_string()
+    };
+    assert_eq!(line("RuntimeDirectory="), "RuntimeDirectory=rtpproxy");
+    assert_eq!(line("RuntimeDirectoryMode="), "RuntimeDirectoryMode=0755");
+    assert_eq!(line("PIDFile="), "PIDFile=/run/rtpproxy/rtpproxy.pid");
+    assert_eq!(
+        line("ExecStartPre="),
+        "ExecStartPre=/bin/chown ${RTPPROXY_USER} /run/rtpproxy"
+    );
+    assert!(unit.contains("\nEnvironment=RTPPROXY_LOG_LEVEL=INFO\n"));
+    let exec = line("ExecStart=");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    let at = |w: &str| words.iter().position(|x| *x == w);
+    assert!(exec.contains("-p /run/rtpproxy/rtpproxy.pid"), "{exec}");
+    assert!(exec.contains("-d ${RTPPROXY_LOG_LEVEL}"), "{exec}");
+    assert!(
+        at("-d") < at("$RTPPROXY_OPTS") && at("-d").is_some(),
+        "-d must come before $RTPPROXY_OPTS: {exec}"
+    );
+
+    let sock = "-s unix:/run/rtpproxy/rtpproxy.sock";
+    assert!(unit.contains(&format!("Environment=\"RTPPROXY_OPTS={sock}\"")));
+    let defaults = read("contrib/default/rtpproxy");
+    assert!(defaults.contains(&format!("\nRTPPROXY_OPTS=\"{sock}\"\n")));
+    assert!(defaults.contains("\nRTPPROXY_LOG_LEVEL=\"INFO\"\n"));
+    // Every example but the one over UDP keeps the socket.
+    for l in defaults.lines().filter(|l| l.contains("RTPPROXY_OPTS=\"")) {
+        assert!(l.contains(sock) || l.contains("-s udp:"), "{l}");
+    }
+    let sysv = read("contrib/sysv/rtpproxy");
+    assert!(sysv.contains("PIDFILE=${env_pidfile:-${PIDFILE:-/run/$NAME/$NAME.pid}}"));
+    for cfg in [
+        "contrib/kamailio/kamailio-rtpproxy.cfg",
+        "contrib/opensips/opensips-rtpproxy.cfg",
+    ] {
+        assert!(
+            read(cfg).contains(
+                r#"modparam("rtpproxy", "rtpproxy_sock", "unix:/run/rtpproxy/rtpproxy.sock")"#
+            ),
+            "{cfg} does not point at the packaged control socket"
+        );
+    }
+}
+
+/// Every file under `contrib/`, `tests/`, `fuzz/` and `.ci/` that starts
+/// with `#!/bin/sh`, skipping build output and fuzz corpora.
+fn shell_scripts(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, found: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            if path.is_dir() {
+                if !["target", "corpus", "artifacts", "coverage"]
+                    .iter()
+                    .any(|skip| name == *skip)
+                {
+                    walk(root, &path, found);
+                }
+                continue;
+            }
+            let mut head = [0u8; 10];
+            let n = std::fs::File::open(&path)
+                .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                .unwrap_or(0);
+            if head[..n].starts_with(b"#!/bin/sh") {
+                let rel = path.strip_prefix(root).expect("under the root");
+                found.push(rel.display().to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for dir in ["contrib", "tests", "fuzz", ".ci"] {
+        walk(root, &root.join(dir), &mut found);
+    }
+    found.sort();
+    found
+}
+
+/// Every shell script parses with `sh -n`, and passes shellcheck where it
+/// is installed.
 #[test]
 fn contrib_shell_scripts_parse() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for script in [
+    let scripts = shell_scripts(root);
+    for known in [
         "contrib/sysv/rtpproxy",
         "contrib/freebsd/rtpproxy",
         "contrib/debian/postinst",
         "contrib/debian/prerm",
         "contrib/debian/postrm",
         "tests/sysv_init.sh",
+        "tests/syslog_level.sh",
+        "tests/run.sh",
     ] {
+        assert!(
+            scripts.iter().any(|s| s == known),
+            "{known} not found among the shell scripts: {scripts:?}"
+        );
+    }
+    let shellcheck = Command::new("shellcheck")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !shellcheck {
+        eprintln!("shellcheck is not installed: only sh -n checks the scripts");
+    }
+    for script in &scripts {
         let out = Command::new("sh")
             .arg("-n")
             .arg(root.join(script))
@@ -617,5 +895,17 @@ fn contrib_shell_scripts_parse() {
             "{script}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if shellcheck {
+            let out = Command::new("shellcheck")
+                .args(["--shell=sh", "--external-sources"])
+                .arg(root.join(script))
+                .output()
+                .expect("run shellcheck");
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
     }
 }

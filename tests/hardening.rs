@@ -299,7 +299,7 @@ fn assert_consistent(rp: &Rtpproxy) -> usize {
         .count();
     assert_eq!(rtcp, active, "one RTCP line per session");
     assert_eq!(
-        rp.command("G nsess_active"),
+        rp.command("Gv nsess_active"),
         format!("nsess_active={active}")
     );
     let mut queried = 0;
@@ -534,7 +534,7 @@ fn hostile_media_is_relayed_or_dropped_and_counted() {
     // A stranger sends the same, to both legs: all of it dropped, counted.
     // Paced, so that the kernel's socket buffer keeps (nearly) every one.
     let counters = |rp: &Rtpproxy| -> (u64, u64) {
-        let g = rp.command("G npkts_rcvd npkts_discard");
+        let g = rp.command("Gv npkts_rcvd npkts_discard");
         let v: Vec<u64> = g
             .split_whitespace()
             .filter_map(|kv| kv.split_once('=')?.1.parse().ok())
@@ -998,7 +998,7 @@ fn ten_thousand_sessions_churned_do_not_grow_rss() {
     );
     assert_eq!(assert_consistent(&rp), 0);
     assert_eq!(
-        rp.command("G nsess_created nsess_destroyed"),
+        rp.command("Gv nsess_created nsess_destroyed"),
         "nsess_created=35000 nsess_destroyed=35000"
     );
     assert!(

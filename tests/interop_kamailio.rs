@@ -987,9 +987,10 @@ fn parse_info(reply: &str) -> Option<Info> {
             let start = body.find(side)? + side.len();
             let local = body[start..].split('/').next()?;
             // A leg whose port is not allocated yet (offer seen, answer
-            // not yet) may print NONE.
-            if local != "NONE" {
-                local_ports.push(local.rsplit_once(':')?.1.parse().ok()?);
+            // not yet) prints the address it will open on, port 0.
+            let port: u16 = local.rsplit_once(':')?.1.parse().ok()?;
+            if port != 0 {
+                local_ports.push(port);
             }
         }
         let start = body.find("stats = ")? + "stats = ".len();

@@ -149,6 +149,54 @@ fn timeout_sends_decoded_tag_or_the_two_ports() {
     assert!(rp.command("I").contains("active sessions: 0"));
 }
 
+/// rtpproxy 2.x's reading of a six-argument U, which the Sippy B2BUA and
+/// OpenSIPS's `rtpproxy_offer("n")` send: `FROMTAG NOTIFY_SOCKET
+/// NOTIFY_TAG`, no to-tag. Kamailio's answer (`FROMTAG TOTAG SOCKET`) is
+/// the test above.
+#[test]
+fn six_arguments_are_socket_and_tag_without_a_to_tag() {
+    let dir = TempDir::new("notify-six");
+    let (path, arg) = notify_socket(&dir);
+    let mut listener = Listener::bind(&path);
+    let rp = udp(port(), ports(20).range(), &["-T", "2", "-n", &arg]);
+    port_of(&rp.command(&format!("U six1 127.0.0.1 4000 ftag;1 {arg} r%20one")));
+    let bare = path.display().to_string();
+    port_of(&rp.command(&format!("U six2 127.0.0.1 4002 ftag;1 {bare} r%20two")));
+    // The answer finds the session by its from-tag and signs up the callee.
+    let l = rp.command("L six1 127.0.0.1 4004 ftag;1 ttag;1");
+    assert!(port_of(&l) > 0);
+    let mut lines = BTreeSet::new();
+    for _ in 0..2 {
+        let line = listener
+            .line_within(Duration::from_secs(6))
+            .unwrap_or_else(|| panic!("no notification; got {lines:?}; log:\n{}", rp.log()));
+        lines.insert(line);
+    }
+    assert_eq!(
+        lines,
+        BTreeSet::from(["r one\n".to_string(), "r two\n".to_string()])
+    );
+    let log = rp.log();
+    assert!(!log.contains("invalid socket name"), "{log}");
+    let ended: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session ended"))
+        .collect();
+    assert_eq!(ended.len(), 2, "{log}");
+    assert!(
+        ended
+            .iter()
+            .any(|l| l.contains("call_id=six1") && l.contains("to_tag=ttag;1")),
+        "{log}"
+    );
+    assert!(
+        ended
+            .iter()
+            .all(|l| !l.contains("to_tag=/") && !l.contains("to_tag=unix")),
+        "{log}"
+    );
+}
+
 #[test]
 fn listener_restarted_at_the_same_path_gets_the_next_notification() {
     let dir = TempDir::new("notify-restart");

@@ -1,11 +1,12 @@
 #!/bin/sh
 # The project's test command: installs the Debian packages the tests drive
-# (Kamailio, sipp, tshark, sox, the GSM and G.729 libraries) when they are
-# missing, then runs every test of the workspace with every feature on.
+# (Kamailio, sipp, tshark, sox, the GSM and G.729 libraries, rsyslog for
+# the syslog test) when they are missing, then runs every test of the
+# workspace with every feature on.
 set -eu
 cd "$(dirname "$0")/.."
 
-packages="kamailio sip-tester tshark tcpdump sox libgsm1-dev libbcg729-dev"
+packages="kamailio sip-tester tshark tcpdump sox libgsm1-dev libbcg729-dev rsyslog"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
@@ -18,6 +19,8 @@ if [ -n "$missing" ]; then
     fi
     echo "installing:$missing"
     apt-get update -qq
+    # $missing is a list of names, split on purpose.
+    # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 

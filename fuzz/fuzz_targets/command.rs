@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use rtpproxy::rtpp_command::exec::{execute, Context};
-use rtpproxy::rtpp_command::{parse, split_cookie, Command, Reply};
+use rtpproxy::rtpp_command::{parse, split_cookie, Command, Compound, Reply};
 use rtpproxy::rtpp_control::Origin;
 use rtpproxy::rtpp_defines::{BindMode, Config};
 use rtpproxy::rtpp_log::{self, Level};
@@ -80,7 +80,8 @@ fn check_names(cmd: &Command<'_>) {
         | Command::Delete(ids)
         | Command::Record(ids)
         | Command::Stop(ids)
-        | Command::Query(ids)
+        | Command::Query { ids, .. }
+        | Command::StopRecording { ids, .. }
         | Command::Play { ids, .. } => Some(ids),
         Command::Copy { target, ids } => {
             if let Some(base) = copy_file_name(target) {
@@ -102,7 +103,7 @@ fn run(
     cfg: &Config,
     sessions: &mut Sessions,
     daemon: &mut Daemon,
-    cmd: &Command<'_>,
+    cmd: &Compound<'_>,
     now: Instant,
 ) -> Reply {
     let origin = Origin::Udp(std::net::SocketAddr::from(([127, 0, 0, 1], 5060)));
@@ -116,10 +117,24 @@ fn run(
     execute(cmd, &mut ctx)
 }
 
+/// Parses and runs a command the check itself makes.
+fn run_text(
+    cfg: &Config,
+    sessions: &mut Sessions,
+    daemon: &mut Daemon,
+    text: &[u8],
+    now: Instant,
+) -> Reply {
+    match parse(text) {
+        Ok(cmd) => run(cfg, sessions, daemon, &cmd, now),
+        Err(e) => panic!("{e:?} for {text:?}"),
+    }
+}
+
 /// `I`, `G nsess_active`, the port table and the poll sets agree.
 fn check_consistent(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon, now: Instant) {
     let active = sessions.active();
-    let Reply::Text(info) = run(cfg, sessions, daemon, &Command::Info, now) else {
+    let Reply::Text(info) = run_text(cfg, sessions, daemon, b"I", now) else {
         panic!("I did not answer text");
     };
     let streams = info.lines().filter(|l| l.starts_with('\t')).count();
@@ -129,9 +144,7 @@ fn check_consistent(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon, 
         "I lists {streams} streams for {active} sessions"
     );
     assert!(info.contains(&format!("\nactive sessions: {active}\n")));
-    let mut names: [&[u8]; 9] = [&[]; 9];
-    names[0] = b"nsess_active";
-    let g = run(cfg, sessions, daemon, &Command::Stats { names, count: 1 }, now);
+    let g = run_text(cfg, sessions, daemon, b"Gv nsess_active", now);
     assert_eq!(g, Reply::Text(format!("nsess_active={active}")));
     let legs: usize = sessions.iter().map(|(_, s)| s.open_legs()).sum();
     let ports = &daemon.ports;
@@ -161,8 +174,8 @@ fuzz_target!(|data: &[u8]| {
 
     // The pure side: any bytes, as a unix command and as a UDP datagram.
     let mut out = Vec::new();
-    if let Ok(cmd) = parse(data) {
-        check_names(&cmd);
+    if let Ok(compound) = parse(data) {
+        check_names(&compound.cmd);
     }
     if let Some((cookie, rest)) = split_cookie(data) {
         assert!(!cookie.is_empty());
@@ -181,7 +194,7 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     for line in data.split(|&c| c == b'\n').take(MAX_COMMANDS) {
         let Ok(cmd) = parse(line) else { continue };
-        if resolves_a_name(&cmd) {
+        if resolves_a_name(&cmd.cmd) {
             continue;
         }
         let reply = run(&cfg, &mut sessions, &mut daemon, &cmd, now);
@@ -190,7 +203,7 @@ fuzz_target!(|data: &[u8]| {
         check_consistent(&cfg, &mut sessions, &mut daemon, now);
     }
     assert_eq!(
-        run(&cfg, &mut sessions, &mut daemon, &Command::DeleteAll, now),
+        run_text(&cfg, &mut sessions, &mut daemon, b"X", now),
         Reply::Ok
     );
     assert_eq!(sessions.active(), 0);

@@ -2,11 +2,11 @@
 //! module to change them, say what to answer. Sessions are created, given
 //! legs and ended only through `rtpp_session`.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::{codec_list, Command, ErrorCode, Modifiers, Notify, Reply};
+use super::subcommand::{DtmfArgs, SubCommand, SubResult};
+use super::{codec_list, report, Command, Compound, ErrorCode, LegAddr, Modifiers, Notify, Reply};
 use crate::rtp_resizer::Resizer;
 use crate::rtp_server::{prompt_files, Player};
 use crate::rtpp_account::EndReason;
@@ -33,9 +33,32 @@ pub struct Context<'a> {
     pub origin: &'a Origin<'a>,
 }
 
-/// Runs one command and says what to answer.
-pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
-    match cmd {
+/// Runs a command, then its sub-commands in order while they succeed,
+/// and says what to answer. A command that fails runs no sub-command and
+/// answers its plain error.
+pub fn execute(compound: &Compound<'_>, ctx: &mut Context<'_>) -> Reply {
+    let (reply, target) = execute_command(&compound.cmd, ctx);
+    if compound.subs.is_empty() || matches!(reply, Reply::Error(_) | Reply::Silent) {
+        return reply;
+    }
+    let mut results = Vec::with_capacity(compound.subs.len());
+    for sub in &compound.subs {
+        let result = match target {
+            Some(target) => run_sub(ctx, sub, target),
+            None => Err(()),
+        };
+        results.push(result);
+        if result.is_err() {
+            break;
+        }
+    }
+    Reply::Compound(Box::new(reply), results)
+}
+
+/// Runs one command; also says which stream and party its sub-commands
+/// act on: the party at a `U`/`L`'s address, the stream `Q` queried.
+fn execute_command(cmd: &Command<'_>, ctx: &mut Context<'_>) -> (Reply, Option<Target>) {
+    let reply = match cmd {
         // While draining, a failed version check keeps Kamailio from
         // re-enabling this relay for new calls.
         Command::Version if ctx.daemon.draining => ErrorCode::DRAINING.into(),
@@ -55,13 +78,13 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
                 addr,
                 port,
             };
-            let reply = update_or_lookup(ctx, &req);
-            if let (Reply::Port { .. }, Some((id, _))) = (&reply, ctx.sessions.find(ids)) {
-                if let Some(s) = ctx.sessions.get_mut(id) {
+            let (reply, target) = update_or_lookup(ctx, &req);
+            if let (Reply::Port { .. }, Some(t)) = (&reply, target) {
+                if let Some(s) = ctx.sessions.get_mut(t.id) {
                     arm_notify(ctx.cfg, s, notify.as_ref());
                 }
             }
-            reply
+            return (reply, target);
         }
         Command::Lookup {
             mods,
@@ -76,10 +99,23 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
                 addr,
                 port,
             };
-            update_or_lookup(ctx, &req)
+            return update_or_lookup(ctx, &req);
+        }
+        Command::Query {
+            ids,
+            verbose,
+            names,
+        } => {
+            let reply = report::query(ctx, ids, *verbose, names);
+            let target = ctx
+                .sessions
+                .find(ids)
+                .map(|(id, party)| Target { id, party });
+            return (reply, target);
         }
         Command::Delete(ids) => delete(ctx, ids),
         Command::Record(ids) => record(ctx, ids),
+        Command::StopRecording { ids, both } => stop_recording(ctx, ids, *both),
         Command::Copy { target, ids } => copy(ctx, target, ids),
         Command::Stop(ids) => stop(ctx, ids),
         Command::Play {
@@ -88,15 +124,48 @@ pub fn execute(cmd: &Command<'_>, ctx: &mut Context<'_>) -> Reply {
             codecs,
             ids,
         } => play(ctx, *count, prompt, codecs, ids),
-        Command::Query(ids) => query(ctx, ids),
-        Command::Info => info(ctx),
-        Command::Stats { names, count } => stats(ctx, &names[..(*count).min(names.len())]),
+        Command::Info { brief, load } => report::info(ctx, *brief, *load),
+        Command::Stats { verbose, names } => report::stats(ctx, *verbose, names),
         Command::DeleteAll => {
             rtpp_log!(Info, "deleting all active sessions");
             ctx.sessions.end_all(EndReason::DeletedAll, ctx.daemon);
             Reply::Ok
         }
+    };
+    (reply, None)
+}
+
+/// The stream a command acted on and the party it named.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    id: SessionId,
+    party: Party,
+}
+
+fn run_sub(ctx: &mut Context<'_>, sub: &SubCommand, target: Target) -> SubResult {
+    match sub {
+        SubCommand::CatchDtmf(None) => Err(()),
+        SubCommand::CatchDtmf(Some(args)) => catch_dtmf(ctx, target, args),
+        SubCommand::Delete => {
+            if end_unless_held_weakly(ctx, target.id) {
+                Ok(())
+            } else {
+                Err(())
+            }
+        }
     }
+}
+
+/// `&& M3:1`: report what `target.party` sends as RFC 4733 events to the
+/// session's notification target.
+fn catch_dtmf(ctx: &mut Context<'_>, target: Target, args: &DtmfArgs) -> SubResult {
+    let _ = (ctx, &args.tag);
+    rtpp_log!(
+        Err,
+        "M3:1: DTMF catching for the {} not armed",
+        target.party
+    );
+    Err(())
 }
 
 /// Whether `VF` answers 1 for a datestamp.
@@ -159,6 +228,7 @@ fn stop(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
 
 fn stop_player(s: &mut Session, party: Party) {
     if s.players[party].take().is_some() {
+        s.tally.players_destroyed += 1;
         rtpp_log!(Info, "stopping player at port {}", s.port(party));
     }
 }
@@ -315,19 +385,67 @@ struct SignUp {
     created: bool,
 }
 
-fn update_or_lookup(ctx: &mut Context<'_>, req: &Request<'_>) -> Reply {
+fn update_or_lookup(ctx: &mut Context<'_>, req: &Request<'_>) -> (Reply, Option<Target>) {
     let (mods, ids) = (req.mods, req.ids);
     if !ctx.cfg.bridged() && mods.ifaces.contains(&Some(1)) {
         rtpp_log!(Err, "command syntax error: 'e' given outside bridge mode");
-        return ErrorCode::SYNTAX.into();
+        return (ErrorCode::SYNTAX.into(), None);
     }
-    let sign_up = match find_or_create(ctx, req) {
-        Ok(found) => found,
-        Err(reply) => return reply,
+    let leg_ip = match mods.leg_addr.map(local_address).transpose() {
+        Ok(ip) => ip,
+        Err(e) => {
+            rtpp_log!(Err, "{} {}: {e}", req.verb.name(), show(ids.call_id));
+            return (ErrorCode::SYNTAX.into(), None);
+        }
     };
+    let sign_up = match find_or_create(ctx, req, leg_ip) {
+        Ok(found) => found,
+        Err(reply) => return (reply, None),
+    };
+    let target = Some(Target {
+        id: sign_up.id,
+        party: sign_up.who,
+    });
+    (answer_sign_up(ctx, req, &sign_up, leg_ip), target)
+}
+
+/// The rest of a `U`/`L` once its session is known: the answered leg's
+/// port (a new one with `n`), the party signed up, the reply.
+fn answer_sign_up(
+    ctx: &mut Context<'_>,
+    req: &Request<'_>,
+    sign_up: &SignUp,
+    leg_ip: Option<IpAddr>,
+) -> Reply {
+    let (mods, ids) = (req.mods, req.ids);
     // The leg answered is always the other party's.
     let answered = sign_up.who.other();
-    let Some(lport) = open_answered_leg(ctx, &sign_up, ids) else {
+    if let (Some(ip), false) = (leg_ip, sign_up.created) {
+        ctx.sessions
+            .set_leg_ip(sign_up.id, answered, ip, mods.new_port);
+    }
+    if mods.new_port && !sign_up.created {
+        match ctx
+            .sessions
+            .reopen_leg(sign_up.id, answered, ctx.cfg.tos, ctx.daemon)
+        {
+            Ok(true) => rtpp_log!(
+                Info,
+                "{}: new port for the {answered} leg",
+                show(ids.call_id)
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                rtpp_log!(
+                    Err,
+                    "{}: no new port for the {answered} leg: {e}",
+                    show(ids.call_id)
+                );
+                return ErrorCode::NO_PORT_SECOND_LEG.into();
+            }
+        }
+    }
+    let Some(lport) = open_answered_leg(ctx, sign_up, ids) else {
         return if sign_up.created {
             ErrorCode::NO_PORT.into()
         } else {
@@ -369,7 +487,11 @@ fn update_or_lookup(ctx: &mut Context<'_>, req: &Request<'_>) -> Reply {
 
 /// Finds the session a `U`/`L` names, or lets a `U` create it; the error
 /// is the reply when there is nothing to sign up in.
-fn find_or_create(ctx: &mut Context<'_>, req: &Request<'_>) -> Result<SignUp, Reply> {
+fn find_or_create(
+    ctx: &mut Context<'_>,
+    req: &Request<'_>,
+    leg_ip: Option<IpAddr>,
+) -> Result<SignUp, Reply> {
     let (verb, mods, ids) = (req.verb, req.mods, req.ids);
     // U from the caller signals the caller; L on the reply signals the
     // callee.
@@ -405,9 +527,8 @@ fn find_or_create(ctx: &mut Context<'_>, req: &Request<'_>) -> Result<SignUp, Re
         );
         return Err(Reply::Silent);
     }
-    let id = ctx
-        .sessions
-        .create(ids, leg_ips(ctx.cfg, mods), ctx.now, ctx.daemon);
+    let ips = leg_ip.map_or_else(|| leg_ips(ctx.cfg, mods), ByParty::both);
+    let id = ctx.sessions.create(ids, ips, ctx.now, ctx.daemon);
     rtpp_log!(
         Info,
         "new session {}, tag {} requested, type {}",
@@ -557,127 +678,79 @@ fn delete(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
         return not_found("delete", ids);
     }
     for id in found {
-        let Some(s) = ctx.sessions.get_mut(id) else {
-            continue;
-        };
-        s.strong = false;
-        if s.weak.iter().any(|&w| w) {
-            rtpp_log!(
-                Info,
-                "delete {}/{}: strong hold dropped, weak holders keep it",
-                show(ids.call_id),
-                show(&s.tag)
-            );
-            continue;
-        }
-        ctx.sessions.end(id, EndReason::Deleted, ctx.daemon);
+        end_unless_held_weakly(ctx, id);
     }
     Reply::Ok
 }
 
-fn query(ctx: &mut Context<'_>, ids: &StreamIds<'_>) -> Reply {
-    let Some((id, named)) = ctx.sessions.find(ids) else {
-        return not_found("query", ids);
+/// Drops a stream's strong hold and ends it unless a weak holder keeps
+/// it; true when it ended.
+fn end_unless_held_weakly(ctx: &mut Context<'_>, id: SessionId) -> bool {
+    let Some(s) = ctx.sessions.get_mut(id) else {
+        return false;
     };
-    let Some(s) = ctx.sessions.get(id) else {
-        return not_found("query", ids);
-    };
-    let rtp = &s.streams[Stream::Rtp];
-    let left = s.ttl_left(ctx.cfg.max_ttl, ctx.now);
-    let (caller, callee) = (left[Party::Caller], left[Party::Callee]);
-    let ttl = if ctx.cfg.independent_ttl {
-        caller.min(callee)
+    s.strong = false;
+    if s.weak.iter().any(|&w| w) {
+        rtpp_log!(
+            Info,
+            "delete {}/{}: strong hold dropped, weak holders keep it",
+            show(&s.call_id),
+            show(&s.tag)
+        );
+        return false;
+    }
+    ctx.sessions.end(id, EndReason::Deleted, ctx.daemon)
+}
+
+/// `N`: stops recording and copying what the FROMTAG party sends (with
+/// `a`, both directions) in every stream named; `E8` when nothing was
+/// being recorded.
+fn stop_recording(ctx: &mut Context<'_>, ids: &StreamIds<'_>, both: bool) -> Reply {
+    let mut stopped = false;
+    for id in ctx.sessions.find_all(ids) {
+        let Some(s) = ctx.sessions.get_mut(id) else {
+            continue;
+        };
+        let named = if match_tag(&s.tag, ids.from_tag) == TagMatch::None {
+            Party::Callee
+        } else {
+            Party::Caller
+        };
+        for party in Party::BOTH {
+            if party == named || both {
+                stopped |= s.stop_recording(party);
+            }
+        }
+    }
+    if stopped {
+        Reply::Ok
     } else {
-        caller.max(callee)
-    };
-    Reply::Text(format!(
-        "{} {} {} {} {}",
-        ttl,
-        rtp.peers[named].packets,
-        rtp.peers[named.other()].packets,
-        rtp.relayed,
-        rtp.dropped
-    ))
+        not_found("stop recording", ids)
+    }
 }
 
-/// `G`: `name=value` pairs of the daemon's counters; every counter when no
-/// name is given; an unknown name is `E1`.
-fn stats(ctx: &mut Context<'_>, names: &[&[u8]]) -> Reply {
-    let all = ctx
-        .sessions
-        .counters(&ctx.daemon.counters)
-        .named(ctx.sessions.active());
-    let mut out = Vec::new();
-    if names.is_empty() {
-        out.extend(all.iter().map(|(n, v)| format!("{n}={v}")));
-    }
-    for name in names {
-        match all.iter().find(|(n, _)| n.as_bytes() == *name) {
-            Some((n, v)) => out.push(format!("{n}={v}")),
-            None => {
-                rtpp_log!(Err, "G: unknown counter {}", show(name));
-                return ErrorCode::SYNTAX.into();
-            }
+/// The local address `l`/`r` asks a leg to open on: one of this host's
+/// (checked by binding to it), or the one the kernel routes from toward
+/// the peer.
+fn local_address(at: LegAddr) -> std::io::Result<IpAddr> {
+    use std::net::UdpSocket;
+    match at {
+        LegAddr::Local(ip) => UdpSocket::bind(SocketAddr::new(ip, 0)).map(|_| ip),
+        LegAddr::Remote(peer) => {
+            let any: IpAddr = if peer.is_ipv6() {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            };
+            let probe = UdpSocket::bind(SocketAddr::new(any, 0))?;
+            // connect(2) on UDP sends nothing; it only picks the route.
+            probe.connect(SocketAddr::new(peer, 9))?;
+            Ok(probe.local_addr()?.ip())
         }
     }
-    Reply::Text(out.join(" "))
 }
 
-fn info(ctx: &mut Context<'_>) -> Reply {
-    let sessions = &*ctx.sessions;
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "sessions created: {}\nactive sessions: {}\nactive streams: {}",
-        ctx.daemon.counters.sessions_created,
-        sessions.active(),
-        sessions.active() * 2
-    );
-    for (_, s) in sessions.iter() {
-        let ttl = s.ttl_left(ctx.cfg.max_ttl, ctx.now);
-        for stream in Stream::BOTH {
-            out.push('\n');
-            out.push('\t');
-            if stream == Stream::Rtcp {
-                out.push_str("C ");
-            }
-            info_line(&mut out, s, stream, ttl);
-        }
-    }
-    Reply::Text(out)
-}
-
-fn info_line(out: &mut String, s: &Session, stream: Stream, ttl: ByParty<u64>) {
-    let local = |party: Party| match &s.legs[party] {
-        Some(l) => format!("{}:{}", l.ip, l.port_of(stream)),
-        None => "NONE".into(),
-    };
-    let st = &s.streams[stream];
-    let remote = |party: Party| {
-        st.peers[party]
-            .addr
-            .map_or("NONE".into(), |a| format!("{}:{}", a.ip(), a.port()))
-    };
-    let (caller, callee) = (Party::Caller, Party::Callee);
-    let _ = write!(
-        out,
-        "{}/{}: caller = {}/{}, callee = {}/{}, stats = {}/{}/{}/{}, ttl = {}/{}",
-        show(&s.call_id),
-        show(&s.tag),
-        local(caller),
-        remote(caller),
-        local(callee),
-        remote(callee),
-        st.peers[caller].packets,
-        st.peers[callee].packets,
-        st.relayed,
-        st.dropped,
-        ttl[caller],
-        ttl[callee]
-    );
-}
-
-fn not_found(what: &str, ids: &StreamIds<'_>) -> Reply {
+pub(super) fn not_found(what: &str, ids: &StreamIds<'_>) -> Reply {
     rtpp_log!(
         Info,
         "{} request failed: session {}, tags {}/{} not found",

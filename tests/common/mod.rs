@@ -82,6 +82,7 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("operator", 24100, 24699),
     ("start_up", 24700, 25199),
     ("observers", 27000, 27599),
+    ("extensions", 27600, 27999),
 ];
 
 /// Ports no test may use: (first, last, whose).
@@ -389,6 +390,14 @@ impl Rtpproxy {
     /// The daemon's temp dir (pidfile, default control socket, stderr log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The UDP control address; panics for a unix control socket.
+    pub fn udp_addr(&self) -> SocketAddr {
+        match &self.ctrl {
+            Ctrl::Udp(a) => *a,
+            Ctrl::Unix(p) => panic!("unix control socket {}", p.display()),
+        }
     }
 
     /// What the daemon wrote to stderr so far.
