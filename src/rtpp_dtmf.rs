@@ -15,9 +15,6 @@ use crate::rtp::RtpHeader;
 /// Timestamps remembered per direction.
 pub const HISTORY: usize = 4;
 
-/// The payload type of `telephone-event` when the command names none.
-pub const DEFAULT_PAYLOAD_TYPE: u8 = 101;
-
 /// Longest line suffix: ` D VV DDDDD S` (volume is 6 bits, duration 16).
 pub const SUFFIX_MAX: usize = 16;
 
@@ -187,10 +184,11 @@ pub(crate) struct EventPacket {
 
 #[cfg(test)]
 impl EventPacket {
-    /// An event of the default payload type, volume 10, plain header.
+    /// An event of payload type 101 (the usual one), volume 10, plain
+    /// header.
     pub(crate) fn new(ts: u32, event: u8, end: bool, duration: u16) -> EventPacket {
         EventPacket {
-            pt: DEFAULT_PAYLOAD_TYPE,
+            pt: 101,
             seq: 1,
             ts,
             event,
