@@ -160,7 +160,11 @@ fn run_sub(ctx: &mut Context<'_>, sub: &SubCommand, target: Target) -> SubResult
 /// session's notification target.
 fn catch_dtmf(ctx: &mut Context<'_>, target: Target, args: &DtmfArgs) -> SubResult {
     let _ = (ctx, &args.tag);
-    rtpp_log!(Err, "M3:1: DTMF catching for the {} not armed", target.party);
+    rtpp_log!(
+        Err,
+        "M3:1: DTMF catching for the {} not armed",
+        target.party
+    );
     Err(())
 }
 
