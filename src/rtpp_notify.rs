@@ -1,6 +1,7 @@
-//! Session timeout notifications (`-n`, extension 20081224): one line per
-//! timed-out session, written to a stream socket another program listens on
-//! (see "Timeout notification" in doc/PROTOCOL.md).
+//! Session notifications (`-n`, extension 20081224): one line per
+//! timed-out session, and one per digit DTMF catching reports, written to a
+//! stream socket another program listens on (see "Timeout notification"
+//! and "DTMF catching" in doc/PROTOCOL.md).
 //!
 //! The relay loop must never wait for that program. The socket is made
 //! non-blocking before `connect(2)`, output waits in a bounded buffer, and
@@ -70,10 +71,16 @@ impl Notifier {
 
     /// Queues one notification line (the '\n' is added) and tries to send what is pending.
     pub fn notify(&mut self, message: &[u8]) {
+        self.notify_parts(&[message]);
+    }
+
+    /// Like [`Notifier::notify`], for a line made of `parts` in order; the
+    /// packet path reports events this way without building the line first.
+    pub fn notify_parts(&mut self, parts: &[&[u8]]) {
         // One connect attempt per notification: a listener that keeps
         // failing must not turn one call into a loop.
         let mut may_connect = true;
-        let line_len = message.len() + 1;
+        let line_len = parts.iter().map(|p| p.len()).sum::<usize>() + 1;
         if self.queued() + line_len > BUFFER_LIMIT {
             // The peer may have read since the last try; make room first.
             self.pump(&mut may_connect);
@@ -100,7 +107,7 @@ impl Notifier {
             );
             self.stall_drops = 0;
         }
-        self.enqueue(message);
+        self.enqueue(parts);
         self.pump(&mut may_connect);
     }
 
@@ -148,14 +155,16 @@ impl Notifier {
         self.buf.len() - self.head
     }
 
-    fn enqueue(&mut self, message: &[u8]) {
-        let line_len = message.len() + 1;
+    fn enqueue(&mut self, parts: &[&[u8]]) {
+        let line_len = parts.iter().map(|p| p.len()).sum::<usize>() + 1;
         if self.head > 0 && self.buf.len() + line_len > BUFFER_LIMIT {
             // Reclaim what was sent, so the buffer never grows past the limit.
             self.buf.drain(..self.head);
             self.head = 0;
         }
-        self.buf.extend_from_slice(message);
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
         self.buf.push(b'\n');
         self.lines.push_back(line_len);
     }
@@ -380,7 +389,9 @@ mod tests {
         assert_eq!(read_line(&mut peer), "tag\n");
         n.notify(b"40000 40002");
         assert_eq!(read_line(&mut peer), "40000 40002\n");
-        assert_eq!((n.sent(), n.dropped()), (2, 0));
+        n.notify_parts(&[b"dtmf", b" 5 10 480 0"]);
+        assert_eq!(read_line(&mut peer), "dtmf 5 10 480 0\n");
+        assert_eq!((n.sent(), n.dropped()), (3, 0));
         assert_eq!(n.pending_fd(), None);
     }
 
@@ -547,8 +558,8 @@ mod tests {
     #[test]
     fn bookkeeping_restarts_a_cut_line() {
         let mut n = Notifier::new(PathBuf::from("/nonexistent"));
-        n.enqueue(b"abc");
-        n.enqueue(b"de");
+        n.enqueue(&[b"abc"]);
+        n.enqueue(&[b"d", b"e"]);
         n.advance(5);
         assert_eq!((n.sent(), n.head, n.partial), (1, 4, 1));
         n.disconnect();

@@ -82,6 +82,7 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("operator", 24100, 24699),
     ("start_up", 24700, 25199),
     ("interop_sippy", 25800, 26999),
+    ("observers", 27000, 27599),
     ("extensions", 27600, 27999),
 ];
 
