@@ -85,6 +85,18 @@ put("rtp", "not_rtp", stream(1, [(10, b"\x00" * 20), (10, b"\x80"), (10, b"garba
 put("rtp", "huge", stream(99, [(0, rtp(0, 1, 160, bytes(8000)))]))
 
 
+def event(code, end, duration):
+    return bytes([code, (0x80 if end else 0) | 10]) + struct.pack("!H", duration)
+
+
+put("rtp", "dtmf", stream(1, [(20, rtp(101, i, 8000, event(5, i >= 2, 160 * (i + 1))))
+                              for i in range(5)]
+                      + [(20, rtp(101, 6, 9000, event(17, True, 800))),
+                         (20, rtp(101, 7, 9160, event(11, False, 160)))]))
+put("rtp", "seq_wrap", stream(1, [(20, rtp(0, s, s * 160, bytes(160)))
+                                  for s in (65533, 65534, 65535, 0, 65532, 1, 1, 700, 2)]))
+
+
 # --- recording: ad-hoc (40-byte header) and PCAP --------------------------
 def adhoc(packets):
     out = b""

@@ -13,9 +13,11 @@
 //! `rtpp_record_reader` reads them back for `extractaudio`, `rtpp_copy`
 //! sends the remote copies of `C`, `rtp_server` plays prompts, `rtp`
 //! parses RTP, `rtp_resizer` re-packetizes it for the `z` modifier,
-//! `rtpp_notify` sends timeout notifications, `rtpp_account` writes
-//! per-call accounting, and `g711`/`wav` and the optional codec modules
-//! serve `makeann` and `extractaudio`.
+//! `rtpp_analyzer` counts what each party sends by sequence number,
+//! `rtpp_dtmf` catches telephone-events, `rtpp_notify` sends timeout and
+//! DTMF notifications, `rtpp_account` writes per-call accounting, and
+//! `g711`/`wav` and the optional codec modules serve `makeann` and
+//! `extractaudio`.
 
 // Declared first: the logging macro is used by the modules below.
 pub mod rtpp_log;
@@ -29,11 +31,13 @@ pub mod rtp;
 pub mod rtp_resizer;
 pub(crate) mod rtp_server;
 pub mod rtpp_account;
+pub mod rtpp_analyzer;
 pub mod rtpp_command;
 pub mod rtpp_control;
 pub(crate) mod rtpp_copy;
 pub mod rtpp_daemon;
 pub mod rtpp_defines;
+pub mod rtpp_dtmf;
 pub mod rtpp_network;
 pub mod rtpp_notify;
 pub mod rtpp_options;

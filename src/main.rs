@@ -154,7 +154,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         0 => rtpp_log!(Info, "drained: the last session ended, exiting"),
         sig => rtpp_log!(Info, "got signal {sig}, exiting"),
     }
-    relay_queued_media(cfg, &mut sessions, &mut daemon.poller);
+    relay_queued_media(cfg, &mut sessions, &mut daemon);
     sessions.end_all(EndReason::Shutdown, &mut daemon);
     drop(control);
     drop(pidfile);
@@ -204,12 +204,21 @@ fn run_loop(
                 cfg.double_small,
                 now,
                 &mut batch,
+                &mut daemon.notifier,
             );
         if clock.rtcp_due(now, &daemon.poller) {
             if let Ok(n) = daemon.poller.poll(Cadence::Slow, 0) {
                 if n > 0 {
                     let events = daemon.poller.events(Cadence::Slow);
-                    relay_ready(sessions, events, cfg.double_small, now, &mut batch);
+                    let notifier = &mut daemon.notifier;
+                    relay_ready(
+                        sessions,
+                        events,
+                        cfg.double_small,
+                        now,
+                        &mut batch,
+                        notifier,
+                    );
                 }
             }
         }
@@ -320,9 +329,10 @@ impl Clock {
 /// so that a packet that arrived before the signal is in the recordings
 /// (doc/PROTOCOL.md, "Classic defects"). Bounded, since parties keep
 /// sending.
-fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, poller: &mut Poller) {
+fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon) {
     let mut batch = RecvBatch::new();
     let deadline = Instant::now() + FINAL_DRAIN;
+    let (poller, notifier) = (&mut daemon.poller, &mut daemon.notifier);
     while Instant::now() < deadline {
         let mut media = false;
         for cadence in [Cadence::EveryPass, Cadence::Slow] {
@@ -335,6 +345,7 @@ fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, poller: &mut Poller
                         cfg.double_small,
                         Instant::now(),
                         &mut batch,
+                        notifier,
                     );
                 }
             }

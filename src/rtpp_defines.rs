@@ -73,11 +73,19 @@ pub const PROTO_CAPS: &[(&str, &str)] = &[
     ("20141004", "Support for extendable performance counters"),
     ("20150330", "Support for allocating a new port (n modifier)"),
     (
+        "20150420",
+        "Support for sequence analysis (rtpa_ counters, extended Q)",
+    ),
+    (
         "20150617",
         "Support for the %%CC_SELF%% timeout notification target",
     ),
     ("20191015", "Support for the && sub-command specifier"),
     ("20200226", "Support for the N command to stop recording"),
+    (
+        "20230205",
+        "Support for rtpa_nlost and DTMF catching (M3:1)",
+    ),
     ("20230314", "Support for fusing Q and D (Q ... && D)"),
 ];
 

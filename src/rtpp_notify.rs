@@ -1,7 +1,8 @@
-//! Session timeout notifications (`-n`, extensions 20081224 and 20150617):
-//! one line per timed-out session, written to a stream socket another
-//! program listens on, a unix socket or a TCP port (see "Timeout
-//! notification" in doc/PROTOCOL.md).
+//! Session notifications (`-n`, extensions 20081224 and 20150617): one
+//! line per timed-out session, and one per digit DTMF catching reports,
+//! written to a stream socket another program listens on, a unix socket or
+//! a TCP port (see "Timeout notification" and "DTMF catching" in
+//! doc/PROTOCOL.md).
 //!
 //! The relay loop must never wait for that program. Sockets are made
 //! non-blocking before `connect(2)`; a TCP connect still in progress is
@@ -133,9 +134,15 @@ impl Notifier {
 
     /// Queues one notification line for a target and tries to send it.
     pub fn notify(&mut self, id: TargetId, message: &[u8]) {
+        self.notify_parts(id, &[message]);
+    }
+
+    /// Like [`Notifier::notify`], for a line made of `parts` in order; the
+    /// packet path reports events this way without building the line first.
+    pub fn notify_parts(&mut self, id: TargetId, parts: &[&[u8]]) {
         if let Some(c) = self.channels.get_mut(id.0) {
             let was_connecting = c.connecting();
-            c.notify(message);
+            c.notify_parts(parts);
             if c.connecting() && !was_connecting {
                 self.checked = Instant::now();
             }
@@ -240,11 +247,18 @@ impl Channel {
     }
 
     /// Queues one notification line (the '\n' is added) and tries to send what is pending.
+    #[cfg(test)]
     fn notify(&mut self, message: &[u8]) {
+        self.notify_parts(&[message]);
+    }
+
+    /// Queues one notification line made of `parts` in order (the '\n' is
+    /// added) and tries to send what is pending.
+    fn notify_parts(&mut self, parts: &[&[u8]]) {
         // One connect attempt per notification: a listener that keeps
         // failing must not turn one call into a loop.
         let mut may_connect = true;
-        let line_len = message.len() + 1;
+        let line_len = parts.iter().map(|p| p.len()).sum::<usize>() + 1;
         if self.queued() + line_len > BUFFER_LIMIT {
             // The peer may have read since the last try; make room first.
             self.pump(&mut may_connect);
@@ -271,7 +285,7 @@ impl Channel {
             );
             self.stall_drops = 0;
         }
-        self.enqueue(message);
+        self.enqueue(parts);
         self.pump(&mut may_connect);
     }
 
@@ -306,14 +320,16 @@ impl Channel {
         self.buf.len() - self.head
     }
 
-    fn enqueue(&mut self, message: &[u8]) {
-        let line_len = message.len() + 1;
+    fn enqueue(&mut self, parts: &[&[u8]]) {
+        let line_len = parts.iter().map(|p| p.len()).sum::<usize>() + 1;
         if self.head > 0 && self.buf.len() + line_len > BUFFER_LIMIT {
             // Reclaim what was sent, so the buffer never grows past the limit.
             self.buf.drain(..self.head);
             self.head = 0;
         }
-        self.buf.extend_from_slice(message);
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
         self.buf.push(b'\n');
         self.lines.push_back(line_len);
     }
@@ -611,7 +627,9 @@ mod tests {
         assert_eq!(read_line(&mut peer), "tag\n");
         n.notify(b"40000 40002");
         assert_eq!(read_line(&mut peer), "40000 40002\n");
-        assert_eq!((n.sent, n.dropped), (2, 0));
+        n.notify_parts(&[b"dtmf", b" 5 10 480 0"]);
+        assert_eq!(read_line(&mut peer), "dtmf 5 10 480 0\n");
+        assert_eq!((n.sent, n.dropped), (3, 0));
         assert_eq!(n.pending_fd(), None);
     }
 
@@ -778,8 +796,8 @@ mod tests {
     #[test]
     fn bookkeeping_restarts_a_cut_line() {
         let mut n = Channel::new(Destination::Unix(PathBuf::from("/nonexistent")));
-        n.enqueue(b"abc");
-        n.enqueue(b"de");
+        n.enqueue(&[b"abc"]);
+        n.enqueue(&[b"d", b"e"]);
         n.advance(5);
         assert_eq!((n.sent, n.head, n.partial), (1, 4, 1));
         n.disconnect();

@@ -1,10 +1,13 @@
-//! The packet path: for each ready media socket, read, latch, forward.
+//! The packet path: for each ready media socket, read, latch, observe,
+//! forward.
 //!
 //! `main`'s loop polls ([`crate::rtpp_poll`]) and hands the ready entries
 //! to [`relay_ready`]; everything from there to `sendto(2)` is in this
 //! file, except the latching decision, which is `Peer::accept` in
-//! `rtpp_session`. Nothing here allocates: the receive buffers are the
-//! caller's and every decision is a few field updates on the session.
+//! `rtpp_session`, and the observers of an accepted RTP packet: the
+//! sequence analysis (`rtpp_analyzer`) and DTMF catching (`rtpp_dtmf`).
+//! Nothing here allocates: the receive buffers are the caller's and every
+//! decision is a few field updates on the session.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -16,17 +19,19 @@ use crate::rtp_server::{Next, MAX_PACKET_LEN};
 use crate::rtpp_defines::{Party, SessionId, Stream, LBR_THRS};
 use crate::rtpp_log;
 use crate::rtpp_network::RecvBatch;
+use crate::rtpp_notify::Notifier;
 use crate::rtpp_poll::{Event, Owner};
 use crate::rtpp_session::{Session, Sessions, Verdict};
 
 /// Relays from every ready media socket of one poll; returns whether any
-/// media socket was ready.
+/// media socket was ready. Caught DTMF digits go to `notifier`.
 pub fn relay_ready(
     sessions: &mut Sessions,
     events: &[Event],
     double_small: bool,
     now: Instant,
     batch: &mut RecvBatch,
+    notifier: &mut Option<Notifier>,
 ) -> bool {
     let mut media = false;
     for event in events {
@@ -42,7 +47,12 @@ pub fn relay_ready(
                 party,
                 stream,
             };
-            drain_socket(sessions, from, event.busy, double_small, now, batch);
+            let pass = Pass {
+                double_small,
+                now,
+                notifier: &mut *notifier,
+            };
+            drain_socket(sessions, from, event.busy, batch, pass);
         }
     }
     media
@@ -56,15 +66,22 @@ struct Source {
     stream: Stream,
 }
 
+/// What relaying a packet needs besides the session: the `-2` option, the
+/// time of this pass, and where caught DTMF digits are reported.
+pub struct Pass<'a> {
+    pub double_small: bool,
+    pub now: Instant,
+    pub notifier: &'a mut Option<Notifier>,
+}
+
 /// Reads the packets queued on one media socket and relays each to the
 /// other party.
 fn drain_socket(
     sessions: &mut Sessions,
     from: Source,
     busy: bool,
-    double_small: bool,
-    now: Instant,
     batch: &mut RecvBatch,
+    mut pass: Pass<'_>,
 ) {
     let Some(s) = sessions.get_mut(from.session) else {
         return;
@@ -89,7 +106,7 @@ fn drain_socket(
         let Some((packet, src)) = batch.get(i) else {
             break;
         };
-        relay_packet(s, from.party, from.stream, src, packet, double_small, now);
+        relay_packet(s, from.party, from.stream, src, packet, &mut pass);
     }
     // A re-packetizer holding audio must be served on the clock.
     if s.resizers[from.party]
@@ -107,9 +124,9 @@ pub fn relay_packet(
     stream: Stream,
     src: SocketAddr,
     packet: &[u8],
-    double_small: bool,
-    now: Instant,
+    pass: &mut Pass<'_>,
 ) {
+    let (double_small, now) = (pass.double_small, pass.now);
     let st = &mut s.streams[stream];
     st.received += 1;
     match st.peers[party].accept(src, now) {
@@ -130,18 +147,35 @@ pub fn relay_packet(
     let from = &mut s.streams[stream].peers[party];
     from.packets += 1;
     from.bytes += packet.len() as u64;
-    if stream == Stream::Rtp {
-        if let Ok(header) = rtp::parse(packet) {
-            from.seq.observe(header.seq);
-        }
-        s.last_rx[party] = now;
-    }
+    let hidden = stream == Stream::Rtp && observe_rtp(s, party, packet, pass);
     record(s, party, stream, src, packet);
+    if hidden {
+        // Recorded as the party sent it, but not relayed (DTMF `h`).
+        s.streams[stream].dropped += 1;
+        return;
+    }
     if stream == Stream::Rtp && s.resizers[party].is_some() {
         resize(s, party, packet, double_small, now);
         return;
     }
     forward(s, party, stream, packet, double_small);
+}
+
+/// What an accepted RTP packet from `party` tells: its sequence number for
+/// the loss estimate of the accounting record and for the analyzer, and
+/// any DTMF digit it completes. True when DTMF catching hides it.
+fn observe_rtp(s: &mut Session, party: Party, packet: &[u8], pass: &mut Pass<'_>) -> bool {
+    s.last_rx[party] = pass.now;
+    let Ok(header) = rtp::parse(packet) else {
+        s.analyzers[party].parse_error();
+        return false;
+    };
+    // Both observe the numbers: the accounting record's loss estimate keeps
+    // its RFC 3550 meaning (duplicates offset losses, no epochs), the
+    // analyzer gives the rtpa_* values.
+    s.streams[Stream::Rtp].peers[party].seq.observe(header.seq);
+    s.analyzers[party].observe(&header);
+    s.catch_dtmf_packet(party, &header, packet, pass.notifier)
 }
 
 /// Sends a packet from `party` on to the other party, or counts it dropped
@@ -287,5 +321,249 @@ fn play_due(s: &mut Session, now: Instant, buf: &mut [u8], double_small: bool) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::{IpAddr, UdpSocket};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::time::Duration;
+
+    use crate::rtpp_account::EndReason;
+    use crate::rtpp_analyzer::RtpaStats;
+    use crate::rtpp_defines::ByParty;
+    use crate::rtpp_dtmf::EventPacket;
+    use crate::rtpp_network::PortTable;
+    use crate::rtpp_notify::Destination;
+    use crate::rtpp_poll::Poller;
+    use crate::rtpp_session::{DtmfRefused, MediaStream, NotifyWith, StreamIds};
+    use crate::rtpp_state::Daemon;
+    use crate::rtpp_util::Random;
+    use crate::test_support::TempDir;
+
+    /// A session with both legs open on loopback, and a socket standing
+    /// for each party (the callee's is where the caller's media goes).
+    struct Call {
+        daemon: Daemon,
+        sessions: Sessions,
+        id: SessionId,
+        parties: ByParty<UdpSocket>,
+    }
+
+    fn call() -> Call {
+        let mut rng = Random::with_seed(3);
+        let mut daemon = Daemon::new(
+            Poller::with_limit(100),
+            PortTable::new(40300, 40319, &mut rng),
+        );
+        let mut sessions = Sessions::new();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ids = StreamIds {
+            call_id: b"call",
+            from_tag: b"ftag",
+            to_tag: None,
+        };
+        let id = sessions.create(&ids, ByParty::both(ip), Instant::now(), &mut daemon);
+        let parties = ByParty::from_fn(|_| {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            sock
+        });
+        for party in Party::BOTH {
+            sessions.open_leg(id, party, None, &mut daemon).unwrap();
+        }
+        Call {
+            daemon,
+            sessions,
+            id,
+            parties,
+        }
+    }
+
+    impl Call {
+        /// Relays `packet` as if it arrived from `party`'s socket.
+        fn send_from(&mut self, party: Party, packet: &[u8]) {
+            let src = self.parties[party].local_addr().unwrap();
+            let s = self.sessions.get_mut(self.id).unwrap();
+            let mut pass = Pass {
+                double_small: false,
+                now: Instant::now(),
+                notifier: &mut self.daemon.notifier,
+            };
+            relay_packet(s, party, Stream::Rtp, src, packet, &mut pass);
+        }
+
+        /// Datagrams waiting at `party`'s socket.
+        fn arrived(&self, party: Party) -> usize {
+            let mut buf = [0u8; 2048];
+            let sock = &self.parties[party];
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            std::iter::from_fn(|| sock.recv(&mut buf).ok()).count()
+        }
+
+        fn stream(&self) -> &MediaStream {
+            &self.sessions.get(self.id).unwrap().streams[Stream::Rtp]
+        }
+    }
+
+    fn audio(seq: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 12 + 160];
+        rtp::write_header(&mut p, false, 0, seq, u32::from(seq) * 160, 0x0102_0304);
+        p
+    }
+
+    fn event(seq: u16, ts: u32, digit: u8, end: bool, duration: u16) -> Vec<u8> {
+        EventPacket {
+            seq,
+            ..EventPacket::new(ts, digit, end, duration)
+        }
+        .bytes()
+    }
+
+    fn line(peer: &mut BufReader<UnixStream>) -> String {
+        let mut l = String::new();
+        peer.read_line(&mut l).unwrap();
+        l
+    }
+
+    #[test]
+    fn catching_needs_a_session_a_target_and_a_payload_type() {
+        let mut c = call();
+        let (id, tag) = (c.id, b"t".to_vec());
+        let refused = c
+            .sessions
+            .catch_dtmf(id, Party::Caller, tag.clone(), 101, false);
+        assert_eq!(refused, Err(DtmfRefused::NoNotifyTarget));
+        let target = Notifier::new(Vec::new())
+            .target(&Destination::Unix("/nonexistent".into()))
+            .unwrap();
+        c.sessions.get_mut(id).unwrap().notify = Some((target, NotifyWith::Ports));
+        let refused = c
+            .sessions
+            .catch_dtmf(SessionId(99), Party::Caller, tag.clone(), 101, false);
+        assert_eq!(refused, Err(DtmfRefused::NoSession));
+        let refused = c
+            .sessions
+            .catch_dtmf(id, Party::Caller, tag.clone(), 128, false);
+        assert_eq!(refused, Err(DtmfRefused::BadPayloadType));
+        assert_eq!(
+            c.sessions.catch_dtmf(id, Party::Caller, tag, 127, true),
+            Ok(())
+        );
+    }
+
+    /// A call whose parties' addresses are known and whose timeout
+    /// notification is armed, the daemon notifying to a listener in `dir`;
+    /// the caller's digits are caught with tag `Dd1`.
+    fn armed_call(dir: &TempDir) -> (Call, UnixListener) {
+        let path = dir.join("notify.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut c = call();
+        let to = Destination::Unix(path);
+        let mut notifier = Notifier::new(vec![to.clone()]);
+        let target = notifier.target(&to).unwrap();
+        c.daemon.notifier = Some(notifier);
+        for party in Party::BOTH {
+            let addr = c.parties[party].local_addr().unwrap();
+            let s = c.sessions.get_mut(c.id).unwrap();
+            s.streams[Stream::Rtp].peers[party].addr = Some(addr);
+            s.notify = Some((target, NotifyWith::Tag(b"timeout".as_slice().into())));
+        }
+        let caught = c
+            .sessions
+            .catch_dtmf(c.id, Party::Caller, b"Dd1".to_vec(), 101, false);
+        assert_eq!(caught, Ok(()));
+        (c, listener)
+    }
+
+    /// The daemon's connection to the listener (made by its first line).
+    fn accept(listener: &UnixListener) -> BufReader<UnixStream> {
+        let (conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        BufReader::new(conn)
+    }
+
+    #[test]
+    fn digits_are_reported_once_and_relayed_or_hidden() {
+        let dir = TempDir::new("proc-dtmf");
+        let (mut c, listener) = armed_call(&dir);
+        // Audio, then digit 5 with three end packets: relayed, one line.
+        for seq in 1..=3 {
+            c.send_from(Party::Caller, &audio(seq));
+        }
+        c.send_from(Party::Caller, &event(4, 480, 5, false, 160));
+        for seq in 5..=7 {
+            c.send_from(Party::Caller, &event(seq, 480, 5, true, 480));
+        }
+        let mut peer = accept(&listener);
+        assert_eq!(line(&mut peer), "Dd1 5 10 480 0\n");
+        assert_eq!(c.arrived(Party::Callee), 7);
+        assert_eq!((c.stream().relayed, c.stream().dropped), (7, 0));
+
+        // Asked again: hidden from now on, still under the first tag.
+        let again = c
+            .sessions
+            .catch_dtmf(c.id, Party::Caller, b"x".to_vec(), 101, true);
+        assert_eq!(again, Ok(()));
+        c.send_from(Party::Caller, &event(8, 1280, 11, false, 160));
+        c.send_from(Party::Caller, &event(9, 1280, 11, true, 320));
+        c.send_from(Party::Caller, &audio(10));
+        assert_eq!(line(&mut peer), "Dd1 # 10 320 0\n");
+        assert_eq!(c.arrived(Party::Callee), 1);
+        assert_eq!((c.stream().relayed, c.stream().dropped), (8, 2));
+        // The analysis saw every packet, hidden ones included.
+        let caller = c.sessions.rtpa(c.id, Party::Caller).unwrap();
+        assert_eq!((caller.nsent, caller.nrcvd, caller.nlost), (10, 10, 0));
+    }
+
+    #[test]
+    fn callee_digits_are_side_1_and_both_directions_are_analyzed() {
+        let dir = TempDir::new("proc-dtmf");
+        let (mut c, listener) = armed_call(&dir);
+        let id = c.id;
+        let callee = c
+            .sessions
+            .catch_dtmf(id, Party::Callee, b"C".to_vec(), 96, false);
+        assert_eq!(callee, Ok(()));
+        for seq in [1, 2, 4] {
+            c.send_from(Party::Caller, &audio(seq));
+        }
+        let mut from_callee = event(100, 8000, 0, false, 160);
+        from_callee[1] = 96;
+        c.send_from(Party::Callee, &from_callee);
+        from_callee[13] |= 0x80;
+        c.send_from(Party::Callee, &from_callee);
+        // Not RTP: a parse error, nothing else.
+        c.send_from(Party::Callee, b"not rtp");
+        assert_eq!(line(&mut accept(&listener)), "C 0 10 160 1\n");
+        assert_eq!(c.arrived(Party::Caller), 3);
+
+        let caller = RtpaStats {
+            nsent: 4,
+            nrcvd: 3,
+            ndups: 0,
+            nlost: 1,
+            perrs: 0,
+        };
+        assert_eq!(c.sessions.rtpa(id, Party::Caller), Some(caller));
+        let callee = RtpaStats {
+            nsent: 1,
+            nrcvd: 1,
+            ndups: 1,
+            nlost: 0,
+            perrs: 1,
+        };
+        assert_eq!(c.sessions.rtpa(id, Party::Callee), Some(callee));
+        // The daemon's sums take both directions when the session ends.
+        assert!(c.sessions.end(id, EndReason::Deleted, &mut c.daemon));
+        let mut both = caller;
+        both.add(&callee);
+        assert_eq!(c.daemon.counters.rtpa, both);
+        assert_eq!(c.sessions.rtpa(id, Party::Caller), None);
     }
 }

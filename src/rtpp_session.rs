@@ -19,14 +19,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use latch::{Peer, SeqTracker, Verdict};
 
+use crate::rtp::RtpHeader;
 use crate::rtp_resizer::Resizer;
 use crate::rtp_server::Player;
 use crate::rtpp_account::{CallRecord, EndReason, Sent};
+use crate::rtpp_analyzer::{RtpAnalyzer, RtpaStats};
 use crate::rtpp_copy::RemoteCopy;
 use crate::rtpp_defines::{ByParty, ByStream, Config, Party, SessionId, Stream};
+use crate::rtpp_dtmf::{DtmfCatcher, SUFFIX_MAX};
 use crate::rtpp_log;
 use crate::rtpp_log::show;
-use crate::rtpp_notify::TargetId;
+use crate::rtpp_notify::{Notifier, TargetId};
 use crate::rtpp_poll::{Cadence, Owner, Token};
 use crate::rtpp_record::{record_file_name, RecordFile, RecordFormat};
 use crate::rtpp_state::{Counters, Daemon, PacketCounts};
@@ -144,6 +147,21 @@ pub struct Session {
     pub played: u64,
     /// Re-packetizer and prompt counts (the rest of [`PacketCounts`]).
     pub tally: PacketCounts,
+    /// `analyzers[p]` analyzes the RTP party `p` sends (`rtpa_*`).
+    pub(crate) analyzers: ByParty<RtpAnalyzer>,
+    /// `dtmf[p]` catches the DTMF digits party `p` sends.
+    pub(crate) dtmf: ByParty<Option<DtmfCatcher>>,
+}
+
+/// Why DTMF catching was not turned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtmfRefused {
+    /// No session by that id.
+    NoSession,
+    /// The session has no notify target to report digits to.
+    NoNotifyTarget,
+    /// Not an RTP payload type (0-127).
+    BadPayloadType,
 }
 
 impl Session {
@@ -166,7 +184,69 @@ impl Session {
             resizers: ByParty::default(),
             played: 0,
             tally: PacketCounts::default(),
+            analyzers: ByParty::default(),
+            dtmf: ByParty::default(),
         }
+    }
+
+    /// The RTP analysis of what `party` sends (the `rtpa_*` values).
+    pub fn rtpa(&self, party: Party) -> RtpaStats {
+        self.analyzers[party].stats()
+    }
+
+    /// The RTP analysis of both directions, summed.
+    pub fn rtpa_total(&self) -> RtpaStats {
+        let mut t = self.rtpa(Party::Caller);
+        t.add(&self.rtpa(Party::Callee));
+        t
+    }
+
+    /// Sends one line, made of `parts`, to the session's notify target;
+    /// false when the session has none (or the daemon no `-n` socket).
+    /// Like the timeout notification it never blocks.
+    pub fn notify_line(&self, notifier: &mut Option<Notifier>, parts: &[&[u8]]) -> bool {
+        match (&self.notify, notifier) {
+            (Some((target, _)), Some(n)) => {
+                n.notify_parts(*target, parts);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Shows an RTP packet from `party` to its DTMF catcher, if any, and
+    /// reports a completed digit. True when the packet is to be hidden
+    /// (dropped instead of relayed).
+    pub(crate) fn catch_dtmf_packet(
+        &mut self,
+        party: Party,
+        h: &RtpHeader,
+        packet: &[u8],
+        notifier: &mut Option<Notifier>,
+    ) -> bool {
+        let Some(catcher) = &mut self.dtmf[party] else {
+            return false;
+        };
+        // The one compare every packet of a watched direction pays.
+        if h.payload_type != catcher.payload_type() {
+            return false;
+        }
+        let hide = catcher.hides();
+        let Some(event) = catcher.observe(h, packet) else {
+            return hide;
+        };
+        let side = match party {
+            Party::Caller => 0,
+            Party::Callee => 1,
+        };
+        let mut suffix = [0u8; SUFFIX_MAX];
+        let len = event.write_suffix(side, &mut suffix);
+        if let Some(catcher) = &self.dtmf[party] {
+            let line = [catcher.tag(), suffix.get(..len).unwrap_or_default()];
+            // A target disarmed since catching began: the digit goes nowhere.
+            self.notify_line(notifier, &line);
+        }
+        hide
     }
 
     /// True while something in the session runs on the clock: a player,
@@ -707,6 +787,7 @@ impl Sessions {
         c.sessions_destroyed += 1;
         c.total_duration += session.created.elapsed().as_secs_f64();
         c.add_packets(session.packet_counts());
+        c.rtpa.add(&session.rtpa_total());
         c.players_destroyed += session.players.iter().flatten().count() as u64;
         if session.open_legs() == 2 {
             session.count_silence(c);
@@ -733,6 +814,38 @@ impl Sessions {
             s.resizers[party] = Some(resizer);
             self.mark_timed(id);
         }
+    }
+
+    /// The RTP analysis of what `party` sends in a session.
+    pub fn rtpa(&self, id: SessionId, party: Party) -> Option<RtpaStats> {
+        Some(self.get(id)?.rtpa(party))
+    }
+
+    /// Starts catching the DTMF digits `party` sends in a session, reported
+    /// as `TAG DIGIT VOLUME DURATION SIDE` lines to its notify target;
+    /// with `hide` the event packets (payload type `payload_type`) are
+    /// dropped instead of relayed. Asked again for the same party, only the
+    /// payload type and `hide` change.
+    pub fn catch_dtmf(
+        &mut self,
+        id: SessionId,
+        party: Party,
+        tag: Vec<u8>,
+        payload_type: u8,
+        hide: bool,
+    ) -> Result<(), DtmfRefused> {
+        let s = self.get_mut(id).ok_or(DtmfRefused::NoSession)?;
+        if s.notify.is_none() {
+            return Err(DtmfRefused::NoNotifyTarget);
+        }
+        if payload_type > 127 {
+            return Err(DtmfRefused::BadPayloadType);
+        }
+        match &mut s.dtmf[party] {
+            Some(c) => c.set_mode(payload_type, hide),
+            None => s.dtmf[party] = Some(DtmfCatcher::new(tag, payload_type, hide)),
+        }
+        Ok(())
     }
 
     /// Puts a session on the list served on the clock (a re-packetizer

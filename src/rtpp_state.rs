@@ -4,13 +4,16 @@
 //! socket). The session table itself is `rtpp_session::Sessions`.
 
 use crate::rtpp_account::AccountFile;
+use crate::rtpp_analyzer::RtpaStats;
 use crate::rtpp_network::PortTable;
 use crate::rtpp_notify::Notifier;
 use crate::rtpp_poll::Poller;
 use crate::rtpp_util::Random;
 
-/// Daemon-wide counters (the `G` command): ended sessions' packets, and
-/// commands. Live sessions' packets are added when `G` asks.
+/// Daemon-wide counters (the `G` command): ended sessions' packets and RTP
+/// analysis, and commands. Live sessions' packets are added when `G` asks;
+/// their analysis is not (the `rtpa_*` sums count a stream once it ended,
+/// as in the classic daemon).
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
     pub sessions_created: u64,
@@ -43,6 +46,8 @@ pub struct Counters {
     pub replies_sent: u64,
     /// `npkts_rcvd` per second over the last second.
     pub packets_in_rate: f64,
+    /// Sums of the RTP analysis of ended sessions, both directions.
+    pub rtpa: RtpaStats,
 }
 
 /// A counter's value as `G` prints it.
@@ -94,6 +99,7 @@ impl Counters {
 
     /// Every counter by its `G` name (rtpproxy 3.x's names, and ours:
     /// `nsess_active`, `nlog_dropped`); `active` is the live session count.
+    /// The `rtpa_*` sums come last.
     pub fn named(&self, active: usize) -> Vec<(&'static str, CounterValue)> {
         use CounterValue::{Float, Int};
         vec![
@@ -123,6 +129,11 @@ impl Counters {
             ("ncmds_repld", Int(self.replies_sent)),
             ("pps_in", Float(self.packets_in_rate)),
             ("nlog_dropped", Int(crate::rtpp_log::dropped_lines())),
+            ("rtpa_nsent", Int(self.rtpa.nsent)),
+            ("rtpa_nrcvd", Int(self.rtpa.nrcvd)),
+            ("rtpa_ndups", Int(self.rtpa.ndups)),
+            ("rtpa_nlost", Int(self.rtpa.nlost)),
+            ("rtpa_perrs", Int(self.rtpa.perrs)),
         ]
     }
 }

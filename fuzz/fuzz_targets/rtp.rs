@@ -1,8 +1,12 @@
-//! The RTP parser and the re-packetizer (`z`). The whole input is parsed as
-//! one packet; then it is read as a stream of packets with arrival gaps,
-//! fed to a re-packetizer, and what comes out is dequeued as the loop
-//! would. Every output must be valid RTP that fits the daemon's buffer,
-//! and neither dequeue nor flush may go on for ever.
+//! The RTP parser, the per-packet observers and the re-packetizer (`z`).
+//! The whole input is parsed as one packet; then it is read as a stream of
+//! packets with arrival gaps, each shown to the sequence analyzer and to a
+//! DTMF catcher (RFC 4733 events, on the payload type of the stream's
+//! first packet), and fed to a re-packetizer, whose output is dequeued as
+//! the loop would. Every output must be valid RTP that fits the daemon's
+//! buffer, neither dequeue nor flush may go on for ever, the analyzer's
+//! sums must not overflow, and a caught digit must format within its
+//! buffer.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -10,6 +14,8 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use rtpproxy::rtp;
 use rtpproxy::rtp_resizer::{Enqueued, Resizer};
+use rtpproxy::rtpp_analyzer::RtpAnalyzer;
+use rtpproxy::rtpp_dtmf::{DtmfCatcher, SUFFIX_MAX};
 
 /// The daemon's output buffer for re-packetized audio (rtpp_proc).
 const RESIZED_MAX: usize = 8192 + 12;
@@ -39,6 +45,8 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let mut out = vec![0u8; RESIZED_MAX];
     let mut outputs = 0usize;
+    let mut analyzer = RtpAnalyzer::new();
+    let mut catcher: Option<DtmfCatcher> = None;
     for _ in 0..MAX_PACKETS {
         let [gap, lo, hi, tail @ ..] = rest else {
             break;
@@ -47,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
         let (packet, next) = tail.split_at(len);
         rest = next;
         now += Duration::from_millis(u64::from(*gap));
+        observe(&mut analyzer, &mut catcher, packet);
         let verdict = r.enqueue(packet, now);
         if verdict == Enqueued::Queued {
             assert!(r.next_due().is_some(), "queued audio with no due time");
@@ -66,4 +75,23 @@ fuzz_target!(|data: &[u8]| {
         assert!(outputs < MAX_OUTPUTS, "flush does not end");
     }
     assert!(r.next_due().is_none(), "flush left audio queued");
+    let stats = analyzer.stats();
+    assert!(stats.nrcvd + stats.ndups + stats.perrs <= MAX_PACKETS as u64);
 });
+
+/// What the packet path does with each packet of a stream before relaying
+/// it: analyze it, or count it as not RTP; look for an event in it.
+fn observe(analyzer: &mut RtpAnalyzer, catcher: &mut Option<DtmfCatcher>, packet: &[u8]) {
+    let Ok(h) = rtp::parse(packet) else {
+        analyzer.parse_error();
+        return;
+    };
+    analyzer.observe(&h);
+    let c = catcher.get_or_insert_with(|| DtmfCatcher::new(b"t".to_vec(), h.payload_type, false));
+    if let Some(event) = c.observe(&h, packet) {
+        let mut out = [0u8; SUFFIX_MAX];
+        let n = event.write_suffix(1, &mut out);
+        assert!(n > 0 && n <= SUFFIX_MAX);
+        assert!(b"0123456789*#ABCD ".contains(&event.digit));
+    }
+}

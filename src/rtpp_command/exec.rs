@@ -161,13 +161,16 @@ fn run_sub(ctx: &mut Context<'_>, sub: &SubCommand, target: Target) -> SubResult
 /// `&& M3:1`: report what `target.party` sends as RFC 4733 events to the
 /// session's notification target.
 fn catch_dtmf(ctx: &mut Context<'_>, target: Target, args: &DtmfArgs) -> SubResult {
-    let _ = (ctx, &args.tag);
-    rtpp_log!(
-        Err,
-        "M3:1: DTMF catching for the {} not armed",
-        target.party
-    );
-    Err(())
+    let tag = args.tag.clone();
+    ctx.sessions
+        .catch_dtmf(target.id, target.party, tag, args.payload_type, args.hide)
+        .map_err(|why| {
+            rtpp_log!(
+                Err,
+                "M3:1: DTMF catching for the {} refused: {why:?}",
+                target.party
+            );
+        })
 }
 
 /// Whether `VF` answers 1 for a datestamp.

@@ -82,6 +82,11 @@ fn query_value(ctx: &Context<'_>, s: &Session, named: Party, name: &[u8]) -> Opt
         b"npkts_ino" => rtp.peers[named.other()].packets,
         b"nrelayed" => rtp.relayed,
         b"ndropped" => rtp.dropped,
+        b"rtpa_nsent" => s.rtpa(named).nsent,
+        b"rtpa_nrcvd" => s.rtpa(named).nrcvd,
+        b"rtpa_ndups" => s.rtpa(named).ndups,
+        b"rtpa_perrs" => s.rtpa(named).perrs,
+        b"rtpa_nlost" => s.rtpa(named).nlost,
         _ => return None,
     })
 }

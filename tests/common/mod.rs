@@ -83,6 +83,7 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("start_up", 24700, 25199),
     ("control_streams", 25200, 25799),
     ("interop_sippy", 25800, 26999),
+    ("observers", 27000, 27599),
     ("extensions", 27600, 27999),
 ];
 
