@@ -55,6 +55,12 @@ for name, text in COMMANDS.items():
     put("command", name, text.encode("latin-1"))
 
 
+# --- framing: [chunk size seed] then what a stream client sends ------------
+put("framing", "pipelined", b"\x03V\nVF 20040107\r\nU c1 127.0.0.1 4000 f\nIb\nD c1 f")
+put("framing", "over_long", b"\x07" + b"x" * 8300 + b"\nV\n\n\r\n")
+put("framing", "compound", b"\x01U c2 127.0.0.1 4000 f && M3:1 t 101 h\nQv c2 f t && D\n")
+
+
 # --- rtp: [target][gap ms, len lo, len hi, packet]* -----------------------
 def rtp(pt, seq, ts, payload, marker=0, ssrc=0x1234, b0=0x80):
     return struct.pack("!BBHII", b0, (marker << 7) | pt, seq & 0xFFFF,

@@ -6,6 +6,7 @@
 //! writes, or never reads, costs a poll slot and bounded memory until its
 //! deadline, never the loop's time.
 
+pub mod framing;
 mod stream;
 
 use std::collections::{HashMap, VecDeque};

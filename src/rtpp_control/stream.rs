@@ -13,6 +13,7 @@
 use std::io::{self, ErrorKind};
 use std::time::Instant;
 
+use super::framing::{Line, LineFramer};
 use super::{Acceptor, Conn, Origin};
 use crate::rtpp_command::{ErrorCode, Reply};
 use crate::rtpp_defines::{COMMAND_BATCH, CONTROL_IDLE_TIMEOUT, MAX_COMMAND_LEN};
@@ -134,49 +135,11 @@ impl StreamControl {
     }
 }
 
-/// What the front of a client's input holds.
-#[derive(Debug, PartialEq, Eq)]
-enum Next {
-    /// A command of `len` bytes (line end excluded) in the first `used`.
-    Command { len: usize, used: usize },
-    /// A line over `MAX_COMMAND_LEN`: `used` bytes of it are in the buffer;
-    /// `rest` when its end has not arrived yet and must be dropped on arrival.
-    TooLong { used: usize, rest: bool },
-    /// Not a whole line yet.
-    Wait,
-}
-
-/// Splits the next command off `buf`. A line ends in `\n`, a `\r` before
-/// it is not part of the command; at end of file what is left is the last
-/// command, newline or not.
-fn next_line(buf: &[u8], eof: bool) -> Next {
-    let (line, used) = match buf.iter().position(|&b| b == b'\n') {
-        Some(end) => (&buf[..end], end + 1),
-        // Room for the `\r` of a longest command, its `\n` to come.
-        None if buf.len() > MAX_COMMAND_LEN + 1 => {
-            return Next::TooLong {
-                used: buf.len(),
-                rest: !eof,
-            }
-        }
-        None if eof && !buf.is_empty() => (buf, buf.len()),
-        None => return Next::Wait,
-    };
-    let len = line.strip_suffix(b"\r").unwrap_or(line).len();
-    if len > MAX_COMMAND_LEN {
-        Next::TooLong { used, rest: false }
-    } else {
-        Next::Command { len, used }
-    }
-}
-
 /// One connected client.
 struct StreamClient {
     conn: Conn,
     /// Read, not yet run.
-    input: Vec<u8>,
-    /// The rest of an over-long line is dropped as it arrives.
-    skipping: bool,
+    input: LineFramer,
     /// Replies; `output[written..]` is still owed to the client.
     output: Vec<u8>,
     written: usize,
@@ -193,8 +156,7 @@ impl StreamClient {
     fn new(conn: Conn, now: Instant) -> StreamClient {
         StreamClient {
             conn,
-            input: Vec::new(),
-            skipping: false,
+            input: LineFramer::default(),
             output: Vec::new(),
             written: 0,
             eof: false,
@@ -224,7 +186,7 @@ impl StreamClient {
         if !self.run_commands(budget, daemon, reply, exec) {
             return false;
         }
-        if self.eof && self.input.is_empty() {
+        if self.eof && self.input.held() == 0 {
             self.closing = true;
         }
         if !self.write_out(now) {
@@ -246,7 +208,7 @@ impl StreamClient {
     }
 
     fn wants_input(&self) -> bool {
-        !self.eof && !self.closing && self.input.len() < INPUT_LIMIT
+        !self.eof && !self.closing && self.input.held() < INPUT_LIMIT
     }
 
     fn wants_output(&self) -> bool {
@@ -255,7 +217,7 @@ impl StreamClient {
 
     /// A command is read and waits to be run.
     fn has_backlog(&self) -> bool {
-        !self.closing && next_line(&self.input, self.eof) != Next::Wait
+        !self.closing && self.input.has_line(self.eof)
     }
 
     /// Reads what the client sent, up to [`INPUT_LIMIT`] held.
@@ -265,12 +227,12 @@ impl StreamClient {
             if !self.wants_input() {
                 break;
             }
-            let room = (INPUT_LIMIT - self.input.len()).min(chunk.len());
+            let room = (INPUT_LIMIT - self.input.held()).min(chunk.len());
             match self.conn.read(&mut chunk[..room]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.idle_until = now + CONTROL_IDLE_TIMEOUT;
-                    self.take(&chunk[..n]);
+                    self.input.push(&chunk[..n]);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -278,18 +240,6 @@ impl StreamClient {
             }
         }
         Ok(())
-    }
-
-    /// Keeps what was read, less the rest of an over-long line.
-    fn take(&mut self, bytes: &[u8]) {
-        if !self.skipping {
-            self.input.extend_from_slice(bytes);
-            return;
-        }
-        if let Some(end) = bytes.iter().position(|&b| b == b'\n') {
-            self.skipping = false;
-            self.input.extend_from_slice(&bytes[end + 1..]);
-        }
     }
 
     /// Runs the commands read, as many as `budget` allows, queueing their
@@ -301,7 +251,6 @@ impl StreamClient {
         reply: &mut Vec<u8>,
         exec: &mut impl FnMut(&mut Daemon, &[u8], &Origin) -> Reply,
     ) -> bool {
-        let mut start = 0;
         let keep = loop {
             if *budget == 0 || self.closing {
                 break true;
@@ -315,18 +264,12 @@ impl StreamClient {
                 );
                 break false;
             }
-            let rest = &self.input[start..];
-            let answer = match next_line(rest, self.eof) {
-                Next::Wait => break true,
-                Next::Command { len, used } => {
-                    start += used;
-                    exec(daemon, &rest[..len], &self.conn.origin())
+            let answer = match self.input.next(self.eof) {
+                None => break true,
+                Some(Line::Command(at)) => {
+                    exec(daemon, self.input.command(at), &self.conn.origin())
                 }
-                Next::TooLong { used, rest: more } => {
-                    start += used;
-                    self.skipping = more;
-                    too_long(daemon, &self.conn.origin())
-                }
+                Some(Line::TooLong) => too_long(daemon, &self.conn.origin()),
             };
             *budget -= 1;
             if answer == Reply::Silent {
@@ -342,7 +285,7 @@ impl StreamClient {
         if self.closing {
             self.input.clear();
         } else {
-            self.input.drain(..start);
+            self.input.compact();
         }
         keep
     }
@@ -384,62 +327,4 @@ fn too_long(daemon: &mut Daemon, origin: &Origin) -> Reply {
     daemon.counters.commands_failed += 1;
     daemon.counters.replies_sent += 1;
     Reply::Error(ErrorCode::SYNTAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_split_on_newline_without_carriage_return() {
-        assert_eq!(
-            next_line(b"V\nVF 1\n", false),
-            Next::Command { len: 1, used: 2 }
-        );
-        assert_eq!(
-            next_line(b"V\r\n", false),
-            Next::Command { len: 1, used: 3 }
-        );
-        assert_eq!(next_line(b"\n", false), Next::Command { len: 0, used: 1 });
-        assert_eq!(next_line(b"VF 2004", false), Next::Wait);
-        assert_eq!(next_line(b"", true), Next::Wait);
-        // At end of file the last line needs no newline.
-        assert_eq!(next_line(b"V", true), Next::Command { len: 1, used: 1 });
-    }
-
-    #[test]
-    fn over_long_lines_are_found_as_soon_as_they_are() {
-        let mut longest = vec![b'x'; MAX_COMMAND_LEN];
-        assert_eq!(next_line(&longest, false), Next::Wait);
-        longest.push(b'\r');
-        assert_eq!(next_line(&longest, false), Next::Wait);
-        longest.push(b'\n');
-        let used = longest.len();
-        assert_eq!(
-            next_line(&longest, false),
-            Next::Command {
-                len: MAX_COMMAND_LEN,
-                used
-            }
-        );
-        let mut over = vec![b'x'; MAX_COMMAND_LEN + 1];
-        over.push(b'\n');
-        assert_eq!(
-            next_line(&over, false),
-            Next::TooLong {
-                used: MAX_COMMAND_LEN + 2,
-                rest: false
-            }
-        );
-        let endless = vec![b'x'; MAX_COMMAND_LEN + 2];
-        let used = endless.len();
-        assert_eq!(
-            next_line(&endless, false),
-            Next::TooLong { used, rest: true }
-        );
-        assert_eq!(
-            next_line(&endless, true),
-            Next::TooLong { used, rest: false }
-        );
-    }
 }
