@@ -17,14 +17,14 @@ use rtpproxy::rtpp_daemon::{
     start_line, Shutdown,
 };
 use rtpproxy::rtpp_defines::{
-    Config, BATCH_MIN_SOCKETS, BATCH_WINDOW, CPROTOVER, NOTIFY_CAP, PROTO_CAPS, RTCP_POLL_INTERVAL,
-    TIMETICK,
+    Config, NotifyTarget, BATCH_MIN_SOCKETS, BATCH_WINDOW, CPROTOVER, NOTIFY_CAP, PROTO_CAPS,
+    RTCP_POLL_INTERVAL, TIMETICK,
 };
 use rtpproxy::rtpp_log::Level;
 use rtpproxy::rtpp_log::{escape, show};
 
 use rtpproxy::rtpp_network::{PortTable, RecvBatch};
-use rtpproxy::rtpp_notify::Notifier;
+use rtpproxy::rtpp_notify::{Destination, Notifier};
 use rtpproxy::rtpp_options::{parse_args, usage, Action};
 use rtpproxy::rtpp_poll::{Cadence, Poller};
 use rtpproxy::rtpp_proc::{relay_ready, run_timers};
@@ -141,7 +141,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let ports = PortTable::new(cfg.port_min, cfg.port_max, &mut rng);
     let mut daemon = Daemon::new(poller, ports);
     daemon.accounting = accounting;
-    daemon.notifier = cfg.notify_socket.clone().map(Notifier::new);
+    daemon.notifier = notifier(cfg);
     let mut sessions = Sessions::new();
     rtpp_log!(Info, "{}", start_line(cfg, run_as.as_ref()));
     if let Some(report) = report {
@@ -188,7 +188,8 @@ fn run_loop(
         if daemon.draining && sessions.active() == 0 {
             break;
         }
-        let wake = [control.next_deadline(), sessions.next_due()]
+        let notify_check = daemon.notifier.as_ref().and_then(Notifier::next_check);
+        let wake = [control.next_deadline(), sessions.next_due(), notify_check]
             .into_iter()
             .flatten()
             .fold(clock.next_wake(&daemon.poller), Instant::min);
@@ -222,6 +223,11 @@ fn run_loop(
             }
         }
         run_timers(sessions, now, cfg.double_small);
+        if let Some(n) = daemon.notifier.as_mut() {
+            if notify_check.is_some_and(|t| now >= t) {
+                n.check_connects(now);
+            }
+        }
         if clock.tick_due(now) {
             sessions.expire(cfg, now, daemon);
             nofile.check(sessions.active());
@@ -403,6 +409,21 @@ fn run_command(
         rtpp_log!(Dbug, "sending reply \"{}\"", show(&out).trim_end());
     }
     reply
+}
+
+/// `-n`: the notifier, with a target for each `-n` but the
+/// `%%CC_SELF%%` ones, which are made per controller as `U`s name them.
+fn notifier(cfg: &Config) -> Option<Notifier> {
+    if cfg.notify_targets.is_empty() {
+        return None;
+    }
+    let fixed = cfg
+        .notify_targets
+        .iter()
+        .filter(|t| !matches!(t, NotifyTarget::TcpSelf { .. }))
+        .map(|t| Destination::of(t, None, None))
+        .collect();
+    Some(Notifier::new(fixed))
 }
 
 /// `-A`: the file each ended session appends its JSON line to.

@@ -1,13 +1,18 @@
 //! Control sockets: a listening unix stream socket (one command per
-//! connection, no cookie) or a UDP socket (one command per datagram, cookie
-//! first). Reading is non-blocking: a client that connects and never writes
-//! costs a poll slot until its deadline, never the loop's time.
+//! connection, no cookie), a UDP socket (one command per datagram, cookie
+//! first), or a listening stream socket, TCP or unix (`tcp:`, `tcp6:`,
+//! `cunix:`: many commands per connection, one per line, see `stream`).
+//! Reading and writing are non-blocking: a client that connects and never
+//! writes, or never reads, costs a poll slot and bounded memory until its
+//! deadline, never the loop's time.
+
+mod stream;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,24 +21,44 @@ use crate::rtpp_command::{split_cookie, ErrorCode, Reply};
 use crate::rtpp_defines::{ControlSpec, COMMAND_BATCH, CONTROL_CLIENT_TIMEOUT, MAX_COMMAND_LEN};
 use crate::rtpp_poll::{Cadence, Owner, Poller, Token};
 use crate::rtpp_state::Daemon;
+use stream::StreamControl;
 
-/// Unix clients served at once; more wait in the listen backlog.
+/// Clients of a listening socket served at once; more wait in the listen
+/// backlog.
 pub const MAX_CLIENTS: usize = 32;
 /// How long the listener rests when no descriptor is left to accept with.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// Who sent a command, for the log line of one that failed.
+/// Who sent a command, for the log line of one that failed and for a
+/// `%%CC_SELF%%` notification target.
 pub enum Origin<'a> {
     Udp(SocketAddr),
     /// A unix client has no address; its process and account, asked of
     /// the kernel only when a line names it, do instead.
     Unix(&'a UnixStream),
+    /// A TCP client, by its address.
+    Tcp(SocketAddr),
+}
+
+impl Origin<'_> {
+    /// The sender's IPv4 address; None for a unix or an IPv6 client. An
+    /// IPv4 client of a dual-stack IPv6 socket counts as IPv4.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        match self {
+            Origin::Udp(addr) | Origin::Tcp(addr) => match addr {
+                SocketAddr::V4(a) => Some(*a.ip()),
+                SocketAddr::V6(a) => a.ip().to_ipv4_mapped(),
+            },
+            Origin::Unix(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Origin<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Origin::Udp(addr) => write!(f, "udp:{addr}"),
+            Origin::Tcp(addr) => write!(f, "tcp:{addr}"),
             Origin::Unix(stream) => {
                 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
                 match getsockopt(stream, PeerCredentials) {
@@ -45,17 +70,83 @@ impl std::fmt::Display for Origin<'_> {
     }
 }
 
-struct Client {
-    stream: UnixStream,
-    buf: Vec<u8>,
-    deadline: Instant,
+/// A listening socket, unix or TCP.
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
 }
 
-/// A listening unix socket and the clients it accepted.
-struct UnixControl {
-    listener: UnixListener,
-    path: PathBuf,
-    clients: Vec<Option<Client>>,
+impl Listener {
+    fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| Conn::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, from)| Conn::Tcp(s, from)),
+        }
+    }
+
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+/// An accepted control connection.
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream, SocketAddr),
+}
+
+impl Conn {
+    /// Non-blocking, and for TCP without Nagle's delay: a reply is one
+    /// small write the client waits for.
+    fn prepare(&self) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_nonblocking(true),
+            Conn::Tcp(s, _) => {
+                // Only a delay if refused.
+                let _ = s.set_nodelay(true);
+                s.set_nonblocking(true)
+            }
+        }
+    }
+
+    fn origin(&self) -> Origin<'_> {
+        match self {
+            Conn::Unix(s) => Origin::Unix(s),
+            Conn::Tcp(_, from) => Origin::Tcp(*from),
+        }
+    }
+
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s, _) => s.as_raw_fd(),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s, _) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s, _) => s.write(buf),
+        }
+    }
+}
+
+/// A listening socket with a fixed number of client places, and the means
+/// to let a client in when descriptors run out.
+struct Acceptor {
+    listener: Listener,
+    /// The socket file of a unix listener, removed at exit.
+    path: Option<PathBuf>,
     /// One registration per client place, kept while the place is free
     /// (descriptor -1), so a client can always be let in: sessions are
     /// refused before the poll set outgrows the open-files limit.
@@ -70,9 +161,121 @@ struct UnixControl {
     paused_until: Option<Instant>,
 }
 
+impl Acceptor {
+    fn new(listener: Listener, path: Option<PathBuf>) -> Acceptor {
+        Acceptor {
+            listener,
+            path,
+            places: Vec::new(),
+            spare: open_spare(),
+            paused_until: None,
+        }
+    }
+
+    /// Registers the (empty) client places; false when the poll set is full.
+    fn register_places(&mut self, poller: &mut Poller) -> bool {
+        for i in 0..MAX_CLIENTS {
+            match poller.register(-1, Owner::Control(1 + i), Cadence::EveryPass) {
+                Some(t) => self.places.push(t),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// A client gave its descriptor back: keep one in reserve again.
+    fn client_closed(&mut self) {
+        if self.spare.is_none() {
+            self.spare = open_spare();
+        }
+    }
+
+    /// Lets waiting clients into the free places of `clients`, or rests
+    /// the listener while no descriptor is left to accept with.
+    fn accept_ready<T>(
+        &mut self,
+        socket: Token,
+        ready: bool,
+        poller: &mut Poller,
+        now: Instant,
+        clients: &mut [Option<T>],
+        mut make: impl FnMut(Conn) -> T,
+    ) {
+        if self.paused_until.is_some_and(|t| now >= t) {
+            self.paused_until = None;
+        }
+        if ready && self.paused_until.is_none() && self.accept_clients(poller, clients, &mut make) {
+            crate::rtpp_log!(
+                Err,
+                "can't accept a control connection: out of file descriptors (see -L)"
+            );
+            self.paused_until = Some(now + ACCEPT_PAUSE);
+        }
+        // While every place is taken the listener is left out of the poll
+        // set too: waiting connections keep it readable, and polling it
+        // would spin the loop until a place is free.
+        let full = clients.iter().all(Option::is_some);
+        let fd = if full || self.paused_until.is_some() {
+            -1
+        } else {
+            self.listener.as_raw_fd()
+        };
+        poller.set_fd(socket, fd);
+    }
+
+    /// Accepts waiting connections into free client places. True when one
+    /// is left waiting for want of a descriptor, the spare one included.
+    fn accept_clients<T>(
+        &mut self,
+        poller: &mut Poller,
+        clients: &mut [Option<T>],
+        make: &mut impl FnMut(Conn) -> T,
+    ) -> bool {
+        for (slot, &place) in clients.iter_mut().zip(&self.places) {
+            if slot.is_some() {
+                continue;
+            }
+            let conn = match self.listener.accept() {
+                Ok(c) => c,
+                Err(e) if out_of_files(&e) => {
+                    // Give up the reserve for this client; it comes back
+                    // when a client closes.
+                    if self.spare.take().is_none() {
+                        return true;
+                    }
+                    match self.listener.accept() {
+                        Ok(c) => c,
+                        Err(e) => return out_of_files(&e),
+                    }
+                }
+                Err(_) => return false,
+            };
+            if conn.prepare().is_err() {
+                continue;
+            }
+            poller.set_fd(place, conn.as_raw_fd());
+            *slot = Some(make(conn));
+        }
+        false
+    }
+}
+
+struct Client {
+    conn: Conn,
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+/// A listening unix socket and the clients it accepted.
+struct UnixControl {
+    acceptor: Acceptor,
+    clients: Vec<Option<Client>>,
+}
+
 enum Kind {
     Unix(UnixControl),
     Udp(UdpSocket, ReplyCache),
+    Stream(StreamControl),
 }
 
 /// How long a UDP reply is kept for a retransmitted command.
@@ -163,27 +366,18 @@ impl Control {
                 sock.set_nonblocking(true)?;
                 Kind::Udp(sock, ReplyCache::default())
             }
-            ControlSpec::Unix(path) => {
-                if path.exists() {
-                    if UnixStream::connect(path).is_ok() {
-                        return Err(io::Error::new(
-                            ErrorKind::AddrInUse,
-                            format!("{} is in use by a running daemon", path.display()),
-                        ));
-                    }
-                    std::fs::remove_file(path)?;
-                }
-                let listener = UnixListener::bind(path)?;
-                listener.set_nonblocking(true)?;
-                Kind::Unix(UnixControl {
-                    listener,
-                    path: path.clone(),
-                    clients: (0..MAX_CLIENTS).map(|_| None).collect(),
-                    places: Vec::new(),
-                    spare: open_spare(),
-                    paused_until: None,
-                })
-            }
+            ControlSpec::Unix(path) => Kind::Unix(UnixControl {
+                acceptor: Acceptor::new(Listener::Unix(listen_unix(path)?), Some(path.clone())),
+                clients: (0..MAX_CLIENTS).map(|_| None).collect(),
+            }),
+            ControlSpec::Cunix(path) => Kind::Stream(StreamControl::new(Acceptor::new(
+                Listener::Unix(listen_unix(path)?),
+                Some(path.clone()),
+            ))),
+            ControlSpec::Tcp(addr) => Kind::Stream(StreamControl::new(Acceptor::new(
+                Listener::Tcp(listen_tcp(*addr)?),
+                None,
+            ))),
         };
         Ok(Control {
             kind,
@@ -196,7 +390,8 @@ impl Control {
     /// The unix socket's path, if any (to chown or remove it).
     pub fn unix_path(&self) -> Option<&Path> {
         match &self.kind {
-            Kind::Unix(u) => Some(&u.path),
+            Kind::Unix(u) => u.acceptor.path.as_deref(),
+            Kind::Stream(s) => s.acceptor.path.as_deref(),
             Kind::Udp(..) => None,
         }
     }
@@ -205,7 +400,7 @@ impl Control {
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         match &self.kind {
             Kind::Udp(s, _) => s.local_addr().ok(),
-            Kind::Unix(_) => None,
+            Kind::Unix(_) | Kind::Stream(_) => None,
         }
     }
 
@@ -214,14 +409,12 @@ impl Control {
     pub fn register(&mut self, poller: &mut Poller) -> bool {
         let fd = match &mut self.kind {
             Kind::Udp(s, _) => s.as_raw_fd(),
-            Kind::Unix(u) => {
-                for i in 0..u.clients.len() {
-                    match poller.register(-1, Owner::Control(1 + i), Cadence::EveryPass) {
-                        Some(t) => u.places.push(t),
-                        None => return false,
-                    }
+            Kind::Unix(UnixControl { acceptor, .. })
+            | Kind::Stream(StreamControl { acceptor, .. }) => {
+                if !acceptor.register_places(poller) {
+                    return false;
                 }
-                u.listener.as_raw_fd()
+                acceptor.listener.as_raw_fd()
             }
         };
         self.socket = poller.register(fd, Owner::Control(0), Cadence::EveryPass);
@@ -263,12 +456,28 @@ impl Control {
             }
             Kind::Unix(u) => {
                 u.serve_clients(daemon, now, &mut self.reply, &mut exec);
-                u.accept_ready(socket, listener_ready, &mut daemon.poller, now);
+                u.acceptor.accept_ready(
+                    socket,
+                    listener_ready,
+                    &mut daemon.poller,
+                    now,
+                    &mut u.clients,
+                    |conn| Client {
+                        conn,
+                        buf: Vec::new(),
+                        deadline: now + CONTROL_CLIENT_TIMEOUT,
+                    },
+                );
+            }
+            Kind::Stream(s) => {
+                s.serve(daemon, now, &mut self.reply, &mut exec);
+                s.accept_ready(socket, listener_ready, &mut daemon.poller, now);
             }
         }
     }
 
-    /// When the loop must wake for a client's deadline.
+    /// When the loop must wake for a client's deadline, or at once for
+    /// commands already read and not yet run.
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.kind {
             Kind::Udp(..) => None,
@@ -277,18 +486,55 @@ impl Control {
                 .iter()
                 .flatten()
                 .map(|c| c.deadline)
-                .chain(u.paused_until)
+                .chain(u.acceptor.paused_until)
                 .min(),
+            Kind::Stream(s) => s.next_deadline(),
         }
     }
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
-        if let Kind::Unix(u) = &self.kind {
-            let _ = std::fs::remove_file(&u.path);
+        if let Some(path) = self.unix_path() {
+            let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Listens on a unix socket file, replacing one a dead daemon left.
+fn listen_unix(path: &Path) -> io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                ErrorKind::AddrInUse,
+                format!("{} is in use by a running daemon", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Listens on a TCP address. SO_REUSEADDR lets a restarted daemon bind
+/// while connections of the one before linger in TIME_WAIT.
+fn listen_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrStorage,
+    };
+    let family = if addr.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket(family, SockType::Stream, flags, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    listen(&fd, Backlog::MAXCONN)?;
+    Ok(TcpListener::from(fd))
 }
 
 impl UnixControl {
@@ -302,83 +548,27 @@ impl UnixControl {
         exec: &mut impl FnMut(&mut Daemon, &[u8], &Origin) -> Reply,
     ) {
         let mut closed = false;
-        for (slot, &place) in self.clients.iter_mut().zip(&self.places) {
+        for (slot, &place) in self.clients.iter_mut().zip(&self.acceptor.places) {
             let Some(client) = slot else { continue };
             let done = daemon.poller.is_ready(place) && read_client(client);
             if !done && now < client.deadline {
                 continue;
             }
             if !client.buf.is_empty() {
-                let answer = exec(daemon, &client.buf, &Origin::Unix(&client.stream));
+                let answer = exec(daemon, &client.buf, &client.conn.origin());
                 // Silent: the connection closes with no reply.
                 answer.format(None, reply);
                 // The reply is a few bytes into an empty socket buffer; a
                 // client that is gone just misses it.
-                let _ = client.stream.write(reply);
+                let _ = client.conn.write(reply);
             }
             daemon.poller.set_fd(place, -1);
             *slot = None;
             closed = true;
         }
-        // A client just gave its descriptor back: keep it in reserve.
-        if closed && self.spare.is_none() {
-            self.spare = open_spare();
+        if closed {
+            self.acceptor.client_closed();
         }
-    }
-
-    /// Lets waiting clients in, or rests the listener while no descriptor
-    /// is left to accept with.
-    fn accept_ready(&mut self, socket: Token, ready: bool, poller: &mut Poller, now: Instant) {
-        if self.paused_until.is_some_and(|t| now >= t) {
-            self.paused_until = None;
-            poller.set_fd(socket, self.listener.as_raw_fd());
-        }
-        if !ready || self.paused_until.is_some() {
-            return;
-        }
-        if self.accept_clients(poller, now) {
-            crate::rtpp_log!(
-                Err,
-                "can't accept a control connection: out of file descriptors (see -L)"
-            );
-            self.paused_until = Some(now + ACCEPT_PAUSE);
-            poller.set_fd(socket, -1);
-        }
-    }
-
-    /// Accepts waiting connections into free client places. True when one
-    /// is left waiting for want of a descriptor, the spare one included.
-    fn accept_clients(&mut self, poller: &mut Poller, now: Instant) -> bool {
-        for (slot, &place) in self.clients.iter_mut().zip(&self.places) {
-            if slot.is_some() {
-                continue;
-            }
-            let stream = match self.listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if out_of_files(&e) => {
-                    // Give up the reserve for this client; it comes back
-                    // when a client closes.
-                    if self.spare.take().is_none() {
-                        return true;
-                    }
-                    match self.listener.accept() {
-                        Ok((s, _)) => s,
-                        Err(e) => return out_of_files(&e),
-                    }
-                }
-                Err(_) => return false,
-            };
-            if stream.set_nonblocking(true).is_err() {
-                continue;
-            }
-            poller.set_fd(place, stream.as_raw_fd());
-            *slot = Some(Client {
-                stream,
-                buf: Vec::new(),
-                deadline: now + CONTROL_CLIENT_TIMEOUT,
-            });
-        }
-        false
     }
 }
 
@@ -446,7 +636,7 @@ fn out_of_files(e: &io::Error) -> bool {
 fn read_client(client: &mut Client) -> bool {
     let mut chunk = [0u8; 2048];
     loop {
-        match client.stream.read(&mut chunk) {
+        match client.conn.read(&mut chunk) {
             Ok(0) => return true,
             Ok(n) => {
                 let room = MAX_COMMAND_LEN.saturating_sub(client.buf.len());
@@ -465,6 +655,20 @@ fn read_client(client: &mut Client) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_listener_reuses_addresses_and_tells_ipv4_clients() {
+        use nix::sys::socket::{getsockopt, sockopt::ReuseAddr};
+        let l = listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(getsockopt(&l, ReuseAddr).unwrap());
+        let v4: SocketAddr = "127.0.0.2:5060".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.3]:5060".parse().unwrap();
+        let v6: SocketAddr = "[::1]:5060".parse().unwrap();
+        assert_eq!(Origin::Udp(v4).ipv4(), Some([127, 0, 0, 2].into()));
+        assert_eq!(Origin::Tcp(mapped).ipv4(), Some([127, 0, 0, 3].into()));
+        assert_eq!(Origin::Tcp(v6).ipv4(), None);
+        assert_eq!(Origin::Tcp(v4).to_string(), "tcp:127.0.0.2:5060");
+    }
 
     #[test]
     fn reply_cache_is_bounded_in_bytes_and_keeps_the_newest() {

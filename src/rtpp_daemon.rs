@@ -24,6 +24,8 @@ pub fn show_control(cfg: &Config) -> String {
     match &cfg.control {
         ControlSpec::Unix(path) => format!("unix:{}", path.display()),
         ControlSpec::Udp(addr) => format!("udp:{addr}"),
+        ControlSpec::Tcp(addr) => format!("tcp:{addr}"),
+        ControlSpec::Cunix(path) => format!("cunix:{}", path.display()),
     }
 }
 
@@ -59,8 +61,8 @@ pub fn start_line(cfg: &Config, run_as: Option<&RunAs>) -> String {
 
 /// Who may run how: `-u` needs root unless we already are that account;
 /// root without `-u` gets a warning with a unix control socket and a
-/// refusal with a UDP one (whoever reaches it could drive a root process),
-/// unless `-F`.
+/// refusal with a UDP or TCP one (whoever reaches it could drive a root
+/// process), unless `-F`.
 pub fn check_identity(cfg: &Config, run_as: Option<&RunAs>) -> Result<(), String> {
     let is_root = nix::unistd::geteuid().is_root();
     if let Some(run_as) = run_as {
@@ -80,7 +82,11 @@ pub fn check_identity(cfg: &Config, run_as: Option<&RunAs>) -> Result<(), String
             "running as root with a UDP control socket is refused: give -u user, or -F to run as root anyway"
                 .into(),
         ),
-        ControlSpec::Unix(_) => {
+        ControlSpec::Tcp(_) => Err(
+            "running as root with a TCP control socket is refused: give -u user, or -F to run as root anyway"
+                .into(),
+        ),
+        ControlSpec::Unix(_) | ControlSpec::Cunix(_) => {
             eprintln!(
                 "rtpproxy: WARNING: running as root is not recommended: give -u user, or -F to silence this warning"
             );

@@ -33,6 +33,11 @@ pub const MAX_ID_LEN: usize = 1024;
 pub const MAX_COMMAND_LEN: usize = 8192;
 /// How long a unix control client may take to send its command.
 pub const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A stream control client (`tcp:`, `tcp6:`, `cunix:`) that neither sends
+/// a byte nor takes one of its replies for this long is closed. Much longer
+/// than the unix deadline: OpenSIPS and the Sippy B2BUA keep the
+/// connection and write the next command whenever a call needs one.
+pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timers (TTLs, timeouts) run once per tick.
 pub const TIMETICK: Duration = Duration::from_secs(1);
 /// Under load the loop lets packets gather this long between polls: a
@@ -71,6 +76,10 @@ pub const PROTO_CAPS: &[(&str, &str)] = &[
         "20150420",
         "Support for sequence analysis (rtpa_ counters, extended Q)",
     ),
+    (
+        "20150617",
+        "Support for the %%CC_SELF%% timeout notification target",
+    ),
     ("20191015", "Support for the && sub-command specifier"),
     ("20200226", "Support for the N command to stop recording"),
     (
@@ -90,6 +99,42 @@ pub enum ControlSpec {
     Unix(PathBuf),
     /// A UDP socket: one command per datagram, first token is a cookie.
     Udp(SocketAddr),
+    /// A listening TCP socket (`tcp:`, `tcp6:`): many commands per
+    /// connection, one per line, no cookie.
+    Tcp(SocketAddr),
+    /// A listening unix stream socket (`cunix:`) framed like `Tcp`.
+    Cunix(PathBuf),
+}
+
+impl ControlSpec {
+    /// The IPv4 address the control socket is bound to, unless it is the
+    /// wildcard: `%%CC_SELF%%` notifications leave from it.
+    pub fn bound_ipv4(&self) -> Option<std::net::Ipv4Addr> {
+        match self {
+            ControlSpec::Udp(SocketAddr::V4(a)) | ControlSpec::Tcp(SocketAddr::V4(a))
+                if !a.ip().is_unspecified() =>
+            {
+                Some(*a.ip())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One `-n` value: where timeout notifications may be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyTarget {
+    /// `unix:PATH` or a bare path, made absolute.
+    Unix(PathBuf),
+    /// `tcp:HOST:PORT`, resolved to IPv4 at start-up; `name` is the value
+    /// as given, which a `U` must repeat to select it.
+    Tcp {
+        name: String,
+        addr: std::net::SocketAddrV4,
+    },
+    /// `tcp:%%CC_SELF%%:PORT` as given: TCP to PORT on the IPv4 address
+    /// the arming command came from.
+    TcpSelf { name: String, port: u16 },
 }
 
 /// The local addresses media sockets are bound to (`-l`, `-6`).
@@ -128,7 +173,8 @@ pub struct Config {
     pub port_max: u16,
     pub run_user: Option<String>,
     pub run_group: Option<String>,
-    pub notify_socket: Option<PathBuf>,
+    /// `-n`, every value in the order given.
+    pub notify_targets: Vec<NotifyTarget>,
     /// `-A`: one JSON line per ended session is appended there.
     pub accounting_file: Option<PathBuf>,
     pub log_level: Option<Level>,
@@ -160,7 +206,7 @@ impl Default for Config {
             port_max: PORT_MAX,
             run_user: None,
             run_group: None,
-            notify_socket: None,
+            notify_targets: Vec::new(),
             accounting_file: None,
             log_level: None,
             log_facility: None,

@@ -14,38 +14,29 @@ use crate::rtpp_defines::{ControlSpec, CPORT};
 use crate::rtpp_util::Random;
 
 /// Parses the `-s` argument: `unix:PATH`, `udp:ADDR[:PORT]`,
-/// `udp6:ADDR[:PORT]` or a bare path.
+/// `udp6:ADDR[:PORT]`, `tcp:ADDR[:PORT]`, `tcp6:ADDR[:PORT]`, `cunix:PATH`
+/// or a bare path.
 pub fn parse_control_spec(spec: &str) -> Result<ControlSpec, String> {
-    if let Some(rest) = spec.strip_prefix("udp:") {
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (h, parse_port(p)?),
-            None => (rest, CPORT),
-        };
-        let ip = resolve_host(host, false)?;
-        return Ok(ControlSpec::Udp(SocketAddr::new(ip, port)));
+    for (scheme, ipv6, tcp) in [
+        ("udp:", false, false),
+        ("udp6:", true, false),
+        ("tcp:", false, true),
+        ("tcp6:", true, true),
+    ] {
+        if let Some(rest) = spec.strip_prefix(scheme) {
+            let addr = parse_listen_addr(rest, ipv6)?;
+            return Ok(if tcp {
+                ControlSpec::Tcp(addr)
+            } else {
+                ControlSpec::Udp(addr)
+            });
+        }
     }
-    if let Some(rest) = spec.strip_prefix("udp6:") {
-        // `[::1]:9000` is unambiguous; otherwise the port follows the LAST
-        // colon, as the classic daemon read it (`udp6:::1:9000`).
-        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
-            match inner.split_once(']') {
-                Some((h, "")) => (h, CPORT),
-                Some((h, p)) => match p.strip_prefix(':') {
-                    Some(p) => (h, parse_port(p)?),
-                    None => return Err(format!("invalid udp6 address: {rest}")),
-                },
-                None => return Err(format!("invalid udp6 address: {rest}")),
-            }
-        } else if rest == "*" {
-            (rest, CPORT)
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) if !h.is_empty() => (h, parse_port(p)?),
-                _ => (rest, CPORT),
-            }
-        };
-        let ip = resolve_host(host, true)?;
-        return Ok(ControlSpec::Udp(SocketAddr::new(ip, port)));
+    if let Some(path) = spec.strip_prefix("cunix:") {
+        if path.is_empty() {
+            return Err("empty control socket path".into());
+        }
+        return Ok(ControlSpec::Cunix(PathBuf::from(path)));
     }
     let path = match spec.strip_prefix("unix:") {
         Some(path) => path,
@@ -54,7 +45,7 @@ pub fn parse_control_spec(spec: &str) -> Result<ControlSpec, String> {
             // `upd:...` or `bogus:...` is a typo, not a file to create.
             if let Some(scheme) = unknown_scheme(spec) {
                 return Err(format!(
-                    "unknown scheme \"{scheme}:\" (accepted: unix:PATH, udp:ADDR[:PORT], udp6:ADDR[:PORT], or a path)"
+                    "unknown scheme \"{scheme}:\" (accepted: unix:PATH, udp:ADDR[:PORT], udp6:ADDR[:PORT], tcp:ADDR[:PORT], tcp6:ADDR[:PORT], cunix:PATH, or a path)"
                 ));
             }
             spec
@@ -66,6 +57,35 @@ pub fn parse_control_spec(spec: &str) -> Result<ControlSpec, String> {
     Ok(ControlSpec::Unix(PathBuf::from(path)))
 }
 
+/// The `ADDR[:PORT]` of a UDP or TCP control socket; 22222 when no port
+/// is given. Over IPv6 `[::1]:9000` is unambiguous; otherwise the port
+/// follows the LAST colon, as the classic daemon read it (`udp6:::1:9000`).
+fn parse_listen_addr(rest: &str, ipv6: bool) -> Result<SocketAddr, String> {
+    let (host, port) = if !ipv6 {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, parse_port(p)?),
+            None => (rest, CPORT),
+        }
+    } else if let Some(inner) = rest.strip_prefix('[') {
+        match inner.split_once(']') {
+            Some((h, "")) => (h, CPORT),
+            Some((h, p)) => match p.strip_prefix(':') {
+                Some(p) => (h, parse_port(p)?),
+                None => return Err(format!("invalid IPv6 address: {rest}")),
+            },
+            None => return Err(format!("invalid IPv6 address: {rest}")),
+        }
+    } else if rest == "*" {
+        (rest, CPORT)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() => (h, parse_port(p)?),
+            _ => (rest, CPORT),
+        }
+    };
+    Ok(SocketAddr::new(resolve_host(host, ipv6)?, port))
+}
+
 /// The `scheme` of a `scheme:rest` value, when it has one: a letter, then
 /// letters, digits, `+`, `-` or `.` up to the first colon. A path (`/run/x`,
 /// `./x:y`, `x.sock`) has none.
@@ -75,7 +95,8 @@ pub fn unknown_scheme(value: &str) -> Option<&str> {
     let first = chars.next()?;
     let schemelike = first.is_ascii_alphabetic()
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    (schemelike && !["unix", "udp", "udp6"].contains(&scheme)).then_some(scheme)
+    let known = ["unix", "udp", "udp6", "tcp", "tcp6", "cunix"];
+    (schemelike && !known.contains(&scheme)).then_some(scheme)
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -404,8 +425,9 @@ mod tests {
         for typo in [
             "bogus:foo",
             "upd:127.0.0.1:22222",
-            "cunix:/run/x",
+            "tcp4:127.0.0.1:22222",
             "UDP:1.2.3.4",
+            "TCP:1.2.3.4",
         ] {
             let e = parse_control_spec(typo).unwrap_err();
             assert!(e.contains("unknown scheme"), "{typo}: {e}");
@@ -414,6 +436,43 @@ mod tests {
             parse_control_spec("./ctl:1.sock"),
             Ok(ControlSpec::Unix("./ctl:1.sock".into()))
         );
+    }
+
+    #[test]
+    fn stream_control_specs_parse() {
+        let tcp = |s: &str| parse_control_spec(s);
+        let at = |a: &str| Ok(ControlSpec::Tcp(a.parse().unwrap()));
+        assert_eq!(tcp("tcp:127.0.0.1:9000"), at("127.0.0.1:9000"));
+        // The port defaults to the UDP one.
+        assert_eq!(tcp("tcp:127.0.0.1"), at("127.0.0.1:22222"));
+        assert_eq!(tcp("tcp:*:9000"), at("0.0.0.0:9000"));
+        assert_eq!(tcp("tcp6:[::1]:9001"), at("[::1]:9001"));
+        assert_eq!(tcp("tcp6:[::1]"), at("[::1]:22222"));
+        assert_eq!(tcp("tcp6:::1:9002"), at("[::1]:9002"));
+        assert_eq!(tcp("tcp6:*"), at("[::]:22222"));
+        assert_eq!(
+            tcp("cunix:/run/x.sock"),
+            Ok(ControlSpec::Cunix("/run/x.sock".into()))
+        );
+        for bad in [
+            "tcp:127.0.0.1:0",
+            "tcp:::1",
+            "tcp6:127.0.0.1",
+            "tcp6:[::1]x",
+            "tcp6:[::1",
+            "cunix:",
+        ] {
+            assert!(tcp(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            ControlSpec::Tcp("127.0.0.5:1".parse().unwrap()).bound_ipv4(),
+            Some([127, 0, 0, 5].into())
+        );
+        assert_eq!(
+            ControlSpec::Udp("0.0.0.0:1".parse().unwrap()).bound_ipv4(),
+            None
+        );
+        assert_eq!(ControlSpec::Cunix("/x".into()).bound_ipv4(), None);
     }
 
     #[test]

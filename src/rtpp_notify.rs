@@ -1,33 +1,211 @@
-//! Session notifications (`-n`, extension 20081224): one line per
-//! timed-out session, and one per digit DTMF catching reports, written to a
-//! stream socket another program listens on (see "Timeout notification"
-//! and "DTMF catching" in doc/PROTOCOL.md).
+//! Session notifications (`-n`, extensions 20081224 and 20150617): one
+//! line per timed-out session, and one per digit DTMF catching reports,
+//! written to a stream socket another program listens on, a unix socket or
+//! a TCP port (see "Timeout notification" and "DTMF catching" in
+//! doc/PROTOCOL.md).
 //!
-//! The relay loop must never wait for that program. The socket is made
-//! non-blocking before `connect(2)`, output waits in a bounded buffer, and
-//! whatever cannot be delivered now (no listener, or a listener that does
-//! not read) is dropped and counted instead of being waited for.
+//! The relay loop must never wait for that program. Sockets are made
+//! non-blocking before `connect(2)`; a TCP connect still in progress is
+//! looked at again from the loop (see [`Notifier::next_check`]) instead of
+//! being waited for; output waits in a bounded buffer per target, and
+//! whatever cannot be delivered (no listener, or a listener that does not
+//! read) is dropped and counted instead of being waited for.
 
 use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    connect, recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
+    bind, connect, getpeername, getsockopt, recv, send, socket, sockopt, AddressFamily, MsgFlags,
+    SockFlag, SockType, SockaddrIn, UnixAddr,
 };
 
+use crate::rtpp_defines::NotifyTarget;
 use crate::rtpp_log;
 
 /// Most bytes kept for a peer that is slow to read; beyond this new
 /// notifications are dropped, so a stuck peer costs bounded memory.
 pub const BUFFER_LIMIT: usize = 64 * 1024;
+/// Most `%%CC_SELF%%` targets (distinct controller addresses and ports)
+/// kept, as in the classic daemon; a `U` that would need another one
+/// arms nothing.
+pub const MAX_SELF_TARGETS: usize = 64;
+/// A TCP connect not done by then has failed: its notifications are
+/// dropped rather than kept for a host that does not answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the loop looks at a TCP connect in progress. On loopback or
+/// a LAN it is done within the first look.
+pub const CONNECT_CHECK: Duration = Duration::from_millis(10);
 
-/// Writes timeout notifications to the `-n` socket without ever blocking.
+/// Where one notification connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A unix stream socket.
+    Unix(PathBuf),
+    /// A TCP port, the connection bound to `local` when given.
+    Tcp {
+        remote: SocketAddrV4,
+        local: Option<Ipv4Addr>,
+    },
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Unix(path) => write!(f, "unix:{}", path.display()),
+            Destination::Tcp {
+                remote,
+                local: None,
+            } => write!(f, "tcp:{remote}"),
+            Destination::Tcp {
+                remote,
+                local: Some(local),
+            } => write!(f, "tcp:{remote} (from {local})"),
+        }
+    }
+}
+
+impl Destination {
+    /// Where a `-n` target sends: `controller` is the IPv4 address the
+    /// arming command came from (127.0.0.1 when there is none: a unix or
+    /// IPv6 control socket) and `local` the control socket's own IPv4
+    /// address, both only for `tcp:%%CC_SELF%%:PORT`.
+    pub fn of(
+        target: &NotifyTarget,
+        controller: Option<Ipv4Addr>,
+        local: Option<Ipv4Addr>,
+    ) -> Destination {
+        match target {
+            NotifyTarget::Unix(path) => Destination::Unix(path.clone()),
+            NotifyTarget::Tcp { addr, .. } => Destination::Tcp {
+                remote: *addr,
+                local: None,
+            },
+            NotifyTarget::TcpSelf { port, .. } => Destination::Tcp {
+                remote: SocketAddrV4::new(controller.unwrap_or(Ipv4Addr::LOCALHOST), *port),
+                local,
+            },
+        }
+    }
+}
+
+/// A target of the notifier, as an armed session keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetId(usize);
+
+/// Every notification target: those `-n` named, then the `%%CC_SELF%%`
+/// ones met so far. One connection per target, reused by every
+/// notification to it.
 #[derive(Debug)]
 pub struct Notifier {
-    path: PathBuf,
-    conn: Option<OwnedFd>,
+    channels: Vec<Channel>,
+    /// How many of `channels` `-n` named.
+    fixed: usize,
+    /// When connects in progress were last looked at.
+    checked: Instant,
+}
+
+impl Notifier {
+    /// A notifier for the `-n` destinations; nothing is opened yet.
+    pub fn new(fixed: Vec<Destination>) -> Notifier {
+        let channels: Vec<Channel> = fixed.into_iter().map(Channel::new).collect();
+        Notifier {
+            fixed: channels.len(),
+            channels,
+            checked: Instant::now(),
+        }
+    }
+
+    /// The target for `to`: a known one, or a new one while fewer than
+    /// [`MAX_SELF_TARGETS`] were added; None past that bound.
+    pub fn target(&mut self, to: &Destination) -> Option<TargetId> {
+        if let Some(i) = self.channels.iter().position(|c| c.to == *to) {
+            return Some(TargetId(i));
+        }
+        if self.channels.len() - self.fixed >= MAX_SELF_TARGETS {
+            return None;
+        }
+        self.channels.push(Channel::new(to.clone()));
+        Some(TargetId(self.channels.len() - 1))
+    }
+
+    /// Queues one notification line for a target and tries to send it.
+    pub fn notify(&mut self, id: TargetId, message: &[u8]) {
+        self.notify_parts(id, &[message]);
+    }
+
+    /// Like [`Notifier::notify`], for a line made of `parts` in order; the
+    /// packet path reports events this way without building the line first.
+    pub fn notify_parts(&mut self, id: TargetId, parts: &[&[u8]]) {
+        if let Some(c) = self.channels.get_mut(id.0) {
+            let was_connecting = c.connecting();
+            c.notify_parts(parts);
+            if c.connecting() && !was_connecting {
+                self.checked = Instant::now();
+            }
+        }
+    }
+
+    /// Tries again to send what is pending everywhere, and lets go of
+    /// peers that closed (the loop calls this once a second).
+    pub fn flush(&mut self) {
+        for c in &mut self.channels {
+            c.flush();
+        }
+    }
+
+    /// When the loop should call [`Notifier::check_connects`]: while a TCP
+    /// connect is in progress, every [`CONNECT_CHECK`].
+    pub fn next_check(&self) -> Option<Instant> {
+        self.channels
+            .iter()
+            .any(Channel::connecting)
+            .then_some(self.checked + CONNECT_CHECK)
+    }
+
+    /// Finishes connects that are done (and sends what waited for them),
+    /// fails those past [`CONNECT_TIMEOUT`].
+    pub fn check_connects(&mut self, now: Instant) {
+        self.checked = now;
+        for c in self.channels.iter_mut().filter(|c| c.connecting()) {
+            c.pump(&mut false);
+        }
+    }
+
+    /// Notifications fully written, over every target.
+    pub fn sent(&self) -> u64 {
+        self.channels.iter().map(|c| c.sent).sum()
+    }
+
+    /// Notifications lost, over every target.
+    pub fn dropped(&self) -> u64 {
+        self.channels.iter().map(|c| c.dropped).sum()
+    }
+}
+
+/// A connection, or a TCP connect still in progress.
+#[derive(Debug)]
+struct Conn {
+    fd: OwnedFd,
+    /// When the connect began, while it is not done.
+    connecting: Option<Instant>,
+}
+
+/// What a look at a connect in progress found.
+enum ConnectState {
+    Done,
+    Pending,
+    Failed(Errno),
+}
+
+/// One target: its connection and the lines queued for it.
+#[derive(Debug)]
+struct Channel {
+    to: Destination,
+    conn: Option<Conn>,
     /// Queued lines; `buf[head..]` is still owed to the peer.
     buf: Vec<u8>,
     head: usize,
@@ -47,11 +225,11 @@ pub struct Notifier {
     stall_drops: u64,
 }
 
-impl Notifier {
-    /// Makes a notifier for the stream socket at `path`; nothing is opened yet.
-    pub fn new(path: PathBuf) -> Notifier {
-        Notifier {
-            path,
+impl Channel {
+    /// A channel to `to`; nothing is opened yet.
+    fn new(to: Destination) -> Channel {
+        Channel {
+            to,
             conn: None,
             buf: Vec::new(),
             head: 0,
@@ -64,19 +242,19 @@ impl Notifier {
         }
     }
 
-    /// The socket path notifications go to.
-    pub fn path(&self) -> &Path {
-        &self.path
+    fn connecting(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.connecting.is_some())
     }
 
     /// Queues one notification line (the '\n' is added) and tries to send what is pending.
-    pub fn notify(&mut self, message: &[u8]) {
+    #[cfg(test)]
+    fn notify(&mut self, message: &[u8]) {
         self.notify_parts(&[message]);
     }
 
-    /// Like [`Notifier::notify`], for a line made of `parts` in order; the
-    /// packet path reports events this way without building the line first.
-    pub fn notify_parts(&mut self, parts: &[&[u8]]) {
+    /// Queues one notification line made of `parts` in order (the '\n' is
+    /// added) and tries to send what is pending.
+    fn notify_parts(&mut self, parts: &[&[u8]]) {
         // One connect attempt per notification: a listener that keeps
         // failing must not turn one call into a loop.
         let mut may_connect = true;
@@ -91,7 +269,7 @@ impl Notifier {
                 rtpp_log!(
                     Err,
                     "notification socket {} is not reading ({} bytes pending), dropping notifications",
-                    self.path.display(),
+                    self.to,
                     self.queued()
                 );
             }
@@ -102,7 +280,7 @@ impl Notifier {
             rtpp_log!(
                 Info,
                 "notification socket {} is reading again, {} notifications were dropped",
-                self.path.display(),
+                self.to,
                 self.stall_drops
             );
             self.stall_drops = 0;
@@ -111,42 +289,29 @@ impl Notifier {
         self.pump(&mut may_connect);
     }
 
-    /// Tries again to send what is pending (the loop calls this once a second and when `wants_write`).
-    pub fn flush(&mut self) {
-        if self.queued() > 0 {
+    /// Tries again to send what is pending, or lets go of a peer that closed.
+    fn flush(&mut self) {
+        if self.queued() > 0 || self.connecting() {
             let mut may_connect = true;
             self.pump(&mut may_connect);
         } else if self
             .conn
             .as_ref()
-            .is_some_and(|c| peer_closed(c.as_raw_fd()))
+            .is_some_and(|c| peer_closed(c.fd.as_raw_fd()))
         {
             // Let go of a dead peer now; the next notification reconnects.
-            rtpp_log!(
-                Info,
-                "notification socket {} closed by peer",
-                self.path.display()
-            );
+            rtpp_log!(Info, "notification socket {} closed by peer", self.to);
             self.conn = None;
         }
     }
 
-    /// The connected fd while output is pending, so the loop can wait for POLLOUT if it wants.
-    pub fn pending_fd(&self) -> Option<RawFd> {
+    /// The connected fd while output is pending.
+    #[cfg(test)]
+    fn pending_fd(&self) -> Option<RawFd> {
         if self.queued() == 0 {
             return None;
         }
-        self.conn.as_ref().map(|c| c.as_raw_fd())
-    }
-
-    /// Notifications fully written to the socket.
-    pub fn sent(&self) -> u64 {
-        self.sent
-    }
-
-    /// Notifications lost: no listener, a full buffer, or a broken connection.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.conn.as_ref().map(|c| c.fd.as_raw_fd())
     }
 
     /// Bytes waiting for the peer, including the part of a line already
@@ -171,17 +336,11 @@ impl Notifier {
 
     /// Sends what is queued, (re)connecting at most once if `may_connect`.
     /// When no connection can be had, everything queued is dropped: a
-    /// notification only waits for a peer that is there.
+    /// notification only waits for a peer that is there (or a TCP connect
+    /// still in progress).
     fn pump(&mut self, may_connect: &mut bool) {
-        if let Some(c) = &self.conn {
-            if peer_closed(c.as_raw_fd()) {
-                rtpp_log!(
-                    Warn,
-                    "notification socket {} closed by peer, reconnecting",
-                    self.path.display()
-                );
-                self.disconnect();
-            }
+        if !self.settle_connection() {
+            return;
         }
         loop {
             if self.queued() == 0 {
@@ -194,6 +353,9 @@ impl Notifier {
                     self.drop_queued();
                     return;
                 }
+                if self.connecting() {
+                    return;
+                }
             }
             match self.send_queued() {
                 Ok(()) => return,
@@ -201,11 +363,46 @@ impl Notifier {
                     rtpp_log!(
                         Warn,
                         "notification socket {}: {}, reconnecting",
-                        self.path.display(),
+                        self.to,
                         e.desc()
                     );
                     self.disconnect();
                 }
+            }
+        }
+    }
+
+    /// Looks at the connection before sending: a connect in progress is
+    /// finished or failed, a peer that closed is let go. False while a
+    /// connect is still in progress (nothing can be sent yet).
+    fn settle_connection(&mut self) -> bool {
+        let Some(c) = &mut self.conn else {
+            return true;
+        };
+        let fd = c.fd.as_raw_fd();
+        let Some(since) = c.connecting else {
+            if peer_closed(fd) {
+                rtpp_log!(
+                    Warn,
+                    "notification socket {} closed by peer, reconnecting",
+                    self.to
+                );
+                self.disconnect();
+            }
+            return true;
+        };
+        match connect_state(fd, since) {
+            ConnectState::Pending => false,
+            ConnectState::Done => {
+                c.connecting = None;
+                self.connected();
+                true
+            }
+            ConnectState::Failed(e) => {
+                self.conn = None;
+                self.unreachable(e);
+                self.drop_queued();
+                false
             }
         }
     }
@@ -215,7 +412,7 @@ impl Notifier {
         let Some(conn) = &self.conn else {
             return Ok(());
         };
-        let fd = conn.as_raw_fd();
+        let fd = conn.fd.as_raw_fd();
         loop {
             let start = self.head + self.partial;
             if start == self.buf.len() {
@@ -270,59 +467,100 @@ impl Notifier {
         self.partial = 0;
     }
 
+    /// Starts a connection; false when it failed at once. A TCP connect
+    /// may be left in progress.
     fn connect(&mut self) -> bool {
-        match open_nonblocking(&self.path) {
-            Ok(fd) => {
-                match self.outage_drops.take() {
-                    Some(lost) => rtpp_log!(
-                        Info,
-                        "notification socket {} is back, {} notifications were dropped",
-                        self.path.display(),
-                        lost
-                    ),
-                    None => rtpp_log!(
-                        Dbug,
-                        "connected to notification socket {}",
-                        self.path.display()
-                    ),
-                }
-                self.conn = Some(fd);
+        match open_nonblocking(&self.to) {
+            Ok(conn) => {
+                let done = conn.connecting.is_none();
+                self.conn = Some(conn);
                 self.partial = 0;
+                if done {
+                    self.connected();
+                }
                 true
             }
             Err(e) => {
-                if self.outage_drops.is_none() {
-                    rtpp_log!(
-                        Err,
-                        "can't connect to notification socket {}: {}; dropping notifications until it is back",
-                        self.path.display(),
-                        e.desc()
-                    );
-                    self.outage_drops = Some(0);
-                }
+                self.unreachable(e);
                 false
             }
         }
     }
+
+    fn connected(&mut self) {
+        match self.outage_drops.take() {
+            Some(lost) => rtpp_log!(
+                Info,
+                "notification socket {} is back, {} notifications were dropped",
+                self.to,
+                lost
+            ),
+            None => rtpp_log!(Dbug, "connected to notification socket {}", self.to),
+        }
+    }
+
+    /// Logs the start of an outage (once, not per notification).
+    fn unreachable(&mut self, e: Errno) {
+        if self.outage_drops.is_none() {
+            rtpp_log!(
+                Err,
+                "can't connect to notification socket {}: {}; dropping notifications until it is back",
+                self.to,
+                e.desc()
+            );
+            self.outage_drops = Some(0);
+        }
+    }
 }
 
-/// Opens a unix stream socket to `path` without waiting. Non-blocking is
-/// set before `connect(2)`: with a full listen backlog a blocking connect
-/// sleeps, a non-blocking one fails with EAGAIN at once. ECONNREFUSED
+/// Opens a stream socket to `to` without waiting. Non-blocking is set
+/// before `connect(2)`: with a full listen backlog a blocking unix connect
+/// sleeps, a non-blocking one fails with EAGAIN at once; ECONNREFUSED
 /// (nobody listening) and ENOENT (no socket file) come back the same way.
-fn open_nonblocking(path: &Path) -> Result<OwnedFd, Errno> {
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let addr = UnixAddr::new(path)?;
-    match connect(fd.as_raw_fd(), &addr) {
-        // Unix sockets connect at once on Linux; where a system reports
-        // EINPROGRESS, writes simply wait (EAGAIN) or fail into a reconnect.
-        Ok(()) | Err(Errno::EINPROGRESS) => Ok(fd),
-        Err(e) => Err(e),
+/// A TCP connect usually returns EINPROGRESS and is finished later.
+fn open_nonblocking(to: &Destination) -> Result<Conn, Errno> {
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let result = match to {
+        Destination::Unix(path) => {
+            let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+            let addr = UnixAddr::new(path)?;
+            (connect(fd.as_raw_fd(), &addr), fd)
+        }
+        Destination::Tcp { remote, local } => {
+            let fd = socket(AddressFamily::Inet, SockType::Stream, flags, None)?;
+            if let Some(ip) = local {
+                bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(*ip, 0)))?;
+            }
+            (connect(fd.as_raw_fd(), &SockaddrIn::from(*remote)), fd)
+        }
+    };
+    match result {
+        (Ok(()), fd) => Ok(Conn {
+            fd,
+            connecting: None,
+        }),
+        (Err(Errno::EINPROGRESS), fd) => Ok(Conn {
+            fd,
+            connecting: Some(Instant::now()),
+        }),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Whether a connect begun at `since` is done, failed, or still going.
+fn connect_state(fd: RawFd, since: Instant) -> ConnectState {
+    // SAFETY: fd is the connection's own socket, open while it is borrowed.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    match getsockopt(&borrowed, sockopt::SocketError) {
+        Ok(0) => {}
+        Ok(e) => return ConnectState::Failed(Errno::from_raw(e)),
+        Err(e) => return ConnectState::Failed(e),
+    }
+    match getpeername::<SockaddrIn>(fd) {
+        Ok(_) => ConnectState::Done,
+        Err(Errno::ENOTCONN) if since.elapsed() < CONNECT_TIMEOUT => ConnectState::Pending,
+        Err(Errno::ENOTCONN) => ConnectState::Failed(Errno::ETIMEDOUT),
+        Err(e) => ConnectState::Failed(e),
     }
 }
 
@@ -382,8 +620,8 @@ mod tests {
         let dir = TempDir::new("notify");
         let path = dir.join("arrives.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let mut n = Notifier::new(path.clone());
-        assert_eq!(n.path(), path.as_path());
+        let mut n = Channel::new(Destination::Unix(path.clone()));
+        assert_eq!(n.to, Destination::Unix(path.clone()));
         n.notify(b"tag");
         let mut peer = accept(&listener);
         assert_eq!(read_line(&mut peer), "tag\n");
@@ -391,7 +629,7 @@ mod tests {
         assert_eq!(read_line(&mut peer), "40000 40002\n");
         n.notify_parts(&[b"dtmf", b" 5 10 480 0"]);
         assert_eq!(read_line(&mut peer), "dtmf 5 10 480 0\n");
-        assert_eq!((n.sent(), n.dropped()), (3, 0));
+        assert_eq!((n.sent, n.dropped), (3, 0));
         assert_eq!(n.pending_fd(), None);
     }
 
@@ -400,7 +638,7 @@ mod tests {
         let dir = TempDir::new("notify");
         let path = dir.join("relisten.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let mut n = Notifier::new(path.clone());
+        let mut n = Channel::new(Destination::Unix(path.clone()));
         n.notify(b"one");
         let mut peer = accept(&listener);
         assert_eq!(read_line(&mut peer), "one\n");
@@ -411,7 +649,7 @@ mod tests {
         n.notify(b"two");
         let mut peer = accept(&listener);
         assert_eq!(read_line(&mut peer), "two\n");
-        assert_eq!((n.sent(), n.dropped()), (2, 0));
+        assert_eq!((n.sent, n.dropped), (2, 0));
     }
 
     #[test]
@@ -419,7 +657,7 @@ mod tests {
         let dir = TempDir::new("notify");
         let path = dir.join("idleclose.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let mut n = Notifier::new(path.clone());
+        let mut n = Channel::new(Destination::Unix(path.clone()));
         n.notify(b"one");
         drop(accept(&listener));
         n.flush();
@@ -433,13 +671,13 @@ mod tests {
     fn no_listener_drops_without_blocking() {
         let dir = TempDir::new("notify");
         let path = dir.join("absent.sock");
-        let mut n = Notifier::new(path.clone());
+        let mut n = Channel::new(Destination::Unix(path.clone()));
         let t = Instant::now();
         n.notify(b"lost");
         n.notify(b"lost too");
         n.flush();
         assert!(t.elapsed() < Duration::from_millis(10));
-        assert_eq!((n.sent(), n.dropped()), (0, 2));
+        assert_eq!((n.sent, n.dropped), (0, 2));
         assert_eq!(n.pending_fd(), None);
 
         // A socket file nobody listens on any more: ECONNREFUSED.
@@ -448,21 +686,21 @@ mod tests {
         let t = Instant::now();
         n.notify(b"refused");
         assert!(t.elapsed() < Duration::from_millis(10));
-        assert_eq!((n.sent(), n.dropped()), (0, 3));
+        assert_eq!((n.sent, n.dropped), (0, 3));
     }
 
     #[test]
     fn listener_appearing_later_gets_later_notifications() {
         let dir = TempDir::new("notify");
         let path = dir.join("later.sock");
-        let mut n = Notifier::new(path.clone());
+        let mut n = Channel::new(Destination::Unix(path.clone()));
         n.notify(b"early");
-        assert_eq!(n.dropped(), 1);
+        assert_eq!(n.dropped, 1);
         let listener = UnixListener::bind(&path).unwrap();
         n.notify(b"late");
         let mut peer = accept(&listener);
         assert_eq!(read_line(&mut peer), "late\n");
-        assert_eq!((n.sent(), n.dropped()), (1, 1));
+        assert_eq!((n.sent, n.dropped), (1, 1));
     }
 
     /// A 100-byte notification line (99 bytes + '\n') carrying `i`.
@@ -472,7 +710,7 @@ mod tests {
 
     /// Reads until `count` lines arrived, checking each is whole and that
     /// they come in increasing order.
-    fn read_numbered(peer: &mut BufReader<UnixStream>, n: &mut Notifier, mut count: u64) {
+    fn read_numbered(peer: &mut BufReader<UnixStream>, n: &mut Channel, mut count: u64) {
         let mut last = None;
         while count > 0 {
             n.flush();
@@ -490,7 +728,7 @@ mod tests {
         let dir = TempDir::new("notify");
         let path = dir.join("stuck.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let mut n = Notifier::new(path.clone());
+        let mut n = Channel::new(Destination::Unix(path.clone()));
         n.notify(&numbered(0));
         let mut peer = accept(&listener);
         let t = Instant::now();
@@ -499,16 +737,16 @@ mod tests {
         }
         let spent = t.elapsed();
         assert!(spent < Duration::from_millis(200), "took {spent:?}");
-        assert!(n.dropped() > 0);
+        assert!(n.dropped > 0);
         assert!(n.queued() <= BUFFER_LIMIT);
         assert!(n.pending_fd().is_some());
         let pending = n.lines.len() as u64;
-        assert_eq!(n.sent() + n.dropped() + pending, 10_000);
+        assert_eq!(n.sent + n.dropped + pending, 10_000);
 
         // Once the peer reads, everything kept arrives whole and in order.
-        let delivered = n.sent() + pending;
+        let delivered = n.sent + pending;
         read_numbered(&mut peer, &mut n, delivered);
-        assert_eq!(n.sent(), delivered);
+        assert_eq!(n.sent, delivered);
         assert_eq!(n.pending_fd(), None);
     }
 
@@ -518,13 +756,13 @@ mod tests {
         let dir = TempDir::new("notify");
         let path = dir.join("partial.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let mut n = Notifier::new(path.clone());
+        let mut n = Channel::new(Destination::Unix(path.clone()));
         n.notify(&numbered(0));
         let (mut peer, _) = listener.accept().unwrap();
         peer.set_nonblocking(true).unwrap();
         // A small send buffer makes the kernel take a backlog in chunks
         // that do not end on a line boundary.
-        setsockopt(n.conn.as_ref().unwrap(), sockopt::SndBuf, &4096).unwrap();
+        setsockopt(&n.conn.as_ref().unwrap().fd, sockopt::SndBuf, &4096).unwrap();
         let mut scratch = vec![0u8; 1 << 16];
         let mut i = 1;
         while n.partial == 0 && i < 10_000 {
@@ -536,17 +774,17 @@ mod tests {
             }
         }
         assert!(n.partial > 0, "no partial write seen");
-        assert_eq!(n.dropped(), 0);
+        assert_eq!(n.dropped, 0);
         drop(peer);
         drop(listener);
         std::fs::remove_file(&path).unwrap();
         let listener = UnixListener::bind(&path).unwrap();
         let pending = n.lines.len() as u64;
-        let sent_before = n.sent();
+        let sent_before = n.sent;
         n.flush();
         let mut peer = accept(&listener);
         read_numbered(&mut peer, &mut n, pending);
-        assert_eq!((n.sent(), n.dropped()), (sent_before + pending, 0));
+        assert_eq!((n.sent, n.dropped), (sent_before + pending, 0));
         peer.get_mut()
             .set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
@@ -557,14 +795,136 @@ mod tests {
 
     #[test]
     fn bookkeeping_restarts_a_cut_line() {
-        let mut n = Notifier::new(PathBuf::from("/nonexistent"));
+        let mut n = Channel::new(Destination::Unix(PathBuf::from("/nonexistent")));
         n.enqueue(&[b"abc"]);
         n.enqueue(&[b"d", b"e"]);
         n.advance(5);
-        assert_eq!((n.sent(), n.head, n.partial), (1, 4, 1));
+        assert_eq!((n.sent, n.head, n.partial), (1, 4, 1));
         n.disconnect();
         assert_eq!(&n.buf[n.head + n.partial..], b"de\n");
         n.advance(3);
-        assert_eq!((n.sent(), n.queued()), (2, 0));
+        assert_eq!((n.sent, n.queued()), (2, 0));
+    }
+
+    /// Lets the notifier finish its TCP connects, as the loop would.
+    fn settle(n: &mut Notifier) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while n.next_check().is_some() && Instant::now() < deadline {
+            std::thread::sleep(CONNECT_CHECK);
+            n.check_connects(Instant::now());
+        }
+    }
+
+    fn tcp(remote: std::net::SocketAddr, local: Option<Ipv4Addr>) -> Destination {
+        match remote {
+            std::net::SocketAddr::V4(remote) => Destination::Tcp { remote, local },
+            std::net::SocketAddr::V6(_) => panic!("IPv4 only"),
+        }
+    }
+
+    #[test]
+    fn tcp_target_gets_lines_on_one_reused_connection() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = tcp(listener.local_addr().unwrap(), None);
+        let mut n = Notifier::new(vec![to.clone()]);
+        let id = n.target(&to).unwrap();
+        assert_eq!(n.target(&to), Some(id), "one target per destination");
+        n.notify(id, b"first");
+        settle(&mut n);
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut peer = BufReader::new(s);
+        let mut line = String::new();
+        peer.read_line(&mut line).unwrap();
+        assert_eq!(line, "first\n");
+        n.notify(id, b"second");
+        settle(&mut n);
+        line.clear();
+        peer.read_line(&mut line).unwrap();
+        assert_eq!(line, "second\n");
+        listener.set_nonblocking(true).unwrap();
+        assert!(listener.accept().is_err(), "a second connection was made");
+        assert_eq!((n.sent(), n.dropped()), (2, 0));
+    }
+
+    #[test]
+    fn broken_tcp_connection_is_made_again_for_the_next_line() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = tcp(listener.local_addr().unwrap(), None);
+        let mut n = Notifier::new(vec![to.clone()]);
+        let id = n.target(&to).unwrap();
+        n.notify(id, b"one");
+        settle(&mut n);
+        let (first, _) = listener.accept().unwrap();
+        drop(first);
+        // The loop's once-a-second flush notices the peer left.
+        std::thread::sleep(Duration::from_millis(50));
+        n.flush();
+        n.notify(id, b"two");
+        settle(&mut n);
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert_eq!(line, "two\n");
+        assert_eq!((n.sent(), n.dropped()), (2, 0));
+    }
+
+    #[test]
+    fn tcp_connection_is_bound_to_the_local_address() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+        let mut n = Notifier::new(Vec::new());
+        let to = tcp(listener.local_addr().unwrap(), Some([127, 0, 0, 7].into()));
+        let id = n.target(&to).unwrap();
+        n.notify(id, b"bound");
+        settle(&mut n);
+        let (_, from) = listener.accept().unwrap();
+        assert_eq!(from.ip(), std::net::IpAddr::from([127, 0, 0, 7]));
+    }
+
+    #[test]
+    fn dead_tcp_target_costs_a_drop_not_time() {
+        // A port nobody listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut n = Notifier::new(Vec::new());
+        let id = n.target(&tcp(port, None)).unwrap();
+        let t = Instant::now();
+        for _ in 0..100 {
+            n.notify(id, b"lost");
+            n.check_connects(Instant::now());
+        }
+        settle(&mut n);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!((n.sent(), n.dropped()), (0, 100));
+        assert!(n.next_check().is_none());
+    }
+
+    #[test]
+    fn self_targets_are_bounded() {
+        let fixed = Destination::Unix(PathBuf::from("/nonexistent"));
+        let mut n = Notifier::new(vec![fixed.clone()]);
+        for i in 0..MAX_SELF_TARGETS {
+            let to = Destination::Tcp {
+                remote: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1000 + i as u16),
+                local: None,
+            };
+            assert!(n.target(&to).is_some(), "{i}");
+        }
+        let one_more = Destination::Tcp {
+            remote: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 999),
+            local: None,
+        };
+        assert_eq!(n.target(&one_more), None);
+        assert_eq!(n.target(&fixed), Some(TargetId(0)));
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use getopts::{Matches, Options};
 
-use crate::rtpp_defines::{BindMode, Config, ControlSpec, PID_FILE};
+use crate::rtpp_defines::{BindMode, Config, ControlSpec, NotifyTarget, PID_FILE};
 use crate::rtpp_log::{self, Level};
 use crate::rtpp_network::{parse_control_spec, resolve_host};
 
@@ -29,7 +29,11 @@ fn options() -> Options {
         "print the software and protocol versions, exit",
     );
     o.optflag("2", "", "send packets shorter than 128 bytes twice");
-    o.optflag("F", "", "allow root in UDP control mode without -u");
+    o.optflag(
+        "F",
+        "",
+        "allow root with a UDP or TCP control socket without -u",
+    );
     o.optflag("i", "", "idle timeout per direction");
     o.optflag("P", "", "record in PCAP format");
     o.optflag("a", "", "record every session");
@@ -42,7 +46,7 @@ fn options() -> Options {
         "s",
         "",
         "control socket",
-        "unix:PATH|udp:ADDR[:PORT]|udp6:ADDR[:PORT]",
+        "unix:PATH|udp:ADDR[:PORT]|udp6:ADDR[:PORT]|tcp:ADDR[:PORT]|tcp6:ADDR[:PORT]|cunix:PATH",
     );
     o.optmulti("t", "", "TOS of media packets (-1 = leave alone)", "tos");
     o.optmulti("r", "", "recording directory", "dir");
@@ -53,18 +57,26 @@ fn options() -> Options {
     o.optmulti("m", "", "lowest media port", "port");
     o.optmulti("M", "", "highest media port", "port");
     o.optmulti("u", "", "user (and group) to run as", "user[:group]");
-    o.optmulti("n", "", "timeout notification socket", "unix:PATH");
+    o.optmulti(
+        "n",
+        "",
+        "timeout notification target (repeatable)",
+        "unix:PATH|tcp:HOST:PORT|tcp:%%CC_SELF%%:PORT",
+    );
     o.optmulti("A", "", "append one JSON line per ended session", "file");
     o.optmulti("d", "", "log level and syslog facility", "level[:facility]");
     o
 }
 
 pub fn usage() -> String {
-    "usage: rtpproxy [-2fvFiPaR] [-l addr1[/addr2]] [-6 addr1[/addr2]] [-s path]\n\
+    "usage: rtpproxy [-2fvFiPaR] [-l addr1[/addr2]] [-6 addr1[/addr2]] [-s ctrl_socket]\n\
      \x20 [-t tos] [-r rdir [-S sdir]] [-T ttl] [-L nofile] [-m port_min]\n\
      \x20 [-M port_max] [-u uname[:gname]] [-n timeout_socket] [-d log_level[:log_facility]]\n\
      \x20 [-p pid_file] [-A acct_file]\n\
-     \x20      rtpproxy --version\n"
+     \x20      rtpproxy --version\n\
+     ctrl_socket: unix:path | path | cunix:path | udp:addr[:port] | udp6:addr[:port]\n\
+     \x20            | tcp:addr[:port] | tcp6:addr[:port]\n\
+     timeout_socket (-n may repeat): unix:path | path | tcp:host:port | tcp:%%CC_SELF%%:port\n"
         .to_string()
 }
 
@@ -115,7 +127,8 @@ fn address_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
         cfg.control =
             match parse_control_spec(&s).map_err(|e| format!("invalid value for -s: {e}"))? {
                 ControlSpec::Unix(path) => ControlSpec::Unix(absolute("s", &path)?),
-                udp => udp,
+                ControlSpec::Cunix(path) => ControlSpec::Cunix(absolute("s", &path)?),
+                inet => inet,
             };
     }
     if let Some(t) = last(m, "t") {
@@ -191,15 +204,11 @@ fn run_as_option(m: &Matches, cfg: &mut Config) -> Result<(), String> {
 
 /// `-n`, `-A`, `-d`: where timeout notifications, accounting and the log go.
 fn output_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
-    if let Some(n) = last(m, "n") {
-        let path = n.strip_prefix("unix:").unwrap_or(&n);
-        let scheme = crate::rtpp_network::unknown_scheme(&n);
-        if path.is_empty() || n.starts_with("udp:") || n.starts_with("udp6:") || scheme.is_some() {
-            return Err(format!(
-                "invalid value for -n: {n} (a unix socket path is required: unix:PATH or a path)"
-            ));
+    for n in m.opt_strs("n") {
+        let target = notify_target(&n)?;
+        if !cfg.notify_targets.contains(&target) {
+            cfg.notify_targets.push(target);
         }
-        cfg.notify_socket = Some(absolute("n", Path::new(path))?);
     }
     if let Some(a) = last(m, "A") {
         if a.is_empty() {
@@ -222,6 +231,57 @@ fn output_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// One `-n` value: `unix:PATH` or a path (made absolute), `tcp:HOST:PORT`
+/// (HOST resolved to IPv4 now, as the classic daemon did) or
+/// `tcp:%%CC_SELF%%:PORT`.
+fn notify_target(n: &str) -> Result<NotifyTarget, String> {
+    let bad = |why: &str| {
+        format!(
+            "invalid value for -n: {n} ({why}; accepted: unix:PATH, a path, tcp:HOST:PORT, tcp:%%CC_SELF%%:PORT)"
+        )
+    };
+    if let Some(rest) = n.strip_prefix("tcp:") {
+        let Some((host, port)) = rest.rsplit_once(':') else {
+            return Err(bad("no port"));
+        };
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(bad("invalid port")),
+        };
+        if host == "%%CC_SELF%%" {
+            return Ok(NotifyTarget::TcpSelf {
+                name: n.to_string(),
+                port,
+            });
+        }
+        let ip = match resolve_host(host, false) {
+            Ok(std::net::IpAddr::V4(ip)) if !ip.is_unspecified() => ip,
+            Ok(_) => return Err(bad("no address to connect to")),
+            Err(e) => return Err(bad(&e)),
+        };
+        return Ok(NotifyTarget::Tcp {
+            name: n.to_string(),
+            addr: std::net::SocketAddrV4::new(ip, port),
+        });
+    }
+    let path = n.strip_prefix("unix:").unwrap_or(n);
+    if path.is_empty() {
+        return Err(bad("empty path"));
+    }
+    if n.strip_prefix("unix:").is_none() {
+        if let Some(scheme) = crate::rtpp_network::unknown_scheme(n) {
+            return Err(bad(&format!("unknown scheme \"{scheme}:\"")));
+        }
+        if ["udp:", "udp6:", "tcp6:", "cunix:"]
+            .iter()
+            .any(|p| n.starts_with(p))
+        {
+            return Err(bad("not a notification socket"));
+        }
+    }
+    Ok(NotifyTarget::Unix(absolute("n", Path::new(path))?))
 }
 
 fn dir_option(m: &Matches, flag: &str) -> Result<Option<PathBuf>, String> {
@@ -406,7 +466,13 @@ mod tests {
         assert!(bad("-S /tmp").contains("-S requires -r"));
         assert!(bad("-u :grp").contains("-u"));
         assert!(bad("-n udp:1.2.3.4:5").contains("-n"));
-        assert!(bad("-n tcp:1.2.3.4:5").contains("-n"));
+        assert!(bad("-n tcp6:[::1]:5").contains("-n"));
+        assert!(bad("-n tcp:1.2.3.4").contains("-n"));
+        assert!(bad("-n tcp:1.2.3.4:0").contains("-n"));
+        assert!(bad("-n tcp:*:5").contains("-n"));
+        assert!(bad("-n tcp:::1:5").contains("-n"));
+        assert!(bad("-n cunix:/x").contains("-n"));
+        assert!(bad("-n unix:").contains("-n"));
         assert!(bad("-s upd:127.0.0.1:22222").contains("-s"));
         assert!(bad("-Z").contains('Z'));
         assert!(bad("-f stray").contains("stray"));
@@ -430,9 +496,30 @@ mod tests {
         assert!(c.accounting_file.is_some_and(|p| p.is_absolute()));
         assert!(c.pid_file.is_some_and(|p| p.is_absolute()));
         assert!(matches!(&c.control, ControlSpec::Unix(p) if p.is_absolute()));
-        assert!(c.notify_socket.is_some_and(|p| p.is_absolute()));
+        assert!(matches!(&c.notify_targets[..], [NotifyTarget::Unix(p)] if p.is_absolute()));
         assert!(c.record_dir.is_some_and(|p| p.is_absolute()));
         assert!(c.spool_dir.is_some_and(|p| p.is_absolute()));
+    }
+
+    #[test]
+    fn notify_targets_repeat_in_order_without_duplicates() {
+        let c =
+            cfg("-n tcp:%%CC_SELF%%:9000 -n unix:/run/n.sock -n tcp:127.0.0.1:9001 -n /run/n.sock");
+        assert_eq!(
+            c.notify_targets,
+            [
+                NotifyTarget::TcpSelf {
+                    name: "tcp:%%CC_SELF%%:9000".into(),
+                    port: 9000
+                },
+                NotifyTarget::Unix("/run/n.sock".into()),
+                NotifyTarget::Tcp {
+                    name: "tcp:127.0.0.1:9001".into(),
+                    addr: "127.0.0.1:9001".parse().unwrap()
+                },
+            ]
+        );
+        assert!(cfg("-f").notify_targets.is_empty());
     }
 
     #[test]

@@ -168,7 +168,7 @@ impl PollSet {
 }
 
 fn is_ready(p: &libc::pollfd) -> bool {
-    p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0
+    p.revents & (libc::POLLIN | libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// The poll sets of the daemon.
@@ -225,12 +225,29 @@ impl Poller {
     }
 
     /// Points a registration at another descriptor (-1: ignored by poll,
-    /// e.g. a paused listener or a free client place).
+    /// e.g. a paused listener or a free client place), watched for input.
     pub fn set_fd(&mut self, token: Token, fd: RawFd) {
         let set = self.set_mut(token.cadence);
         if let Some(slot) = set.slot(token.id) {
             set.fds[slot].fd = fd;
+            set.fds[slot].events = libc::POLLIN;
             set.fds[slot].revents = 0;
+        }
+    }
+
+    /// What a registration waits for: input, room to write, or both. With
+    /// neither, only an error or hang-up makes it ready.
+    pub fn set_interest(&mut self, token: Token, input: bool, output: bool) {
+        let set = self.set_mut(token.cadence);
+        if let Some(slot) = set.slot(token.id) {
+            let mut events = 0;
+            if input {
+                events |= libc::POLLIN;
+            }
+            if output {
+                events |= libc::POLLOUT;
+            }
+            set.fds[slot].events = events;
         }
     }
 
@@ -343,6 +360,29 @@ mod tests {
         p.set_fd(tok, -1);
         assert_eq!(p.poll(Cadence::Slow, 0).unwrap(), 0);
         assert!(!p.is_ready(tok));
+    }
+
+    #[test]
+    fn interest_in_output_makes_a_writable_socket_ready() {
+        let mut p = Poller::with_limit(10);
+        let (a, _ta) = ready_socket();
+        let idle = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tok = p
+            .register(idle.as_raw_fd(), Owner::Control(1), Cadence::EveryPass)
+            .unwrap();
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 0);
+        p.set_interest(tok, false, true);
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 1);
+        assert!(p.is_ready(tok));
+        p.set_interest(tok, false, false);
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 0);
+        // A new descriptor is watched for input again.
+        p.set_interest(tok, false, true);
+        p.set_fd(tok, a.as_raw_fd());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 1);
+        a.recv_from(&mut [0u8; 8]).unwrap();
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 0);
     }
 
     #[test]

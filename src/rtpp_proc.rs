@@ -337,6 +337,7 @@ mod tests {
     use crate::rtpp_defines::ByParty;
     use crate::rtpp_dtmf::EventPacket;
     use crate::rtpp_network::PortTable;
+    use crate::rtpp_notify::Destination;
     use crate::rtpp_poll::Poller;
     use crate::rtpp_session::{DtmfRefused, MediaStream, NotifyWith, StreamIds};
     use crate::rtpp_state::Daemon;
@@ -438,7 +439,10 @@ mod tests {
             .sessions
             .catch_dtmf(id, Party::Caller, tag.clone(), 101, false);
         assert_eq!(refused, Err(DtmfRefused::NoNotifyTarget));
-        c.sessions.get_mut(id).unwrap().notify = Some(NotifyWith::Ports);
+        let target = Notifier::new(Vec::new())
+            .target(&Destination::Unix("/nonexistent".into()))
+            .unwrap();
+        c.sessions.get_mut(id).unwrap().notify = Some((target, NotifyWith::Ports));
         let refused = c
             .sessions
             .catch_dtmf(SessionId(99), Party::Caller, tag.clone(), 101, false);
@@ -460,12 +464,15 @@ mod tests {
         let path = dir.join("notify.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let mut c = call();
-        c.daemon.notifier = Some(Notifier::new(path));
+        let to = Destination::Unix(path);
+        let mut notifier = Notifier::new(vec![to.clone()]);
+        let target = notifier.target(&to).unwrap();
+        c.daemon.notifier = Some(notifier);
         for party in Party::BOTH {
             let addr = c.parties[party].local_addr().unwrap();
             let s = c.sessions.get_mut(c.id).unwrap();
             s.streams[Stream::Rtp].peers[party].addr = Some(addr);
-            s.notify = Some(NotifyWith::Tag(b"timeout".as_slice().into()));
+            s.notify = Some((target, NotifyWith::Tag(b"timeout".as_slice().into())));
         }
         let caught = c
             .sessions

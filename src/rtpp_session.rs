@@ -29,7 +29,7 @@ use crate::rtpp_defines::{ByParty, ByStream, Config, Party, SessionId, Stream};
 use crate::rtpp_dtmf::{DtmfCatcher, SUFFIX_MAX};
 use crate::rtpp_log;
 use crate::rtpp_log::show;
-use crate::rtpp_notify::Notifier;
+use crate::rtpp_notify::{Notifier, TargetId};
 use crate::rtpp_poll::{Cadence, Owner, Token};
 use crate::rtpp_record::{record_file_name, RecordFile, RecordFormat};
 use crate::rtpp_state::{Counters, Daemon, PacketCounts};
@@ -105,7 +105,7 @@ pub struct MediaStream {
     pub recorders: ByParty<Option<RecordFile>>,
 }
 
-/// What a timed-out session announces on the `-n` socket.
+/// What a timed-out session announces to its notification target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotifyWith {
     /// The two relay ports (the classic message without a tag).
@@ -136,8 +136,9 @@ pub struct Session {
     pub created: Instant,
     /// `C ... udp:HOST:PORT`: copies of what each party sends.
     pub(crate) copies: ByParty<Option<RemoteCopy>>,
-    /// Timeout notification armed by `U ... NOTIFY_SOCKET [NOTIFY_TAG]`.
-    pub notify: Option<NotifyWith>,
+    /// Timeout notification armed by `U ... NOTIFY_SOCKET [NOTIFY_TAG]`:
+    /// the target NOTIFY_SOCKET selected, and what to say.
+    pub notify: Option<(TargetId, NotifyWith)>,
     /// `players[p]` plays a prompt to party `p`; media to it is held back.
     pub(crate) players: ByParty<Option<Player>>,
     /// `resizers[p]` re-packetizes what party `p` sends (`z`).
@@ -205,8 +206,8 @@ impl Session {
     /// Like the timeout notification it never blocks.
     pub fn notify_line(&self, notifier: &mut Option<Notifier>, parts: &[&[u8]]) -> bool {
         match (&self.notify, notifier) {
-            (Some(_), Some(n)) => {
-                n.notify_parts(parts);
+            (Some((target, _)), Some(n)) => {
+                n.notify_parts(*target, parts);
                 true
             }
             _ => false,
@@ -461,16 +462,22 @@ impl Session {
             .flat_map(|s| s.recorders.iter_mut().flatten())
     }
 
-    /// The line a timed-out session sends to the `-n` socket, if armed.
-    fn timeout_message(&self) -> Option<Vec<u8>> {
-        Some(match self.notify.as_ref()? {
-            NotifyWith::Tag(tag) => tag.to_vec(),
-            // Without a tag the classic message is the two relay ports,
-            // the one U answered first.
-            NotifyWith::Ports => {
-                format!("{} {}", self.port(Party::Callee), self.port(Party::Caller)).into_bytes()
-            }
-        })
+    /// Where a timed-out session is announced and the line it sends there,
+    /// if armed.
+    fn timeout_message(&self) -> Option<(TargetId, Vec<u8>)> {
+        let (target, with) = self.notify.as_ref()?;
+        Some((
+            *target,
+            match with {
+                NotifyWith::Tag(tag) => tag.to_vec(),
+                // Without a tag the classic message is the two relay ports,
+                // the one U answered first.
+                NotifyWith::Ports => {
+                    format!("{} {}", self.port(Party::Callee), self.port(Party::Caller))
+                        .into_bytes()
+                }
+            },
+        ))
     }
 }
 
@@ -710,7 +717,7 @@ impl Sessions {
     /// Ends a session for `why`: its sockets leave the poll sets and its
     /// ports return to the table, its recordings are finished, its record
     /// is logged (and appended to `-A`), and a timeout is announced on the
-    /// `-n` socket when armed. False when there is no such session.
+    /// target the arming `U` chose. False when there is no such session.
     pub fn end(&mut self, id: SessionId, why: EndReason, daemon: &mut Daemon) -> bool {
         let Some(mut s) = self.remove(id, daemon) else {
             return false;
@@ -723,8 +730,9 @@ impl Sessions {
         }
         if why == EndReason::Timeout {
             daemon.counters.sessions_timeout += 1;
-            if let (Some(message), Some(n)) = (s.timeout_message(), daemon.notifier.as_mut()) {
-                n.notify(&message);
+            if let (Some((to, message)), Some(n)) = (s.timeout_message(), daemon.notifier.as_mut())
+            {
+                n.notify(to, &message);
             }
         }
         true

@@ -361,6 +361,17 @@ fn root_needs_u_or_f() {
         bg.stderr
     );
     assert!(std::net::UdpSocket::bind(("127.0.0.1", refused)).is_ok());
+    // TCP control likewise.
+    let refused = port();
+    let control = format!("tcp:127.0.0.1:{refused}");
+    let bg = Background::start(&["-s", &control, "-l", "127.0.0.1"]);
+    assert_eq!(bg.status.code(), Some(1), "{}", bg.stderr);
+    assert!(
+        bg.stderr.contains("TCP") && bg.stderr.contains("-u") && bg.stderr.contains("-F"),
+        "{}",
+        bg.stderr
+    );
+    assert!(std::net::TcpListener::bind(("127.0.0.1", refused)).is_ok());
 
     // With -F it runs as root; with -u as the user.
     let control = format!("udp:127.0.0.1:{}", port());
@@ -461,6 +472,11 @@ fn every_bad_option_value_is_one_line_naming_the_option() {
         (&["-n", "udp:127.0.0.1:5000"], 'n'),
         (&["-n", "unix:"], 'n'),
         (&["-n", "tpc:127.0.0.1:5000"], 'n'),
+        (&["-n", "tcp:127.0.0.1"], 'n'),
+        (&["-n", "tcp6:[::1]:5000"], 'n'),
+        (&["-s", "tcp:127.0.0.1:0"], 's'),
+        (&["-s", "tcp6:127.0.0.1"], 's'),
+        (&["-s", "cunix:"], 's'),
         (&["-d", "LOUD"], 'd'),
         (&["-d", "INFO:LOG_NOPE"], 'd'),
         (&["-d", ""], 'd'),
@@ -523,7 +539,7 @@ fn version_lists_every_extension() {
         [
             "20040107", "20050322", "20060704", "20071116", "20071218", "20080403", "20081102",
             "20081224", "20090810", "20140323", "20140617", "20141004", "20150330", "20150420",
-            "20191015", "20200226", "20230205", "20230314"
+            "20150617", "20191015", "20200226", "20230205", "20230314"
         ]
     );
     assert!(lines

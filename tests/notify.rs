@@ -1,9 +1,11 @@
-//! Session timeout notifications (`-n`, extension 20081224) driven over the
-//! real sockets: a listener in the test receives what the daemon writes
-//! when a session armed by `U ... NOTIFY_SOCKET [NOTIFY_TAG]` times out.
+//! Session timeout notifications (`-n`, extensions 20081224 and 20150617)
+//! driven over the real sockets: a listener in the test, unix or TCP,
+//! receives what the daemon writes when a session armed by
+//! `U ... NOTIFY_SOCKET [NOTIFY_TAG]` times out.
 //!
-//! Each test gets its UDP control port and media range (twenty ports; 700
-//! for the test that creates hundreds of sessions) from `common::ports`.
+//! Each test gets its control port, TCP listener ports and media range
+//! (twenty ports; more for the tests that create hundreds of sessions)
+//! from `common::ports`.
 
 mod common;
 
@@ -388,5 +390,303 @@ fn stuck_listener_does_not_delay_relaying() {
         seen.len() < SESSIONS,
         "nothing was dropped: it never got stuck"
     );
+    assert_eq!(rp.command("V"), "20040107");
+}
+
+/// A TCP notification listener: accepts the daemon's connections and
+/// splits what they bring into lines.
+struct TcpNotifyListener {
+    listener: std::net::TcpListener,
+    conns: Vec<(std::net::TcpStream, SocketAddr)>,
+    pending: Vec<u8>,
+}
+
+impl TcpNotifyListener {
+    fn bind(addr: &str) -> TcpNotifyListener {
+        let listener = std::net::TcpListener::bind(addr).expect("bind notification listener");
+        listener.set_nonblocking(true).expect("non-blocking");
+        TcpNotifyListener {
+            listener,
+            conns: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Next whole line within `limit`, from any of the daemon's connections.
+    fn line_within(&mut self, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return Some(String::from_utf8(line).expect("UTF-8 notification"));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            while let Ok((s, from)) = self.listener.accept() {
+                s.set_nonblocking(true).expect("non-blocking");
+                self.conns.push((s, from));
+            }
+            let mut buf = [0u8; 4096];
+            for (c, _) in self.conns.iter_mut() {
+                if let Ok(n) = c.read(&mut buf) {
+                    self.pending.extend_from_slice(&buf[..n]);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The addresses the daemon connected from, so far.
+    fn peers(&self) -> Vec<SocketAddr> {
+        self.conns.iter().map(|(_, from)| *from).collect()
+    }
+}
+
+/// Sends one UDP command from `from_ip` (any 127.x address) and returns
+/// the reply without cookie.
+fn udp_from(from_ip: &str, ctl: SocketAddr, cmd: &str) -> String {
+    let s = std::net::UdpSocket::bind((from_ip, 0)).expect("bind controller");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    s.send_to(format!("c1 {cmd}").as_bytes(), ctl)
+        .expect("send");
+    let mut buf = [0u8; 2048];
+    let n = s.recv(&mut buf).expect("reply");
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.strip_prefix("c1 ")
+        .unwrap_or_else(|| panic!("no cookie in {text:?}"))
+        .trim_end()
+        .to_string()
+}
+
+#[test]
+fn cc_self_notifies_each_udp_controller_on_its_own_address() {
+    let np = port();
+    let cp = port();
+    // The control socket on 127.0.0.5: notifications leave from there.
+    let ctl: SocketAddr = format!("127.0.0.5:{cp}").parse().expect("addr");
+    let s = format!("udp:{ctl}");
+    let target = format!("tcp:%%CC_SELF%%:{np}");
+    let (m, mm) = ports(20).range();
+    let (m, mm) = (m.to_string(), mm.to_string());
+    let rp = common::Rtpproxy::start(&[
+        "-s",
+        &s,
+        "-l",
+        "127.0.0.1",
+        "-m",
+        &m,
+        "-M",
+        &mm,
+        "-T",
+        "2",
+        "-n",
+        &target,
+        "-d",
+        "INFO",
+    ]);
+    assert_eq!(rp.command("VF 20150617"), "1");
+    assert_eq!(rp.command("VF 20081224"), "1");
+    // Two controllers, one port number, each listening on its own address.
+    let mut a = TcpNotifyListener::bind(&format!("127.0.0.2:{np}"));
+    let mut b = TcpNotifyListener::bind(&format!("127.0.0.3:{np}"));
+    for (from, call) in [
+        ("127.0.0.2", "a1"),
+        ("127.0.0.3", "b1"),
+        ("127.0.0.2", "a2"),
+    ] {
+        let reply = udp_from(
+            from,
+            ctl,
+            &format!("U {call} 127.0.0.1 4000 ftag ttag {target} tag-{call}"),
+        );
+        port_of(&reply);
+    }
+    let wait = Duration::from_secs(6);
+    let mut got_a = BTreeSet::new();
+    for _ in 0..2 {
+        got_a.insert(a.line_within(wait).expect("controller A's notifications"));
+    }
+    assert_eq!(
+        got_a,
+        BTreeSet::from(["tag-a1\n".to_string(), "tag-a2\n".to_string()])
+    );
+    assert_eq!(b.line_within(wait).as_deref(), Some("tag-b1\n"));
+    assert!(a.line_within(Duration::from_millis(300)).is_none());
+    assert!(b.line_within(Duration::from_millis(300)).is_none());
+    // One connection per controller, bound to the control socket's address.
+    let control_ip: std::net::IpAddr = [127, 0, 0, 5].into();
+    assert_eq!(a.peers().len(), 1, "{:?}", a.peers());
+    assert_eq!(b.peers().len(), 1, "{:?}", b.peers());
+    assert!(a
+        .peers()
+        .iter()
+        .chain(&b.peers())
+        .all(|p| p.ip() == control_ip));
+}
+
+#[test]
+fn cc_self_from_unix_control_goes_to_127_0_0_1() {
+    let np = port();
+    let target = format!("tcp:%%CC_SELF%%:{np}");
+    let (m, mm) = ports(20).range();
+    let (m, mm) = (m.to_string(), mm.to_string());
+    let mut listener = TcpNotifyListener::bind(&format!("127.0.0.1:{np}"));
+    // The harness's default control socket: unix.
+    let rp = common::Rtpproxy::start(&[
+        "-l",
+        "127.0.0.1",
+        "-m",
+        &m,
+        "-M",
+        &mm,
+        "-T",
+        "1",
+        "-n",
+        &target,
+    ]);
+    assert!(rp.control_path().is_some());
+    port_of(&rp.command(&format!("U u1 127.0.0.1 4000 ftag ttag {target} from-unix")));
+    assert_eq!(
+        listener.line_within(Duration::from_secs(5)).as_deref(),
+        Some("from-unix\n")
+    );
+}
+
+#[test]
+fn tcp_target_receives_and_names_not_configured_are_refused() {
+    let dir = TempDir::new("notify-tcp");
+    let (path, unix_arg) = notify_socket(&dir);
+    let mut unix = Listener::bind(&path);
+    let (np, other_port) = (port(), port());
+    let target = format!("tcp:127.0.0.1:{np}");
+    let mut tcp = TcpNotifyListener::bind(&format!("127.0.0.1:{np}"));
+    let mut other = TcpNotifyListener::bind(&format!("127.0.0.1:{other_port}"));
+    let rp = udp(
+        port(),
+        ports(20).range(),
+        &["-T", "1", "-n", &target, "-n", &unix_arg],
+    );
+    // Named exactly as given to -n: armed.
+    port_of(&rp.command(&format!("U t1 127.0.0.1 4000 ftag ttag {target} by-tcp")));
+    port_of(&rp.command(&format!("U u1 127.0.0.1 4002 ftag ttag {unix_arg} by-unix")));
+    // Not given to -n: the session is made, nothing is armed.
+    for (call, name) in [
+        ("r1", format!("tcp:127.0.0.1:{other_port}")),
+        ("r2", format!("tcp:%%CC_SELF%%:{np}")),
+        ("r3", format!("tcp:localhost:{np}")),
+    ] {
+        port_of(&rp.command(&format!("U {call} 127.0.0.1 4004 ftag ttag {name} refused")));
+        assert!(
+            rp.log().contains(&format!("invalid socket name {name}")),
+            "{name}: {}",
+            rp.log()
+        );
+    }
+    let wait = Duration::from_secs(5);
+    assert_eq!(tcp.line_within(wait).as_deref(), Some("by-tcp\n"));
+    assert_eq!(unix.line_within(wait).as_deref(), Some("by-unix\n"));
+    // The refused ones timed out too, silently.
+    let deadline = Instant::now() + wait;
+    while !rp.command("I").contains("active sessions: 0") {
+        assert!(Instant::now() < deadline, "sessions did not time out");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(tcp.line_within(Duration::from_millis(300)).is_none());
+    assert!(other.line_within(Duration::from_millis(300)).is_none());
+    assert!(other.peers().is_empty(), "connected to a target not given");
+}
+
+/// A TCP port that answers no connection: its one-place accept queue is
+/// taken by a connection nobody accepts, so the kernel drops every SYN
+/// and a connect stays in progress.
+fn unanswering_port() -> (std::os::fd::OwnedFd, std::net::TcpStream, u16) {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let p = port();
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .expect("socket");
+    let addr: SockaddrIn = format!("127.0.0.1:{p}").parse().expect("addr");
+    bind(fd.as_raw_fd(), &addr).expect("bind");
+    listen(&fd, Backlog::new(0).expect("backlog")).expect("listen");
+    let filler = std::net::TcpStream::connect(("127.0.0.1", p)).expect("fill the queue");
+    (fd, filler, p)
+}
+
+#[test]
+fn dead_tcp_targets_do_not_stall_relaying() {
+    // Ten per target: the binary's port share has room for no more.
+    const SESSIONS: usize = 30;
+    // Nobody listens on one; the other never answers a SYN.
+    let refused = port();
+    let (_hold, _filler, silent) = unanswering_port();
+    let t1 = format!("tcp:127.0.0.1:{refused}");
+    let t2 = format!("tcp:127.0.0.1:{silent}");
+    let t3 = format!("tcp:%%CC_SELF%%:{refused}");
+    let rp = udp(
+        port(),
+        ports(2 * SESSIONS as u16 + 4).range(),
+        &["-T", "2", "-n", &t1, "-n", &t2, "-n", &t3],
+    );
+    let realtime = common::make_realtime(rp.pid()) && common::make_realtime(0);
+    let caller = Peer::new("127.0.0.1");
+    let callee = Peer::new("127.0.0.1");
+    let u = rp.command(&format!("U live 127.0.0.1 {} ftag", caller.port()));
+    let l = rp.command(&format!("L live 127.0.0.1 {} ftag ttag", callee.port()));
+    let to_callee_leg: SocketAddr = reply_addr(&u, "127.0.0.1");
+    let to_caller_leg: SocketAddr = reply_addr(&l, "127.0.0.1");
+    for i in 0..SESSIONS {
+        let target = [&t1, &t2, &t3][i % 3];
+        port_of(&rp.command(&format!(
+            "U dead{i} 127.0.0.1 {} ftag ttag {target} dead-{i}",
+            5000 + 2 * i
+        )));
+    }
+    // Round trips for 8 s: across the timeouts and past the 5 s a connect
+    // may take.
+    let mut worst = Duration::ZERO;
+    let start = Instant::now();
+    let mut seq = 0u16;
+    while start.elapsed() < Duration::from_secs(8) {
+        let sent = Instant::now();
+        let p = rtp_packet(seq, 0);
+        caller.send(to_caller_leg, &p);
+        let (got, _) = callee
+            .recv_within(1000)
+            .unwrap_or_else(|| panic!("packet {seq} lost on the way to the callee"));
+        callee.send(to_callee_leg, &got);
+        let (back, _) = caller
+            .recv_within(1000)
+            .unwrap_or_else(|| panic!("packet {seq} lost on the way back"));
+        assert_eq!(back, p);
+        worst = worst.max(sent.elapsed());
+        seq = seq.wrapping_add(1);
+        std::thread::sleep(Duration::from_millis(20).saturating_sub(sent.elapsed()));
+    }
+    println!(
+        "worst relay round trip while notifications failed: {worst:?} (real-time: {realtime})"
+    );
+    assert!(
+        worst < Duration::from_millis(50),
+        "relay round trip took up to {worst:?} (real-time: {realtime})"
+    );
+    let info = rp.command("I");
+    assert!(info.contains("active sessions: 1"), "{info}");
+    let log = rp.log();
+    for (target, why) in [(&t1, "refused"), (&t2, "timed out")] {
+        let what = format!("can't connect to notification socket {target}:");
+        assert!(
+            log.lines().any(|l| l.contains(&what) && l.contains(why)),
+            "{target}: {log}"
+        );
+    }
     assert_eq!(rp.command("V"), "20040107");
 }

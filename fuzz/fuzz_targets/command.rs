@@ -14,9 +14,10 @@ use libfuzzer_sys::fuzz_target;
 use rtpproxy::rtpp_command::exec::{execute, Context};
 use rtpproxy::rtpp_command::{parse, split_cookie, Command, Compound, Reply};
 use rtpproxy::rtpp_control::Origin;
-use rtpproxy::rtpp_defines::{BindMode, Config};
+use rtpproxy::rtpp_defines::{BindMode, Config, NotifyTarget};
 use rtpproxy::rtpp_log::{self, Level};
 use rtpproxy::rtpp_network::PortTable;
+use rtpproxy::rtpp_notify::{Destination, Notifier};
 use rtpproxy::rtpp_poll::{Cadence, Poller};
 use rtpproxy::rtpp_record::{copy_file_name, record_file_name};
 use rtpproxy::rtpp_session::{Sessions, StreamIds};
@@ -28,6 +29,8 @@ use rtpproxy::rtpp_util::Random;
 /// tests/hardening.rs uses (21000-21959).
 const PORT_MIN: u16 = 21960;
 const PORT_MAX: u16 = 21999;
+/// The unix notification target commands may name.
+const NOTIFY_PATH: &str = "/tmp/rtpp-fuzz-notify.sock";
 /// Commands executed per input; an input is at most a few KB anyway.
 const MAX_COMMANDS: usize = 64;
 
@@ -43,7 +46,13 @@ fn config(bridge: bool) -> Config {
             }
         },
         // Timeout notifications may be armed; nothing is sent (no timers run).
-        notify_socket: Some(PathBuf::from("/tmp/rtpp-fuzz-notify.sock")),
+        notify_targets: vec![
+            NotifyTarget::Unix(PathBuf::from(NOTIFY_PATH)),
+            NotifyTarget::TcpSelf {
+                name: "tcp:%%CC_SELF%%:9".into(),
+                port: 9,
+            },
+        ],
         tos: None,
         port_min: PORT_MIN,
         port_max: PORT_MAX,
@@ -190,6 +199,9 @@ fuzz_target!(|data: &[u8]| {
     let mut rng = Random::with_seed(u64::from(data.len() as u32));
     let ports = PortTable::new(PORT_MIN, PORT_MAX, &mut rng);
     let mut daemon = Daemon::new(Poller::new(), ports);
+    daemon.notifier = Some(Notifier::new(vec![Destination::Unix(PathBuf::from(
+        NOTIFY_PATH,
+    ))]));
     let mut sessions = Sessions::new();
     let now = Instant::now();
     for line in data.split(|&c| c == b'\n').take(MAX_COMMANDS) {

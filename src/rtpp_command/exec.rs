@@ -13,11 +13,12 @@ use crate::rtpp_account::EndReason;
 use crate::rtpp_control::Origin;
 use crate::rtpp_copy::{parse_remote_target, RemoteCopy};
 use crate::rtpp_defines::{
-    BindMode, ByParty, Config, Party, SessionId, Stream, NOTIFY_CAP, PROTO_CAPS,
+    BindMode, ByParty, Config, NotifyTarget, Party, SessionId, Stream, NOTIFY_CAP, PROTO_CAPS,
 };
 use crate::rtpp_log;
 use crate::rtpp_log::show;
 use crate::rtpp_network::parse_remote;
+use crate::rtpp_notify::{Destination, Notifier};
 use crate::rtpp_proc::flush_resizer;
 use crate::rtpp_record::copy_file_name;
 use crate::rtpp_session::{match_tag, NotifyWith, Session, Sessions, StreamIds, TagMatch};
@@ -81,7 +82,8 @@ fn execute_command(cmd: &Command<'_>, ctx: &mut Context<'_>) -> (Reply, Option<T
             let (reply, target) = update_or_lookup(ctx, &req);
             if let (Reply::Port { .. }, Some(t)) = (&reply, target) {
                 if let Some(s) = ctx.sessions.get_mut(t.id) {
-                    arm_notify(ctx.cfg, s, notify.as_ref());
+                    let notifier = ctx.daemon.notifier.as_mut();
+                    arm_notify(ctx.cfg, ctx.origin, notifier, s, notify.as_ref());
                 }
             }
             return (reply, target);
@@ -174,34 +176,66 @@ fn catch_dtmf(ctx: &mut Context<'_>, target: Target, args: &DtmfArgs) -> SubResu
 /// Whether `VF` answers 1 for a datestamp.
 pub fn supports(cfg: &Config, stamp: &[u8]) -> bool {
     if stamp == NOTIFY_CAP.as_bytes() {
-        return cfg.notify_socket.is_some();
+        return !cfg.notify_targets.is_empty();
     }
     PROTO_CAPS.iter().any(|(s, _)| s.as_bytes() == stamp)
 }
 
 /// Arms (or, when `U` names no socket, disarms) the timeout notification.
-/// A socket other than the `-n` one is refused; the session stays as is.
-fn arm_notify(cfg: &Config, s: &mut Session, notify: Option<&Notify<'_>>) {
+/// A socket that names none of the `-n` targets is refused; the session
+/// stays as is.
+fn arm_notify(
+    cfg: &Config,
+    origin: &Origin,
+    notifier: Option<&mut Notifier>,
+    s: &mut Session,
+    notify: Option<&Notify<'_>>,
+) {
     let Some(n) = notify else {
         if s.notify.take().is_some() {
             rtpp_log!(Info, "{}: disabling timeout notification", show(&s.call_id));
         }
         return;
     };
-    let name = n.socket.strip_prefix(b"unix:").unwrap_or(n.socket);
-    match &cfg.notify_socket {
-        None => rtpp_log!(Err, "must permit notification socket with -n"),
-        Some(p) if p.as_os_str().as_encoded_bytes() != name => {
-            rtpp_log!(Err, "invalid socket name {}", show(n.socket))
+    let Some(notifier) = notifier else {
+        rtpp_log!(Err, "must permit notification socket with -n");
+        return;
+    };
+    let Some(target) = named_target(cfg, n.socket) else {
+        rtpp_log!(Err, "invalid socket name {}", show(n.socket));
+        return;
+    };
+    let to = Destination::of(target, origin.ipv4(), cfg.control.bound_ipv4());
+    let Some(id) = notifier.target(&to) else {
+        rtpp_log!(
+            Err,
+            "{}: too many notification targets, not notifying {to}",
+            show(&s.call_id)
+        );
+        return;
+    };
+    rtpp_log!(
+        Info,
+        "{}: setting timeout notification to {to}",
+        show(&s.call_id)
+    );
+    let with = match n.tag.as_deref() {
+        Some(tag) => NotifyWith::Tag(tag.into()),
+        None => NotifyWith::Ports,
+    };
+    s.notify = Some((id, with));
+}
+
+/// The `-n` target a NOTIFY_SOCKET names: a unix one by its path (with or
+/// without `unix:`), a TCP one by its `-n` value exactly as given.
+fn named_target<'c>(cfg: &'c Config, socket: &[u8]) -> Option<&'c NotifyTarget> {
+    let path = socket.strip_prefix(b"unix:").unwrap_or(socket);
+    cfg.notify_targets.iter().find(|t| match t {
+        NotifyTarget::Unix(p) => p.as_os_str().as_encoded_bytes() == path,
+        NotifyTarget::Tcp { name, .. } | NotifyTarget::TcpSelf { name, .. } => {
+            name.as_bytes() == socket
         }
-        Some(_) => {
-            rtpp_log!(Info, "{}: setting timeout notification", show(&s.call_id));
-            s.notify = Some(match n.tag.as_deref() {
-                Some(tag) => NotifyWith::Tag(tag.into()),
-                None => NotifyWith::Ports,
-            });
-        }
-    }
+    })
 }
 
 /// `R`: records every stream the command names.

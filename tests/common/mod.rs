@@ -81,6 +81,7 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("resize", 23400, 24099),
     ("operator", 24100, 24699),
     ("start_up", 24700, 25199),
+    ("control_streams", 25200, 25799),
     ("interop_sippy", 25800, 26999),
     ("observers", 27000, 27599),
     ("extensions", 27600, 27999),
@@ -205,6 +206,11 @@ pub fn bin_path() -> PathBuf {
 enum Ctrl {
     Unix(PathBuf),
     Udp(SocketAddr),
+    /// `tcp:`/`tcp6:`: one command per connection works there too, ended
+    /// by the half-close.
+    Tcp(SocketAddr),
+    /// `cunix:`, likewise.
+    Cunix(PathBuf),
 }
 
 /// A running daemon in the foreground.
@@ -219,7 +225,7 @@ pub struct Rtpproxy {
 impl Rtpproxy {
     /// Starts the daemon with `-f` and `args`. Without `-s` it listens on a
     /// unix socket in its temp dir; without `-p` its pidfile goes there too.
-    /// As root, `-F` is added for UDP control (tests run as root in CI).
+    /// As root, `-F` is added for UDP and TCP control (tests run as root in CI).
     /// Waits until the control socket answers `V`.
     pub fn start(args: &[&str]) -> Rtpproxy {
         match Rtpproxy::try_start(args) {
@@ -273,7 +279,8 @@ impl Rtpproxy {
             argv.push(dir.path().join("rtpproxy.pid").display().to_string());
         }
         let ctrl = parse_ctrl(&spec);
-        if matches!(ctrl, Ctrl::Udp(_)) && !args.contains(&"-u") && !args.contains(&"-F") {
+        let network = matches!(ctrl, Ctrl::Udp(_) | Ctrl::Tcp(_));
+        if network && !args.contains(&"-u") && !args.contains(&"-F") {
             argv.push("-F".into());
         }
         let log_path = dir.path().join("stderr.log");
@@ -341,8 +348,17 @@ impl Rtpproxy {
     fn try_command_within(&self, cmd: &[u8], timeout: Duration) -> Option<String> {
         let timeout = Some(timeout);
         match &self.ctrl {
-            Ctrl::Unix(path) => {
+            Ctrl::Unix(path) | Ctrl::Cunix(path) => {
                 let mut s = UnixStream::connect(path).ok()?;
+                s.set_read_timeout(timeout).ok()?;
+                s.write_all(cmd).ok()?;
+                s.shutdown(std::net::Shutdown::Write).ok()?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).ok()?;
+                Some(out.trim_end_matches('\n').to_string())
+            }
+            Ctrl::Tcp(addr) => {
+                let mut s = std::net::TcpStream::connect(addr).ok()?;
                 s.set_read_timeout(timeout).ok()?;
                 s.write_all(cmd).ok()?;
                 s.shutdown(std::net::Shutdown::Write).ok()?;
@@ -376,11 +392,11 @@ impl Rtpproxy {
         }
     }
 
-    /// Where a unix control socket lives (None for UDP).
+    /// Where a unix control socket lives (None for UDP and TCP).
     pub fn control_path(&self) -> Option<&Path> {
         match &self.ctrl {
-            Ctrl::Unix(p) => Some(p),
-            Ctrl::Udp(_) => None,
+            Ctrl::Unix(p) | Ctrl::Cunix(p) => Some(p),
+            Ctrl::Udp(_) | Ctrl::Tcp(_) => None,
         }
     }
 
@@ -393,11 +409,12 @@ impl Rtpproxy {
         self.dir.path()
     }
 
-    /// The UDP control address; panics for a unix control socket.
+    /// The UDP control address; panics for any other control socket.
     pub fn udp_addr(&self) -> SocketAddr {
         match &self.ctrl {
             Ctrl::Udp(a) => *a,
-            Ctrl::Unix(p) => panic!("unix control socket {}", p.display()),
+            Ctrl::Tcp(a) => panic!("TCP control socket {a}"),
+            Ctrl::Unix(p) | Ctrl::Cunix(p) => panic!("unix control socket {}", p.display()),
         }
     }
 
@@ -492,6 +509,21 @@ pub fn signal(pid: u32, name: &str) {
 }
 
 fn parse_ctrl(spec: &str) -> Ctrl {
+    if let Some(rest) = spec.strip_prefix("tcp:") {
+        return match parse_ctrl(&format!("udp:{rest}")) {
+            Ctrl::Udp(addr) => Ctrl::Tcp(addr),
+            other => other,
+        };
+    }
+    if let Some(rest) = spec.strip_prefix("tcp6:") {
+        return match parse_ctrl(&format!("udp6:{rest}")) {
+            Ctrl::Udp(addr) => Ctrl::Tcp(addr),
+            other => other,
+        };
+    }
+    if let Some(path) = spec.strip_prefix("cunix:") {
+        return Ctrl::Cunix(PathBuf::from(path));
+    }
     if let Some(rest) = spec.strip_prefix("udp:") {
         let addr = if rest.contains(':') {
             rest.to_string()
@@ -752,8 +784,8 @@ impl Background {
         let mut argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let control = match args.iter().position(|a| *a == "-s") {
             Some(i) => args.get(i + 1).and_then(|s| match parse_ctrl(s) {
-                Ctrl::Unix(p) => Some(p),
-                Ctrl::Udp(_) => None,
+                Ctrl::Unix(p) | Ctrl::Cunix(p) => Some(p),
+                Ctrl::Udp(_) | Ctrl::Tcp(_) => None,
             }),
             None => {
                 let p = dir.path().join("ctl.sock");
