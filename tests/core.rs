@@ -9,35 +9,7 @@ use common::{port, ports, udp};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{reply_addr, rtp_packet, Peer, Rtpproxy};
-
-/// A call set up through U and L: each party's socket and the relay
-/// address it must send to.
-struct Call {
-    caller: Peer,
-    callee: Peer,
-    to_caller_leg: SocketAddr,
-    to_callee_leg: SocketAddr,
-}
-
-fn setup_call(rp: &Rtpproxy, call_id: &str, mods: &str) -> Call {
-    let caller = Peer::new("127.0.0.1");
-    let callee = Peer::new("127.0.0.1");
-    let u = rp.command(&format!(
-        "U{mods} {call_id} 127.0.0.1 {} ftag;1",
-        caller.port()
-    ));
-    let l = rp.command(&format!(
-        "L{mods} {call_id} 127.0.0.1 {} ftag;1 ttag;1",
-        callee.port()
-    ));
-    Call {
-        to_callee_leg: reply_addr(&u, "127.0.0.1"),
-        to_caller_leg: reply_addr(&l, "127.0.0.1"),
-        caller,
-        callee,
-    }
-}
+use common::{reply_addr, rtp_packet, setup_call, Call, Peer, Rtpproxy};
 
 fn assert_relays(call: &Call, seq: u16) {
     let p = rtp_packet(seq, 0);
@@ -135,7 +107,7 @@ fn port_exhaustion_answers_e10_and_e7() {
 #[test]
 fn relays_both_ways_after_u_and_l() {
     let rp = udp(port(), ports(100).range(), &[]);
-    let call = setup_call(&rp, "relay1", "");
+    let call = setup_call(&rp, "relay1");
     for seq in 0..20 {
         assert_relays(&call, seq);
     }
@@ -191,7 +163,7 @@ fn info_lists_streams_and_rtcp_twins() {
 #[test]
 fn latched_party_ignores_stranger() {
     let rp = udp(port(), ports(100).range(), &[]);
-    let call = setup_call(&rp, "bleed1", "");
+    let call = setup_call(&rp, "bleed1");
     assert_relays(&call, 1);
     let stranger = Peer::new("127.0.0.1");
     for i in 0..10 {
@@ -217,7 +189,7 @@ fn prefilled_party_is_locked_by_its_first_packet() {
     // The classic "RTP bleed": a party whose first packet came from exactly
     // the pre-filled address stayed open to the first stranger.
     let rp = udp(port(), ports(100).range(), &[]);
-    let call = setup_call(&rp, "bleed2", "");
+    let call = setup_call(&rp, "bleed2");
     call.caller.send(call.to_caller_leg, &rtp_packet(1, 0));
     assert!(call.callee.recv().is_some());
     let stranger = Peer::new("127.0.0.1");
@@ -256,7 +228,7 @@ fn first_packet_corrects_prefill_then_locks() {
 #[test]
 fn resignal_opens_update_window() {
     let rp = udp(port(), ports(100).range(), &[]);
-    let call = setup_call(&rp, "move1", "");
+    let call = setup_call(&rp, "move1");
     assert_relays(&call, 1);
     let moved = Peer::new("127.0.0.1");
     // Before re-signalling, a new source is a stranger.
@@ -294,7 +266,7 @@ fn asymmetric_party_gets_media_at_signalled_address() {
 #[test]
 fn rtcp_is_relayed_and_guessed_from_rtp() {
     let rp = udp(port(), ports(100).range(), &[]);
-    let call = setup_call(&rp, "rtcp1", "");
+    let call = setup_call(&rp, "rtcp1");
     let caller_rtcp = Peer::at(&format!("127.0.0.1:{}", call.caller.port() + 1));
     let callee_rtcp = Peer::at(&format!("127.0.0.1:{}", call.callee.port() + 1));
     let (Some(caller_rtcp), Some(callee_rtcp)) = (caller_rtcp, callee_rtcp) else {
@@ -340,7 +312,7 @@ fn rtcp_address_guessed_from_latched_rtp_source() {
 #[test]
 fn idle_session_times_out() {
     let rp = udp(port(), ports(100).range(), &["-T", "2"]);
-    let call = setup_call(&rp, "ttl1", "");
+    let call = setup_call(&rp, "ttl1");
     assert_relays(&call, 1);
     assert!(rp.command("I").contains("active sessions: 1"));
     let deadline = Instant::now() + Duration::from_secs(6);
@@ -361,7 +333,7 @@ fn one_way_traffic_keeps_session_unless_independent() {
             &["-T", "2"]
         };
         let rp = udp(port(), ports(100).range(), extra);
-        let call = setup_call(&rp, "oneway", "");
+        let call = setup_call(&rp, "oneway");
         let start = Instant::now();
         let mut seq = 0;
         while start.elapsed() < Duration::from_millis(3500) {
@@ -439,7 +411,7 @@ fn weak_holders_keep_session_after_d() {
 #[test]
 fn double_sends_small_packets_with_2() {
     let rp = udp(port(), ports(100).range(), &["-2"]);
-    let call = setup_call(&rp, "dbl", "");
+    let call = setup_call(&rp, "dbl");
     call.caller
         .send(call.to_caller_leg, b"\x80\x00\x00\x01small");
     assert_eq!(call.callee.drain(300), 2, "small packet sent twice");
@@ -450,7 +422,7 @@ fn double_sends_small_packets_with_2() {
 #[test]
 fn junk_packets_are_relayed_or_dropped_never_fatal() {
     let rp = udp(port(), ports(100).range(), &[]);
-    let call = setup_call(&rp, "junk", "");
+    let call = setup_call(&rp, "junk");
     call.caller.send(call.to_caller_leg, b"");
     call.caller.send(call.to_caller_leg, b"x");
     call.caller.send(call.to_caller_leg, &[0xffu8; 65000]);
@@ -560,7 +532,7 @@ fn bridges_two_ipv4_interfaces() {
 fn two_hundred_sessions_relay_without_loss() {
     let rp = udp(port(), ports(1000).range(), &["-d", "WARN"]);
     let calls: Vec<Call> = (0..200)
-        .map(|i| setup_call(&rp, &format!("many{i}"), ""))
+        .map(|i| setup_call(&rp, &format!("many{i}")))
         .collect();
     let rounds = 10u16;
     for round in 0..rounds {
@@ -601,7 +573,7 @@ fn unix_socket_control_and_silent_client() {
         .map(|_| std::os::unix::net::UnixStream::connect(&path).expect("connect"))
         .collect();
     let start = Instant::now();
-    let call = setup_call(&rp, "unix1", "");
+    let call = setup_call(&rp, "unix1");
     assert_relays(&call, 1);
     assert!(start.elapsed() < Duration::from_secs(1));
     assert!(rp.command("I").contains("active sessions: 1"));
@@ -714,7 +686,7 @@ fn media_carries_tos() {
     for (tos, want) in [(None, 0xb8u8), (Some("0x20"), 0x20), (Some("-1"), 0)] {
         let extra: Vec<&str> = tos.map(|t| vec!["-t", t]).unwrap_or_default();
         let rp = udp(port(), ports(50).range(), &extra);
-        let call = setup_call(&rp, "tos", "");
+        let call = setup_call(&rp, "tos");
         let on: libc::c_int = 1;
         // SAFETY: setting an int socket option on a live socket.
         unsafe {
@@ -765,7 +737,7 @@ fn a_burst_on_one_stream_arrives_whole_and_in_order() {
     // takes and more than a call's stream brings between two passes.
     let rp = udp(port(), ports(400).range(), &["-d", "WARN"]);
     let calls: Vec<Call> = (0..40)
-        .map(|i| setup_call(&rp, &format!("burst-{i}"), ""))
+        .map(|i| setup_call(&rp, &format!("burst-{i}")))
         .collect();
     let call = &calls[7];
     assert_relays(call, 1);

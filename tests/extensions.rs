@@ -8,35 +8,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{port, ports, reply_addr, rtp_packet, udp, Peer, Rtpproxy, TempDir};
-
-struct Call {
-    caller: Peer,
-    callee: Peer,
-    /// Where the callee sends (the port U answered).
-    to_callee_leg: SocketAddr,
-    /// Where the caller sends (the port L answered).
-    to_caller_leg: SocketAddr,
-}
-
-fn setup_call(rp: &Rtpproxy, call_id: &str) -> Call {
-    let caller = Peer::new("127.0.0.1");
-    let callee = Peer::new("127.0.0.1");
-    let u = rp.command(&format!("U {call_id} 127.0.0.1 {} ftag;1", caller.port()));
-    let l = rp.command(&format!(
-        "L {call_id} 127.0.0.1 {} ftag;1 ttag;1",
-        callee.port()
-    ));
-    Call {
-        to_callee_leg: reply_addr(&u, "127.0.0.1"),
-        to_caller_leg: reply_addr(&l, "127.0.0.1"),
-        caller,
-        callee,
-    }
-}
+use common::{port, ports, reply_addr, rtp_packet, setup_call, udp, Call, Rtpproxy, TempDir};
 
 /// Sends `n` packets each way and checks they arrive.
 fn exchange(call: &Call, first_seq: u16, n: u16) {

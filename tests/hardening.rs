@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{port, ports, reply_addr, rtp_packet, test_user, Peer, Rtpproxy, TempDir, TEST_USER};
+use common::{
+    port, ports, reply_addr, rtp_packet, test_user, Call, Peer, Rtpproxy, TempDir, TEST_USER,
+};
 
 const LO: &str = "127.0.0.1";
 
@@ -427,26 +429,10 @@ fn random_unix_commands_each_on_a_connection_leave_it_consistent() {
     );
 }
 
-/// A call set up with U and L: each party's socket, and the relay port it
-/// sends to.
-struct Call {
-    caller: Peer,
-    callee: Peer,
-    to_caller_leg: SocketAddr,
-    to_callee_leg: SocketAddr,
-}
-
+/// A call set up with `U{umods}` and a plain `L`, tagged `ftag` and `ttag`
+/// (the tags this file's `Q` and `D` name).
 fn setup_call(rp: &Rtpproxy, call_id: &str, umods: &str) -> Call {
-    let caller = Peer::new(LO);
-    let callee = Peer::new(LO);
-    let u = rp.command(&format!("U{umods} {call_id} {LO} {} ftag", caller.port()));
-    let l = rp.command(&format!("L {call_id} {LO} {} ftag ttag", callee.port()));
-    Call {
-        to_callee_leg: reply_addr(&u, LO),
-        to_caller_leg: reply_addr(&l, LO),
-        caller,
-        callee,
-    }
+    Call::setup(rp, call_id, umods, "", ("ftag", "ttag"))
 }
 
 /// `Q`'s five numbers.

@@ -42,34 +42,24 @@
 //! logs of Kamailio, sipp and the relays.
 
 mod common;
+mod sip;
 
 use common::{port, ports, PortBlock, Rtpproxy, TempDir};
+use sip::{
+    expect_media_prerequisites, require_program, section, Endpoint, Guard, Sipps,
+    MIN_PACKETS_PER_DIRECTION, PCAP_PACKETS,
+};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs;
 use std::io::Read;
 use std::net::UdpSocket;
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
 use rtpproxy::rtpp_record_reader::read_recording;
-
-/// Where Debian's sip-tester package puts the recording the caller plays
-/// (named in `tests/sipp/caller.xml`).
-const G711A_PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
-
-/// RTP packets in `g711a.pcap` (7.05 s of 30 ms A-law frames).
-const PCAP_PACKETS: u64 = 236;
-
-/// The fewest packets a finished call must have relayed in each direction
-/// according to `Q`: nearly the whole recording, so that a relay losing
-/// media in the middle of a call is noticed.
-const MIN_PACKETS_PER_DIRECTION: u64 = PCAP_PACKETS * 85 / 100;
 
 /// The prompt `rtpproxy_stream2uac()` plays: makeann's outfile_template,
 /// in the test's directory.
@@ -88,7 +78,9 @@ const MODULE_DIRS: &[&str] = &[
 /// How long one sipp run may take before it is killed; sipp's own
 /// `-timeout` fires a little earlier so that it can still write its logs.
 const SIPP_DEADLINE: Duration = Duration::from_secs(45);
-const SIPP_TIMEOUT: &str = "40s";
+
+/// How long a child process gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// How long Kamailio gets to start and answer an OPTIONS probe, and how
 /// often it is probed.
@@ -109,11 +101,8 @@ struct Tools {
 /// line saying what to install.
 fn tools() -> Tools {
     const INSTALL: &str = "apt-get install kamailio sip-tester";
-    let kamailio = find_program("kamailio").unwrap_or_else(|| {
-        panic!("interop tests need Kamailio: `kamailio` is not installed ({INSTALL})")
-    });
-    let sipp = find_program("sipp")
-        .unwrap_or_else(|| panic!("interop tests need sipp: `sipp` is not installed ({INSTALL})"));
+    let kamailio = require_program("kamailio", "Kamailio", INSTALL);
+    let sipp = require_program("sipp", "sipp", INSTALL);
     let module_dir = std::env::var_os("KAMAILIO_MPATH")
         .map(PathBuf::from)
         .into_iter()
@@ -132,128 +121,6 @@ fn tools() -> Tools {
     }
 }
 
-/// Looks a program up in `PATH` and in the sbin directories a non-root
-/// `PATH` tends to lack.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A child process started by a test, in a process group of its own.
-/// Dropping the guard stops it and reaps it; for a program with workers
-/// (Kamailio) the whole group is killed as well, which also catches workers
-/// that outlived their parent.
-struct Guard {
-    child: Child,
-    status: Option<ExitStatus>,
-    /// Kill the process group too when stopping.
-    workers: bool,
-    /// Where stdout and stderr go.
-    output: PathBuf,
-}
-
-impl Guard {
-    fn spawn(name: &str, command: &mut Command, output: PathBuf, workers: bool) -> Guard {
-        let out = File::create(&output).expect("create output file");
-        let err = out.try_clone().expect("clone output file");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Guard {
-            child,
-            status: None,
-            workers,
-            output,
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// The exit status, once the process has ended.
-    fn poll(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
-        }
-        self.status
-    }
-
-    /// Waits at most `limit` for the process to end.
-    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.poll() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, a bounded grace period, SIGKILL, and reap. The pid is
-    /// signalled only while the child is unreaped, so it cannot have been
-    /// reused.
-    fn stop(&mut self) {
-        if self.poll().is_none() {
-            let _ = kill(self.pid(), Signal::SIGTERM);
-            if self.wait(Duration::from_secs(3)).is_none() {
-                let _ = kill(self.pid(), Signal::SIGKILL);
-            }
-        }
-        if self.workers {
-            let _ = killpg(self.pid(), Signal::SIGKILL);
-        }
-        if self.status.is_none() {
-            self.status = self.child.wait().ok();
-        }
-    }
-
-    fn output(&self) -> String {
-        fs::read_to_string(&self.output).unwrap_or_default()
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// SIP and media ports of one sipp instance.
-#[derive(Clone, Copy)]
-struct Endpoint {
-    sip: u16,
-    /// `-mp`: the RTP port written into its SDP (and echoed on, for the
-    /// callee; sipp also takes `media + 2` for video).
-    media: u16,
-    /// `-cp`: sipp's control socket, else it would take 8888 and up.
-    control: u16,
-}
-
-impl Endpoint {
-    /// Fresh ports for one sipp: SIP, control, and ten media ports from
-    /// `media` on (RTP and RTCP for audio and video, and `media + 4`, which
-    /// `caller_prompt.xml` names in its SDP for the test's own socket).
-    fn new() -> Endpoint {
-        let block = ports(12);
-        Endpoint {
-            sip: block.port(0),
-            control: block.port(1),
-            media: block.port(2),
-        }
-    }
-}
-
 /// One relay of the test and what Kamailio calls it.
 struct Relay {
     proxy: Rtpproxy,
@@ -264,17 +131,6 @@ struct Relay {
     alive: bool,
     /// Sent SIGUSR1: it exits by itself once its last session ended.
     draining: bool,
-}
-
-/// One sipp run and the files it writes.
-struct Sipp {
-    name: String,
-    guard: Guard,
-    calls: u64,
-    screen: PathBuf,
-    errors: PathBuf,
-    actions: PathBuf,
-    messages: PathBuf,
 }
 
 /// One line of `I`: a stream of a session.
@@ -318,7 +174,7 @@ struct SdpSeen {
 /// Everything one test started, stopped in field order on drop (sipp, then
 /// Kamailio, then the relays, then the directory).
 struct Run {
-    sipps: Vec<Sipp>,
+    sipps: Sipps,
     kamailio: Option<Guard>,
     relays: Vec<Relay>,
     /// Per Call-ID, what the relays' `I` showed during the calls.
@@ -342,14 +198,10 @@ struct Run {
 impl Run {
     fn new(name: &str) -> Run {
         let tools = tools();
-        if !Path::new(G711A_PCAP).is_file() {
-            panic!("interop tests need sipp's {G711A_PCAP} (apt-get install sip-tester)");
-        }
-        if !nix::unistd::geteuid().is_root() {
-            panic!("interop tests need root: sipp plays {G711A_PCAP} through raw sockets");
-        }
+        expect_media_prerequisites();
+        let dir = TempDir::new(name);
         Run {
-            sipps: Vec::new(),
+            sipps: Sipps::new(tools.sipp.clone(), dir.path(), SIPP_DEADLINE, STOP_GRACE),
             kamailio: None,
             relays: Vec::new(),
             media: BTreeMap::new(),
@@ -360,7 +212,7 @@ impl Run {
             // Longer than a test: a dead relay is not probed again.
             disable_tout: 60,
             tools,
-            dir: TempDir::new(name),
+            dir,
         }
     }
 
@@ -441,7 +293,13 @@ impl Run {
             .arg("-w")
             .arg(self.dir.path())
             .current_dir(self.dir.path());
-        let guard = Guard::spawn("kamailio", &mut command, self.path("kamailio.log"), true);
+        let guard = Guard::spawn(
+            "kamailio",
+            &mut command,
+            self.path("kamailio.log"),
+            STOP_GRACE,
+            true,
+        );
         self.kamailio = Some(guard);
 
         let probe = UdpSocket::bind(("127.0.0.1", probe_port))
@@ -479,7 +337,8 @@ impl Run {
 
     /// Starts the callee for `calls` calls, echoing RTP.
     fn start_callee(&mut self, me: Endpoint, calls: u64) -> usize {
-        self.start_sipp("callee", "callee.xml", me, calls, &["-rtp_echo"])
+        self.sipps
+            .start("callee", "callee.xml", me, calls, &["-rtp_echo"])
     }
 
     /// Starts a caller placing `calls` calls through Kamailio at `rate` per
@@ -498,73 +357,7 @@ impl Run {
         let extra = [
             "-s", "service", "-r", &rate, "-rp", "1000", "-l", &limit, &target,
         ];
-        self.start_sipp(name, "caller.xml", me, calls, &extra)
-    }
-
-    fn start_sipp(
-        &mut self,
-        name: &str,
-        scenario: &str,
-        me: Endpoint,
-        calls: u64,
-        extra: &[&str],
-    ) -> usize {
-        let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/sipp")
-            .join(scenario);
-        let file = |suffix: &str| self.path(&format!("{name}-{suffix}"));
-        let (screen, errors, actions, messages) = (
-            file("screen.log"),
-            file("errors.log"),
-            file("actions.log"),
-            file("messages.log"),
-        );
-        let mut command = Command::new(&self.tools.sipp);
-        command
-            .arg("-sf")
-            .arg(&scenario)
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-nostdin",
-                "-timeout",
-                SIPP_TIMEOUT,
-                "-timeout_error",
-            ])
-            .args([
-                "-p",
-                &me.sip.to_string(),
-                "-mp",
-                &me.media.to_string(),
-                "-cp",
-                &me.control.to_string(),
-            ])
-            .args(["-m", &calls.to_string()])
-            .arg("-trace_screen")
-            .arg("-screen_file")
-            .arg(&screen)
-            .arg("-trace_err")
-            .arg("-error_file")
-            .arg(&errors)
-            .arg("-trace_logs")
-            .arg("-log_file")
-            .arg(&actions)
-            .arg("-trace_msg")
-            .arg("-message_file")
-            .arg(&messages)
-            .args(extra)
-            .current_dir(self.dir.path());
-        let guard = Guard::spawn(name, &mut command, file("stdout.log"), false);
-        self.sipps.push(Sipp {
-            name: name.to_string(),
-            guard,
-            calls,
-            screen,
-            errors,
-            actions,
-            messages,
-        });
-        self.sipps.len() - 1
+        self.sipps.start(name, "caller.xml", me, calls, &extra)
     }
 
     /// One control command, turning a harness panic into a failure that
@@ -671,22 +464,8 @@ impl Run {
 
     /// Waits for one sipp to end and checks that it completed all its calls.
     fn expect_all_calls_completed(&mut self, index: usize) {
-        let status = self.sipps[index].guard.wait(SIPP_DEADLINE);
-        let sipp = &self.sipps[index];
-        let Some(status) = status else {
-            self.fail(&format!(
-                "{} did not end within {SIPP_DEADLINE:?}",
-                sipp.name
-            ));
-        };
-        let screen = fs::read_to_string(&sipp.screen).unwrap_or_default();
-        let successful = screen_counter(&screen, "Successful call");
-        let failed = screen_counter(&screen, "Failed call");
-        if !status.success() || successful != Some(sipp.calls) || failed != Some(0) {
-            self.fail(&format!(
-                "{}: {status}, {successful:?} successful and {failed:?} failed calls, {} expected to succeed",
-                sipp.name, sipp.calls
-            ));
+        if let Err(what) = self.sipps.completed(index) {
+            self.fail(&what);
         }
     }
 
@@ -841,56 +620,8 @@ impl Run {
         if let Some(kamailio) = &self.kamailio {
             section(&mut report, "Kamailio log", &kamailio.output(), 150);
         }
-        for sipp in &self.sipps {
-            let read = |p: &PathBuf| fs::read_to_string(p).unwrap_or_default();
-            let name = &sipp.name;
-            section(
-                &mut report,
-                &format!("{name} stdout"),
-                &sipp.guard.output(),
-                15,
-            );
-            section(
-                &mut report,
-                &format!("{name} screen"),
-                &read(&sipp.screen),
-                45,
-            );
-            section(
-                &mut report,
-                &format!("{name} errors"),
-                &read(&sipp.errors),
-                30,
-            );
-            section(
-                &mut report,
-                &format!("{name} logged SDP"),
-                &read(&sipp.actions),
-                30,
-            );
-            section(
-                &mut report,
-                &format!("{name} messages"),
-                &read(&sipp.messages),
-                80,
-            );
-        }
+        self.sipps.report(&mut report, 30);
         panic!("{report}");
-    }
-}
-
-/// Appends the last `lines` lines of `text` under a heading.
-fn section(report: &mut String, title: &str, text: &str, lines: usize) {
-    let all: Vec<&str> = text.lines().collect();
-    let from = all.len().saturating_sub(lines);
-    report.push_str(&format!(
-        "\n===== {title} (last {} of {} lines) =====\n",
-        all.len() - from,
-        all.len()
-    ));
-    for line in &all[from..] {
-        report.push_str(line);
-        report.push('\n');
     }
 }
 
@@ -929,16 +660,6 @@ fn options_probe(sip_port: u16, probe_port: u16, attempt: u32) -> String {
          Max-Forwards: 70\r\n\
          Content-Length: 0\r\n\r\n"
     )
-}
-
-/// The cumulative value of a counter on sipp's statistics screen (the last
-/// screen written wins).
-fn screen_counter(screen: &str, name: &str) -> Option<u64> {
-    screen
-        .lines()
-        .rfind(|l| l.trim_start().starts_with(name))
-        .and_then(|l| l.rsplit('|').next())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Parses `KIND call=CALLID | c=IN IP4 ADDR | m=audio PORT | a=nortpproxy:yes`
@@ -1439,7 +1160,9 @@ fn kamailio_streams_a_prompt_to_the_caller_and_stops_it() {
     let callee = run.start_callee(callee, 1);
     let target = format!("127.0.0.1:{kamailio}");
     let extra = ["-s", "service", "-l", "1", &target];
-    let caller = run.start_sipp("caller", "caller_prompt.xml", caller, 1, &extra);
+    let caller = run
+        .sipps
+        .start("caller", "caller_prompt.xml", caller, 1, &extra);
 
     // Collect what reaches the caller while the call runs. The caller ends
     // on the 200 to its BYE, right after Kamailio's D ended the session.
@@ -1555,10 +1278,14 @@ fn kamailio_timeout_socket_gets_the_timeout_notification() {
     run.timeout_socket = notify.clone();
     let (kamailio, callee, caller) = (port(), Endpoint::new(), Endpoint::new());
     run.start_kamailio(kamailio, callee.sip, caller.sip, &control);
-    let callee = run.start_sipp("callee", "callee_reinvite.xml", callee, 1, &[]);
+    let callee = run
+        .sipps
+        .start("callee", "callee_reinvite.xml", callee, 1, &[]);
     let target = format!("127.0.0.1:{kamailio}");
     let extra = ["-s", "service", "-l", "1", &target];
-    let caller = run.start_sipp("caller", "caller_reinvite.xml", caller, 1, &extra);
+    let caller = run
+        .sipps
+        .start("caller", "caller_reinvite.xml", caller, 1, &extra);
 
     // Read what the relay writes to the listener while the call runs.
     let mut conn = None;
@@ -1674,6 +1401,7 @@ fn contrib_kamailio_config_is_accepted() {
         "kamailio -c",
         &mut command,
         dir.path().join("check.log"),
+        STOP_GRACE,
         false,
     );
     let status = check.wait(KAMAILIO_START);

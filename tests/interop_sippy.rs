@@ -69,30 +69,20 @@
 //! B2BUA and sipp.
 
 mod common;
+mod sip;
 
 use common::{parse_flat_json, port, ports, Json, PortBlock, Rtpproxy, TempDir};
+use sip::{
+    expect_media_prerequisites, require_program, section, Endpoint, Guard, Sipps,
+    MIN_PACKETS_PER_DIRECTION, PCAP_PACKETS,
+};
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::net::UdpSocket;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
-
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
-
-/// Where Debian's sip-tester package puts the recording the caller plays
-/// (named in `tests/sipp/b2bua_caller.xml`).
-const G711A_PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
-
-/// RTP packets in `g711a.pcap` (7.05 s of 30 ms A-law frames).
-const PCAP_PACKETS: u64 = 236;
-
-/// The fewest packets a call must have relayed in each direction: nearly
-/// the whole recording.
-const MIN_PACKETS_PER_DIRECTION: u64 = PCAP_PACKETS * 85 / 100;
 
 /// How the tests install the B2BUA.
 const INSTALL_B2BUA: &str = "`sh tests/sippy/install.sh` (tests/run.sh runs it)";
@@ -100,7 +90,9 @@ const INSTALL_B2BUA: &str = "`sh tests/sippy/install.sh` (tests/run.sh runs it)"
 /// How long one sipp run may take before it is killed; sipp's own
 /// `-timeout` fires a little earlier so that it can still write its logs.
 const SIPP_DEADLINE: Duration = Duration::from_secs(30);
-const SIPP_TIMEOUT: &str = "25s";
+
+/// How long a child process gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// How long the B2BUA gets to start, probe the relay and send its first
 /// `Ib` (it sends that once the relay counts as online).
@@ -129,9 +121,7 @@ struct Tools {
 /// `tests/sippy/install.sh` makes in the target directory, or fails with
 /// one line saying what to install.
 fn tools() -> Tools {
-    let sipp = find_program("sipp").unwrap_or_else(|| {
-        panic!("interop tests need sipp: `sipp` is not installed (apt-get install sip-tester)")
-    });
+    let sipp = require_program("sipp", "sipp", "apt-get install sip-tester");
     // The daemon is TARGET/debug/rtpproxy (or TARGET/TRIPLE/debug/...);
     // the venv is TARGET/sippy-venv.
     let daemon = common::bin_path();
@@ -155,16 +145,6 @@ fn tools() -> Tools {
     Tools { sipp, b2bua }
 }
 
-/// Looks a program up in `PATH` and in the sbin directories a non-root
-/// `PATH` tends to lack.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
 /// Fails unless a UDP socket can be bound on 127.0.0.1:`port`: a program
 /// left over from an earlier run still holds it. A B2BUA binds its SIP port
 /// with SO_REUSEPORT, so a second one would start fine and silently share
@@ -173,121 +153,6 @@ fn expect_port_free(port: u16, what: &str) {
     if let Err(e) = UdpSocket::bind(("127.0.0.1", port)) {
         panic!("UDP port {port} ({what}) is busy ({e}): refusing to run; is a B2BUA or sipp of an earlier run still there?");
     }
-}
-
-/// A child process started by a test, in a process group of its own.
-/// Dropping the guard stops it and reaps it, and kills what is left of its
-/// process group.
-struct Guard {
-    child: Child,
-    status: Option<ExitStatus>,
-    /// Where stdout and stderr go.
-    output: PathBuf,
-}
-
-impl Guard {
-    fn spawn(name: &str, command: &mut Command, output: PathBuf) -> Guard {
-        let out = File::create(&output).expect("create output file");
-        let err = out.try_clone().expect("clone output file");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Guard {
-            child,
-            status: None,
-            output,
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// The exit status, once the process has ended.
-    fn poll(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
-        }
-        self.status
-    }
-
-    /// Waits at most `limit` for the process to end.
-    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.poll() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, a bounded grace period (the B2BUA may ignore SIGTERM while
-    /// a call is stuck), SIGKILL, and reap. The pid and its group are
-    /// signalled only while the child is unreaped, so neither can have been
-    /// reused.
-    fn stop(&mut self) {
-        if self.poll().is_none() {
-            let _ = kill(self.pid(), Signal::SIGTERM);
-            if self.wait(Duration::from_secs(2)).is_none() {
-                let _ = killpg(self.pid(), Signal::SIGKILL);
-                let _ = kill(self.pid(), Signal::SIGKILL);
-            }
-        }
-        if self.status.is_none() {
-            self.status = self.child.wait().ok();
-        }
-    }
-
-    fn output(&self) -> String {
-        fs::read_to_string(&self.output).unwrap_or_default()
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// SIP and media ports of one sipp instance.
-#[derive(Clone, Copy)]
-struct Endpoint {
-    sip: u16,
-    /// `-mp`: the RTP port written into its SDP (and echoed on, for the
-    /// callee; sipp also takes `media + 2` for video).
-    media: u16,
-    /// `-cp`: sipp's control socket, else it would take 8888 and up.
-    control: u16,
-}
-
-impl Endpoint {
-    /// Fresh ports for one sipp: SIP, control, and ten media ports.
-    fn new() -> Endpoint {
-        let block = ports(12);
-        Endpoint {
-            sip: block.port(0),
-            control: block.port(1),
-            media: block.port(2),
-        }
-    }
-}
-
-/// One sipp run and the files it writes.
-struct Sipp {
-    name: String,
-    guard: Guard,
-    screen: PathBuf,
-    errors: PathBuf,
-    actions: PathBuf,
-    messages: PathBuf,
 }
 
 /// One command the relay received and the reply it sent, from its log.
@@ -306,7 +171,7 @@ impl Exchange {
 /// Everything one test started, stopped in field order on drop (sipp, then
 /// the B2BUA, then the relay, then the directory).
 struct Run {
-    sipps: Vec<Sipp>,
+    sipps: Sipps,
     b2bua: Option<Guard>,
     relay: Option<Rtpproxy>,
     /// The relay's media ports.
@@ -322,20 +187,16 @@ struct Run {
 impl Run {
     fn new(name: &str) -> Run {
         let tools = tools();
-        if !Path::new(G711A_PCAP).is_file() {
-            panic!("interop tests need sipp's {G711A_PCAP} (apt-get install sip-tester)");
-        }
-        if !nix::unistd::geteuid().is_root() {
-            panic!("interop tests need root: sipp plays {G711A_PCAP} through raw sockets");
-        }
+        expect_media_prerequisites();
+        let dir = TempDir::new(name);
         Run {
-            sipps: Vec::new(),
+            sipps: Sipps::new(tools.sipp.clone(), dir.path(), SIPP_DEADLINE, STOP_GRACE),
             b2bua: None,
             relay: None,
             media: PortBlock { first: 0, len: 1 },
             log_before_b2bua: 0,
             tools,
-            dir: TempDir::new(name),
+            dir,
         }
     }
 
@@ -390,7 +251,13 @@ impl Run {
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .current_dir(self.dir.path());
-        let guard = Guard::spawn("b2bua", &mut command, self.path("b2bua.log"));
+        let guard = Guard::spawn(
+            "b2bua",
+            &mut command,
+            self.path("b2bua.log"),
+            STOP_GRACE,
+            false,
+        );
         self.b2bua = Some(guard);
         let deadline = Instant::now() + B2BUA_START;
         while self.b2bua_exchanges().iter().all(|e| e.command != "Ib") {
@@ -406,64 +273,10 @@ impl Run {
         }
     }
 
+    /// Starts one sipp for one call; fails if its SIP port is busy.
     fn start_sipp(&mut self, name: &str, scenario: &str, me: Endpoint, extra: &[&str]) -> usize {
         expect_port_free(me.sip, &format!("{name}'s SIP port"));
-        let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/sipp")
-            .join(scenario);
-        let file = |suffix: &str| self.path(&format!("{name}-{suffix}"));
-        let (screen, errors, actions, messages) = (
-            file("screen.log"),
-            file("errors.log"),
-            file("actions.log"),
-            file("messages.log"),
-        );
-        let mut command = Command::new(&self.tools.sipp);
-        command
-            .arg("-sf")
-            .arg(&scenario)
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-nostdin",
-                "-timeout",
-                SIPP_TIMEOUT,
-                "-timeout_error",
-                "-m",
-                "1",
-            ])
-            .args([
-                "-p",
-                &me.sip.to_string(),
-                "-mp",
-                &me.media.to_string(),
-                "-cp",
-                &me.control.to_string(),
-            ])
-            .arg("-trace_screen")
-            .arg("-screen_file")
-            .arg(&screen)
-            .arg("-trace_err")
-            .arg("-error_file")
-            .arg(&errors)
-            .arg("-trace_logs")
-            .arg("-log_file")
-            .arg(&actions)
-            .arg("-trace_msg")
-            .arg("-message_file")
-            .arg(&messages)
-            .args(extra)
-            .current_dir(self.dir.path());
-        let guard = Guard::spawn(name, &mut command, file("stdout.log"));
-        self.sipps.push(Sipp {
-            name: name.to_string(),
-            guard,
-            screen,
-            errors,
-            actions,
-            messages,
-        });
-        self.sipps.len() - 1
+        self.sipps.start(name, scenario, me, 1, extra)
     }
 
     /// Starts the callee (echoing RTP) and then the caller, calling the
@@ -483,22 +296,8 @@ impl Run {
 
     /// Waits for one sipp to end and checks that its one call succeeded.
     fn expect_call_completed(&mut self, index: usize) {
-        let status = self.sipps[index].guard.wait(SIPP_DEADLINE);
-        let sipp = &self.sipps[index];
-        let Some(status) = status else {
-            self.fail(&format!(
-                "{} did not end within {SIPP_DEADLINE:?}",
-                sipp.name
-            ));
-        };
-        let screen = fs::read_to_string(&sipp.screen).unwrap_or_default();
-        let successful = screen_counter(&screen, "Successful call");
-        let failed = screen_counter(&screen, "Failed call");
-        if !status.success() || successful != Some(1) || failed != Some(0) {
-            self.fail(&format!(
-                "{}: {status}, {successful:?} successful and {failed:?} failed calls, 1 expected to succeed",
-                sipp.name
-            ));
+        if let Err(what) = self.sipps.completed(index) {
+            self.fail(&what);
         }
     }
 
@@ -804,56 +603,8 @@ impl Run {
         if let Some(b2bua) = &self.b2bua {
             section(&mut report, "B2BUA output", &b2bua.output(), 80);
         }
-        for sipp in &self.sipps {
-            let read = |p: &PathBuf| fs::read_to_string(p).unwrap_or_default();
-            let name = &sipp.name;
-            section(
-                &mut report,
-                &format!("{name} stdout"),
-                &sipp.guard.output(),
-                15,
-            );
-            section(
-                &mut report,
-                &format!("{name} screen"),
-                &read(&sipp.screen),
-                45,
-            );
-            section(
-                &mut report,
-                &format!("{name} errors"),
-                &read(&sipp.errors),
-                30,
-            );
-            section(
-                &mut report,
-                &format!("{name} logged SDP"),
-                &read(&sipp.actions),
-                10,
-            );
-            section(
-                &mut report,
-                &format!("{name} messages"),
-                &read(&sipp.messages),
-                80,
-            );
-        }
+        self.sipps.report(&mut report, 10);
         panic!("{report}");
-    }
-}
-
-/// Appends the last `lines` lines of `text` under a heading.
-fn section(report: &mut String, title: &str, text: &str, lines: usize) {
-    let all: Vec<&str> = text.lines().collect();
-    let from = all.len().saturating_sub(lines);
-    report.push_str(&format!(
-        "\n===== {title} (last {} of {} lines) =====\n",
-        all.len() - from,
-        all.len()
-    ));
-    for line in &all[from..] {
-        report.push_str(line);
-        report.push('\n');
     }
 }
 
@@ -900,16 +651,6 @@ fn exchanges(log: &str) -> Vec<Exchange> {
         }
     }
     out
-}
-
-/// The cumulative value of a counter on sipp's statistics screen (the last
-/// screen written wins).
-fn screen_counter(screen: &str, name: &str) -> Option<u64> {
-    screen
-        .lines()
-        .rfind(|l| l.trim_start().starts_with(name))
-        .and_then(|l| l.rsplit('|').next())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// One call through the B2BUA with the relay at `control`: it completes,

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use common::{port, ports, reply_addr, rtp_packet, udp, Peer, Rtpproxy, TempDir};
+use common::{port, ports, reply_addr, rtp_packet, udp, Call, Peer, Rtpproxy, TempDir};
 
 const RTPA: &str = "Gv rtpa_nsent rtpa_nrcvd rtpa_ndups rtpa_nlost rtpa_perrs";
 
@@ -37,11 +37,12 @@ fn send_all(from: &Peer, to: std::net::SocketAddr, packets: &[Vec<u8>], other: &
 #[test]
 fn g_sums_the_analysis_of_ended_sessions() {
     let rp = udp(port(), ports(20).range(), &[]);
-    let caller = Peer::new("127.0.0.1");
-    let callee = Peer::new("127.0.0.1");
-    let u = rp.command(&format!("U obs1 127.0.0.1 {} ftag", caller.port()));
-    let l = rp.command(&format!("L obs1 127.0.0.1 {} ftag ttag", callee.port()));
-    let (to_callee_leg, to_caller_leg) = (reply_addr(&u, "127.0.0.1"), reply_addr(&l, "127.0.0.1"));
+    let Call {
+        caller,
+        callee,
+        to_caller_leg,
+        to_callee_leg,
+    } = Call::setup(&rp, "obs1", "", "", ("ftag", "ttag"));
 
     // The caller: 100..=119 without 105, 110 twice, and two datagrams that
     // are not RTP (relayed all the same).
@@ -91,11 +92,12 @@ fn g_sums_the_analysis_of_ended_sessions() {
 #[test]
 fn q_reports_the_analysis_of_each_direction() {
     let rp = udp(port(), ports(20).range(), &[]);
-    let caller = Peer::new("127.0.0.1");
-    let callee = Peer::new("127.0.0.1");
-    let u = rp.command(&format!("U obs2 127.0.0.1 {} ftag", caller.port()));
-    let l = rp.command(&format!("L obs2 127.0.0.1 {} ftag ttag", callee.port()));
-    let (to_callee_leg, to_caller_leg) = (reply_addr(&u, "127.0.0.1"), reply_addr(&l, "127.0.0.1"));
+    let Call {
+        caller,
+        callee,
+        to_caller_leg,
+        to_callee_leg,
+    } = Call::setup(&rp, "obs2", "", "", ("ftag", "ttag"));
     let mut from_caller: Vec<Vec<u8>> = (100..120)
         .filter(|&s| s != 105)
         .map(|s| rtp_packet(s, 0))

@@ -16,41 +16,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{reply_addr, rtp_packet, Peer, Rtpproxy, TempDir};
+use common::{reply_addr, rtp_packet, Call, Peer, Rtpproxy, TempDir};
 
 const MAKEANN: &str = env!("CARGO_BIN_EXE_makeann");
 
 /// Bytes of one 10 ms G.711 packet.
 const G711_FRAME: usize = 80;
 
-/// A call set up through U and L, both parties latched: each party's
-/// socket and the relay address it sends to (and hears from).
-struct Call {
-    caller: Peer,
-    callee: Peer,
-    to_caller_leg: SocketAddr,
-    to_callee_leg: SocketAddr,
-}
-
 /// `U{u_mods}` from the caller, `L{l_mods}` from the callee, then one
 /// packet each way so both parties are latched and the path is known good.
 fn setup_call(rp: &Rtpproxy, call_id: &str, u_mods: &str, l_mods: &str) -> Call {
-    let caller = Peer::new("127.0.0.1");
-    let callee = Peer::new("127.0.0.1");
-    let u = rp.command(&format!(
-        "U{u_mods} {call_id} 127.0.0.1 {} ftag;1",
-        caller.port()
-    ));
-    let l = rp.command(&format!(
-        "L{l_mods} {call_id} 127.0.0.1 {} ftag;1 ttag;1",
-        callee.port()
-    ));
-    let call = Call {
-        to_callee_leg: reply_addr(&u, "127.0.0.1"),
-        to_caller_leg: reply_addr(&l, "127.0.0.1"),
-        caller,
-        callee,
-    };
+    let call = Call::setup(rp, call_id, u_mods, l_mods, ("ftag;1", "ttag;1"));
     assert_relays(&call, 1);
     call
 }

@@ -638,6 +638,55 @@ pub fn reply_addr(reply: &str, default_ip: &str) -> SocketAddr {
     }
 }
 
+/// A call set up through `U` and `L` between two parties on 127.0.0.1:
+/// each party's socket and the relay address it sends to (and hears the
+/// other party from).
+pub struct Call {
+    pub caller: Peer,
+    pub callee: Peer,
+    /// Where the caller sends (the port `L` answered).
+    pub to_caller_leg: SocketAddr,
+    /// Where the callee sends (the port `U` answered).
+    pub to_callee_leg: SocketAddr,
+}
+
+impl Call {
+    /// Sets up `call_id` on `rp` between two fresh parties on 127.0.0.1:
+    /// `U{u_mods} CALL_ID 127.0.0.1 PORT FROMTAG` from the caller's port,
+    /// then `L{l_mods} CALL_ID 127.0.0.1 PORT FROMTAG TOTAG` from the
+    /// callee's, `tags` being (FROMTAG, TOTAG). No media is sent.
+    pub fn setup(
+        rp: &Rtpproxy,
+        call_id: &str,
+        u_mods: &str,
+        l_mods: &str,
+        (from_tag, to_tag): (&str, &str),
+    ) -> Call {
+        let caller = Peer::new("127.0.0.1");
+        let callee = Peer::new("127.0.0.1");
+        let u = rp.command(&format!(
+            "U{u_mods} {call_id} 127.0.0.1 {} {from_tag}",
+            caller.port()
+        ));
+        let l = rp.command(&format!(
+            "L{l_mods} {call_id} 127.0.0.1 {} {from_tag} {to_tag}",
+            callee.port()
+        ));
+        Call {
+            to_callee_leg: reply_addr(&u, "127.0.0.1"),
+            to_caller_leg: reply_addr(&l, "127.0.0.1"),
+            caller,
+            callee,
+        }
+    }
+}
+
+/// The plain call most tests relay media on: [`Call::setup`] without
+/// modifiers, tagged `ftag;1` and `ttag;1`.
+pub fn setup_call(rp: &Rtpproxy, call_id: &str) -> Call {
+    Call::setup(rp, call_id, "", "", ("ftag;1", "ttag;1"))
+}
+
 impl Rtpproxy {
     /// Waits (bounded) for the process to exit on its own, e.g. after a
     /// signal sent with `signal`; None if it is still running.
