@@ -703,6 +703,17 @@ fn b2bua_call_over_unix_control() {
     call_through_b2bua("unix", &control);
 }
 
+/// The same over a `cunix:` stream socket, which the B2BUA also speaks:
+/// one connection kept open, each command ending in a newline, every
+/// reply on the same connection.
+#[test]
+fn b2bua_call_over_cunix_control() {
+    let dir = TempDir::new("cunix-control");
+    let socket = dir.join("rtpproxy.sock").display().to_string();
+    // The relay listens on `cunix:`; the B2BUA is told the same.
+    call_through_b2bua("cunix", &format!("cunix:{socket}"));
+}
+
 /// The B2BUA's heartbeat is `Ib`, about once a second (over UDP it resends
 /// an unanswered one for 10 s), and the B2BUA takes a relay that does not
 /// answer it offline: new calls then get 502 "No online RTP proxy client
