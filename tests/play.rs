@@ -193,6 +193,10 @@ fn makeann_prompt_plays_twice_to_latched_caller() {
     assert!(call.callee.recv_within(50).is_none());
     // Once it has finished, media reaches the caller again.
     assert_relays(&call, 50);
+    assert_eq!(
+        rp.command("Gv nplrs_created nplrs_destroyed npkts_played"),
+        "nplrs_created=1 nplrs_destroyed=1 npkts_played=60"
+    );
 }
 
 #[test]

@@ -109,7 +109,7 @@ fn check_header_chain(got: &[Got], pt: u8, samples_per_byte_num: u32, samples_pe
 
 #[test]
 fn pcmu_20ms_joined_to_40ms() {
-    let (_rp, caller, callee, to) = call("z40");
+    let (rp, caller, callee, to) = call("z40");
     let inputs = payload_stream(50, 160);
     let packets: Vec<_> = inputs
         .iter()
@@ -123,6 +123,11 @@ fn pcmu_20ms_joined_to_40ms() {
     assert_eq!(joined, inputs.concat(), "payload stream byte for byte");
     assert_eq!(got[0].ts, 8000);
     check_header_chain(&got, 0, 1, 1);
+    // G counts what went in and out of the re-packetizer.
+    assert_eq!(
+        rp.command("Gv npkts_resizer_in npkts_resizer_out npkts_resizer_discard"),
+        "npkts_resizer_in=50 npkts_resizer_out=25 npkts_resizer_discard=0"
+    );
     // A 40 ms packet leaves when its second 20 ms half arrives. The test's
     // sender shares two loaded cores with the daemon: judge the median and
     // bound the worst case loosely.
