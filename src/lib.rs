@@ -14,7 +14,9 @@
 //! sends the remote copies of `C`, `rtp_server` plays prompts, `rtp`
 //! parses RTP, `rtp_resizer` re-packetizes it for the `z` modifier,
 //! `rtpp_analyzer` counts what each party sends by sequence number,
-//! `rtpp_dtmf` catches telephone-events, `rtpp_notify` sends timeout and
+//! `rtpp_dtmf` catches telephone-events, `rtpp_quality` measures each
+//! direction's call quality (with `rtpp_rtcp` reading RTCP and `rtpp_mos`
+//! scoring it), `rtpp_notify` sends timeout and
 //! DTMF notifications, `rtpp_account` writes per-call accounting, and
 //! `g711`/`wav` and the optional codec modules serve `makeann` and
 //! `extractaudio`.
@@ -38,13 +40,16 @@ pub(crate) mod rtpp_copy;
 pub mod rtpp_daemon;
 pub mod rtpp_defines;
 pub mod rtpp_dtmf;
+pub mod rtpp_mos;
 pub mod rtpp_network;
 pub mod rtpp_notify;
 pub mod rtpp_options;
 pub mod rtpp_poll;
 pub mod rtpp_proc;
+pub mod rtpp_quality;
 pub mod rtpp_record;
 pub mod rtpp_record_reader;
+pub mod rtpp_rtcp;
 pub mod rtpp_session;
 pub mod rtpp_state;
 pub mod rtpp_util;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::rtpp_defines::{ByParty, Party};
 use crate::rtpp_log;
+use crate::rtpp_quality::{DirectionQuality, QualityReport};
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +50,7 @@ pub struct Sent {
 
 /// The accounting record of one ended session, built by the session module
 /// when the session ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallRecord<'a> {
     pub call_id: &'a [u8],
     /// The creating from-tag, media number included.
@@ -69,15 +70,17 @@ pub struct CallRecord<'a> {
     /// RTP and RTCP packets dropped, both directions.
     pub dropped: u64,
     /// RTP packets each party sent that never reached the relay, estimated
-    /// from the sequence numbers.
+    /// from the sequence numbers (RFC 3550: duplicates offset losses).
     pub lost: ByParty<u64>,
+    /// The quality of each direction, written after the fields above.
+    pub quality: QualityReport,
 }
 
 impl<'a> CallRecord<'a> {
     /// The INFO line logged when the session ends.
     pub fn log_line(&self) -> String {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        format!(
+        let mut line = format!(
             "session ended ({:?}): call_id={} from_tag={} to_tag={} start={} duration={}s \
              ports={}/{} rtp_caller={}p/{}b rtp_callee={}p/{}b rtcp_caller={}p/{}b \
              rtcp_callee={}p/{}b relayed={} dropped={} lost_caller={} lost_callee={}",
@@ -101,7 +104,14 @@ impl<'a> CallRecord<'a> {
             self.dropped,
             self.lost[Party::Caller],
             self.lost[Party::Callee],
-        )
+        );
+        for party in Party::BOTH {
+            for (name, value) in quality_fields(self.quality.direction(party)) {
+                let _ = write!(line, " {name}_{party}=");
+                value.write_text(&mut line);
+            }
+        }
+        line
     }
 
     /// The same record as one JSON object on one line, newline included.
@@ -142,9 +152,92 @@ impl<'a> CallRecord<'a> {
         for (name, value) in numbers {
             let _ = write!(out, ",\"{name}\":{value}");
         }
+        for party in Party::BOTH {
+            for (name, value) in quality_fields(self.quality.direction(party)) {
+                let _ = write!(out, ",\"{name}_{party}\":");
+                value.write_json(&mut out);
+            }
+        }
         out.push_str("}\n");
         out
     }
+}
+
+/// A quality figure as the record writes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Figure {
+    Count(u64),
+    Signed(i64),
+    /// A value with its decimals and, in the log line, its unit.
+    Measure(f64, usize, &'static str),
+    Word(&'static str),
+    /// Not measured: `NONE` in the log line, `null` in JSON.
+    Missing,
+}
+
+impl Figure {
+    fn write_text(&self, out: &mut String) {
+        let _ = match *self {
+            Figure::Count(v) => write!(out, "{v}"),
+            Figure::Signed(v) => write!(out, "{v}"),
+            Figure::Measure(v, decimals, unit) => write!(out, "{v:.decimals$}{unit}"),
+            Figure::Word(w) => write!(out, "{w}"),
+            Figure::Missing => write!(out, "NONE"),
+        };
+    }
+
+    fn write_json(&self, out: &mut String) {
+        let _ = match *self {
+            // NaN and infinities are not JSON; the meters make none.
+            Figure::Measure(v, _, _) if !v.is_finite() => {
+                write!(out, "null")
+            }
+            Figure::Measure(v, decimals, _) => write!(out, "{v:.decimals$}"),
+            Figure::Word(w) => write!(out, "\"{w}\""),
+            Figure::Missing => write!(out, "null"),
+            Figure::Count(_) | Figure::Signed(_) => {
+                self.write_text(out);
+                Ok(())
+            }
+        };
+    }
+}
+
+/// The quality figures of one direction, by name (the record appends
+/// `_caller` or `_callee`); doc/PROTOCOL.md, "Accounting", says what
+/// each means.
+fn quality_fields(q: &DirectionQuality) -> [(&'static str, Figure); 18] {
+    let measure = |v: Option<f64>, decimals, unit| {
+        v.map_or(Figure::Missing, |v| Figure::Measure(v, decimals, unit))
+    };
+    [
+        ("mos", measure(q.mos, 2, "")),
+        ("r", measure(q.r_factor, 1, "")),
+        (
+            "pt",
+            q.payload_type
+                .map_or(Figure::Missing, |pt| Figure::Count(u64::from(pt))),
+        ),
+        ("expected", Figure::Count(q.expected)),
+        ("received", Figure::Count(q.received)),
+        ("loss", Figure::Measure(q.loss_pct, 2, "%")),
+        ("dups", Figure::Count(q.dups)),
+        ("reordered", Figure::Count(q.reordered)),
+        ("ssrc_changes", Figure::Count(q.ssrc_changes)),
+        ("jitter", measure(q.jitter_ms, 2, "ms")),
+        ("jitter_max", measure(q.jitter_max_ms, 2, "ms")),
+        ("jitter_clock", Figure::Word(q.clock.name())),
+        ("max_gap", Figure::Measure(q.max_gap_ms, 1, "ms")),
+        ("rtt", measure(q.rtt_ms, 1, "ms")),
+        ("rtcp_loss", measure(q.rtcp_loss_pct, 2, "%")),
+        (
+            "rtcp_lost",
+            q.rtcp_cumulative_lost
+                .map_or(Figure::Missing, Figure::Signed),
+        ),
+        ("rtcp_jitter", measure(q.rtcp_jitter_ms, 2, "ms")),
+        ("rtcp_errs", Figure::Count(q.rtcp_errors)),
+    ]
 }
 
 /// Seconds with millisecond precision: `12.345`.
@@ -246,6 +339,7 @@ impl AccountFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rtpp_quality::ClockSource;
 
     fn json(bytes: &[u8]) -> String {
         let mut out = String::new();
@@ -316,21 +410,77 @@ mod tests {
             relayed: 10,
             dropped: 0,
             lost: ByParty::from_fn(|p| u64::from(p == Party::Callee)),
+            quality: QualityReport::default(),
         }
     }
 
+    /// A caller's direction with every figure measured; the callee sent
+    /// nothing.
+    fn measured() -> QualityReport {
+        let caller = DirectionQuality {
+            payload_type: Some(0),
+            codec: "G.711",
+            expected: 250,
+            received: 226,
+            lost: 25,
+            loss_pct: 10.0,
+            dups: 1,
+            reordered: 2,
+            ssrc_changes: 0,
+            jitter_ms: Some(1.234),
+            jitter_max_ms: Some(2.5),
+            clock_rate: Some(8000),
+            clock: ClockSource::Static,
+            max_gap_ms: 40.04,
+            rtcp_packets: 3,
+            rtcp_errors: 1,
+            rtcp_reports: 2,
+            rtcp_loss_pct: Some(9.765625),
+            rtcp_cumulative_lost: Some(-2),
+            rtcp_jitter_ms: Some(0.5),
+            rtt_ms: Some(20.06),
+            r_factor: Some(70.123),
+            mos: Some(3.6049),
+        };
+        QualityReport {
+            caller,
+            callee: DirectionQuality::default(),
+        }
+    }
+
+    const CALLER_QUALITY_JSON: &str = "\"mos_caller\":3.60,\"r_caller\":70.1,\"pt_caller\":0,\
+        \"expected_caller\":250,\"received_caller\":226,\"loss_caller\":10.00,\
+        \"dups_caller\":1,\"reordered_caller\":2,\"ssrc_changes_caller\":0,\
+        \"jitter_caller\":1.23,\"jitter_max_caller\":2.50,\"jitter_clock_caller\":\"static\",\
+        \"max_gap_caller\":40.0,\"rtt_caller\":20.1,\"rtcp_loss_caller\":9.77,\
+        \"rtcp_lost_caller\":-2,\"rtcp_jitter_caller\":0.50,\"rtcp_errs_caller\":1";
+
+    const CALLEE_NOTHING_JSON: &str = "\"mos_callee\":null,\"r_callee\":null,\"pt_callee\":null,\
+        \"expected_callee\":0,\"received_callee\":0,\"loss_callee\":0.00,\
+        \"dups_callee\":0,\"reordered_callee\":0,\"ssrc_changes_callee\":0,\
+        \"jitter_callee\":null,\"jitter_max_callee\":null,\"jitter_clock_callee\":\"none\",\
+        \"max_gap_callee\":0.0,\"rtt_callee\":null,\"rtcp_loss_callee\":null,\
+        \"rtcp_lost_callee\":null,\"rtcp_jitter_callee\":null,\"rtcp_errs_callee\":0";
+
     #[test]
     fn json_line_holds_every_field_on_one_line() {
+        let r = CallRecord {
+            quality: measured(),
+            ..record()
+        };
         assert_eq!(
-            record().json_line(),
-            "{\"call_id\":\"c\\\"1\",\"from_tag\":\"ft;1\",\"to_tag\":\"tt;1\",\
-             \"reason\":\"deleted\",\"start\":1700000000.123,\"duration\":12.045,\
-             \"port_caller\":35000,\"port_callee\":35002,\
-             \"rtp_caller_packets\":5,\"rtp_caller_bytes\":860,\
-             \"rtp_callee_packets\":4,\"rtp_callee_bytes\":688,\
-             \"rtcp_caller_packets\":1,\"rtcp_caller_bytes\":28,\
-             \"rtcp_callee_packets\":0,\"rtcp_callee_bytes\":0,\
-             \"relayed\":10,\"dropped\":0,\"lost_caller\":0,\"lost_callee\":1}\n"
+            r.json_line(),
+            format!(
+                "{{\"call_id\":\"c\\\"1\",\"from_tag\":\"ft;1\",\"to_tag\":\"tt;1\",\
+                 \"reason\":\"deleted\",\"start\":1700000000.123,\"duration\":12.045,\
+                 \"port_caller\":35000,\"port_callee\":35002,\
+                 \"rtp_caller_packets\":5,\"rtp_caller_bytes\":860,\
+                 \"rtp_callee_packets\":4,\"rtp_callee_bytes\":688,\
+                 \"rtcp_caller_packets\":1,\"rtcp_caller_bytes\":28,\
+                 \"rtcp_callee_packets\":0,\"rtcp_callee_bytes\":0,\
+                 \"relayed\":10,\"dropped\":0,\"lost_caller\":0,\"lost_callee\":1,\
+                 {CALLER_QUALITY_JSON},{CALLEE_NOTHING_JSON}}}\n"
+            )
         );
     }
 
@@ -351,12 +501,44 @@ mod tests {
 
     #[test]
     fn log_line_names_the_same_fields() {
-        let line = record().log_line();
+        let r = CallRecord {
+            quality: measured(),
+            ..record()
+        };
+        let line = r.log_line();
         assert!(line.starts_with("session ended (Deleted): call_id=c\"1 from_tag=ft;1 to_tag=tt;1 start=1700000000.123 duration=12.045s ports=35000/35002 "), "{line}");
         assert!(
-            line.ends_with("relayed=10 dropped=0 lost_caller=0 lost_callee=1"),
+            line.contains(" relayed=10 dropped=0 lost_caller=0 lost_callee=1 mos_caller=3.60 "),
             "{line}"
         );
+        assert!(
+            line.contains(
+                " mos_caller=3.60 r_caller=70.1 pt_caller=0 expected_caller=250 \
+                 received_caller=226 loss_caller=10.00% dups_caller=1 reordered_caller=2 \
+                 ssrc_changes_caller=0 jitter_caller=1.23ms jitter_max_caller=2.50ms \
+                 jitter_clock_caller=static max_gap_caller=40.0ms rtt_caller=20.1ms \
+                 rtcp_loss_caller=9.77% rtcp_lost_caller=-2 rtcp_jitter_caller=0.50ms \
+                 rtcp_errs_caller=1 mos_callee=NONE r_callee=NONE pt_callee=NONE "
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(" rtcp_jitter_callee=NONE rtcp_errs_callee=0"),
+            "{line}"
+        );
+        // Every field of the JSON record is in the line, by the same name.
+        let json = r.json_line();
+        for pair in json.trim_end().trim_matches(['{', '}']).split(',') {
+            let name = pair.split(':').next().unwrap().trim_matches('"');
+            let spelled = match name {
+                "duration" | "start" | "reason" | "call_id" | "from_tag" | "to_tag" => continue,
+                n if n.starts_with("port_") || n.starts_with("rtp_") || n.starts_with("rtcp_c") => {
+                    continue
+                }
+                n => format!(" {n}="),
+            };
+            assert!(line.contains(&spelled), "{spelled} not in {line}");
+        }
     }
 
     #[test]

@@ -110,23 +110,24 @@ impl Epoch {
         }
     }
 
-    /// Counts a packet whose extended number is known to belong here.
-    fn note(&mut self, seq: i64) {
+    /// Counts a packet whose extended number is known to belong here;
+    /// true when it is a duplicate.
+    fn note(&mut self, seq: i64) -> bool {
         if seq > self.max {
             self.forget(self.max + 1, seq - self.max);
             self.max = seq;
             self.set_seen(seq);
             self.unique += 1;
-            return;
+            return false;
         }
         if self.max - seq >= SEEN_BITS as i64 {
             // Beyond the window; the checks before `note` keep every
             // packet within it, so this is never taken.
-            return;
+            return false;
         }
         if self.is_seen(seq) {
             self.dups += 1;
-            return;
+            return true;
         }
         self.set_seen(seq);
         if seq >= self.min {
@@ -138,6 +139,7 @@ impl Epoch {
         // Below the start of an epoch that has wrapped: the classic
         // analyzer leaves such a packet out of the counts (it cannot tell
         // it from a stray of an earlier stream).
+        false
     }
 
     fn slot(seq: i64) -> (usize, u64) {
@@ -200,15 +202,18 @@ impl RtpAnalyzer {
         self.perrs += 1;
     }
 
-    /// Counts one RTP packet (doc/PROTOCOL.md, "RTP analysis").
-    pub fn observe(&mut self, h: &RtpHeader) {
+    /// Counts one RTP packet (doc/PROTOCOL.md, "RTP analysis"); true
+    /// when its number was seen before in the epoch (a duplicate), which
+    /// the quality meter (`rtpp_quality`) takes instead of keeping a
+    /// window of its own.
+    pub fn observe(&mut self, h: &RtpHeader) -> bool {
         let Some(e) = &mut self.epoch else {
             self.epoch = Some(Epoch::start(h.ssrc, h.seq));
-            return;
+            return false;
         };
         if e.ssrc != h.ssrc {
             self.restart(h);
-            return;
+            return false;
         }
         let raw = i64::from(h.seq);
         let mut seq = raw + e.offset;
@@ -216,7 +221,7 @@ impl RtpAnalyzer {
         // one that merely wrapped (max at 65535) has not restarted.
         if h.marker && seq < e.max && e.max & 0xffff != 0xffff {
             self.restart(h);
-            return;
+            return false;
         }
         if e.max & 0xffff < MAX_JUMP && raw > NEAR_WRAP {
             // Sent before the wrap, arriving after it.
@@ -226,9 +231,9 @@ impl RtpAnalyzer {
             seq += CYCLE;
         } else if (seq - e.max).abs() > MAX_JUMP {
             self.restart(h);
-            return;
+            return false;
         }
-        e.note(seq);
+        e.note(seq)
     }
 
     /// Ends the current epoch and starts one with this packet.
@@ -314,6 +319,18 @@ mod tests {
     fn duplicates_are_counted_once_each() {
         let a = feed([10, 11, 11, 12, 10, 13, 13, 13]);
         assert_eq!(a.stats(), stats(4, 4, 4, 0));
+    }
+
+    #[test]
+    fn observe_says_which_packets_are_duplicates() {
+        let mut a = RtpAnalyzer::new();
+        let verdicts: Vec<bool> = [10, 11, 11, 9, 12, 10, 9]
+            .iter()
+            .map(|&s| a.observe(&header(s, 7, false)))
+            .collect();
+        assert_eq!(verdicts, [false, false, true, false, false, true, true]);
+        // A new epoch's first packet is never one.
+        assert!(!a.observe(&header(10, 8, false)));
     }
 
     #[test]
@@ -415,7 +432,9 @@ mod tests {
         let packets: [&[u8]; 3] = [b"", b"\x80\x00", &[0x40; 20]];
         for p in packets {
             match rtp::parse(p) {
-                Ok(h) => a.observe(&h),
+                Ok(h) => {
+                    a.observe(&h);
+                }
                 Err(_) => a.parse_error(),
             }
         }

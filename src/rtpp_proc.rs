@@ -4,8 +4,9 @@
 //! `main`'s loop polls ([`crate::rtpp_poll`]) and hands the ready entries
 //! to [`relay_ready`]; everything from there to `sendto(2)` is in this
 //! file, except the latching decision, which is `Peer::accept` in
-//! `rtpp_session`, and the observers of an accepted RTP packet: the
-//! sequence analysis (`rtpp_analyzer`) and DTMF catching (`rtpp_dtmf`).
+//! `rtpp_session`, and the observers of an accepted packet: the sequence
+//! analysis (`rtpp_analyzer`), the quality meter (`rtpp_quality`, RTP and
+//! RTCP) and DTMF catching (`rtpp_dtmf`).
 //! Nothing here allocates: the receive buffers are the caller's and every
 //! decision is a few field updates on the session.
 
@@ -21,6 +22,7 @@ use crate::rtpp_log;
 use crate::rtpp_network::RecvBatch;
 use crate::rtpp_notify::Notifier;
 use crate::rtpp_poll::{Event, Owner};
+use crate::rtpp_quality;
 use crate::rtpp_session::{Session, Sessions, Verdict};
 
 /// Relays from every ready media socket of one poll; returns whether any
@@ -147,6 +149,9 @@ pub fn relay_packet(
     let from = &mut s.streams[stream].peers[party];
     from.packets += 1;
     from.bytes += packet.len() as u64;
+    if stream == Stream::Rtcp {
+        rtpp_quality::observe_rtcp(&mut s.quality, party, packet, now);
+    }
     let hidden = stream == Stream::Rtp && observe_rtp(s, party, packet, pass);
     record(s, party, stream, src, packet);
     if hidden {
@@ -161,20 +166,19 @@ pub fn relay_packet(
     forward(s, party, stream, packet, double_small);
 }
 
-/// What an accepted RTP packet from `party` tells: its sequence number for
-/// the loss estimate of the accounting record and for the analyzer, and
-/// any DTMF digit it completes. True when DTMF catching hides it.
+/// What an accepted RTP packet from `party` tells, its header parsed once:
+/// the sequence analysis (`rtpa_*`), the quality meter (RFC 3550 counts,
+/// jitter, gaps; the accounting record's loss estimate), and any DTMF
+/// digit it completes. True when DTMF catching hides it.
 fn observe_rtp(s: &mut Session, party: Party, packet: &[u8], pass: &mut Pass<'_>) -> bool {
     s.last_rx[party] = pass.now;
     let Ok(header) = rtp::parse(packet) else {
         s.analyzers[party].parse_error();
         return false;
     };
-    // Both observe the numbers: the accounting record's loss estimate keeps
-    // its RFC 3550 meaning (duplicates offset losses, no epochs), the
-    // analyzer gives the rtpa_* values.
-    s.streams[Stream::Rtp].peers[party].seq.observe(header.seq);
-    s.analyzers[party].observe(&header);
+    // The analyzer's window of seen numbers finds duplicates for both.
+    let dup = s.analyzers[party].observe(&header);
+    s.quality[party].rtp.observe(&header, pass.now, dup);
     s.catch_dtmf_packet(party, &header, packet, pass.notifier)
 }
 

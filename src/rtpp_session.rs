@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use latch::{Peer, SeqTracker, Verdict};
+pub use latch::{Peer, Verdict};
 
 use crate::rtp::RtpHeader;
 use crate::rtp_resizer::Resizer;
@@ -31,6 +31,7 @@ use crate::rtpp_log;
 use crate::rtpp_log::show;
 use crate::rtpp_notify::{Notifier, TargetId};
 use crate::rtpp_poll::{Cadence, Owner, Token};
+use crate::rtpp_quality::{QualityMeter, QualityReport};
 use crate::rtpp_record::{record_file_name, RecordFile, RecordFormat};
 use crate::rtpp_state::{Counters, Daemon, PacketCounts};
 
@@ -151,6 +152,8 @@ pub struct Session {
     pub(crate) analyzers: ByParty<RtpAnalyzer>,
     /// `dtmf[p]` catches the DTMF digits party `p` sends.
     pub(crate) dtmf: ByParty<Option<DtmfCatcher>>,
+    /// `quality[p]` measures what party `p` sends (RTP and RTCP).
+    pub(crate) quality: ByParty<QualityMeter>,
 }
 
 /// Why DTMF catching was not turned on.
@@ -186,7 +189,14 @@ impl Session {
             tally: PacketCounts::default(),
             analyzers: ByParty::default(),
             dtmf: ByParty::default(),
+            quality: ByParty::default(),
         }
+    }
+
+    /// The quality of both directions so far (at the end of the stream:
+    /// its final report).
+    pub fn quality_report(&self) -> QualityReport {
+        QualityReport::build(&self.quality)
     }
 
     /// The RTP analysis of what `party` sends (the `rtpa_*` values).
@@ -342,7 +352,8 @@ impl Session {
             rtcp: sent(Stream::Rtcp),
             relayed: counts.relayed,
             dropped: counts.dropped,
-            lost: self.streams[Stream::Rtp].peers.map(|p| p.seq.lost()),
+            lost: self.quality.map(|q| q.rtp.lost_rfc3550()),
+            quality: self.quality_report(),
         }
     }
 
@@ -728,6 +739,7 @@ impl Sessions {
         if let Some(file) = daemon.accounting.as_mut() {
             file.append(&record.json_line());
         }
+        daemon.on_stream_end(&s.call_id, &s.tag, &record.quality);
         if why == EndReason::Timeout {
             daemon.counters.sessions_timeout += 1;
             if let (Some((to, message)), Some(n)) = (s.timeout_message(), daemon.notifier.as_mut())

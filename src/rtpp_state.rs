@@ -5,9 +5,11 @@
 
 use crate::rtpp_account::AccountFile;
 use crate::rtpp_analyzer::RtpaStats;
+use crate::rtpp_mos::Band;
 use crate::rtpp_network::PortTable;
 use crate::rtpp_notify::Notifier;
 use crate::rtpp_poll::Poller;
+use crate::rtpp_quality::QualityReport;
 use crate::rtpp_util::Random;
 
 /// Daemon-wide counters (the `G` command): ended sessions' packets and RTP
@@ -48,6 +50,31 @@ pub struct Counters {
     pub packets_in_rate: f64,
     /// Sums of the RTP analysis of ended sessions, both directions.
     pub rtpa: RtpaStats,
+    /// Ended directions that carried RTP, by the band of their MOS.
+    pub mos_bands: MosBands,
+    /// RTCP compounds of ended sessions that failed the check.
+    pub rtcp_errors: u64,
+}
+
+/// Ended directions by MOS band (`rtpp_mos::Band`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MosBands {
+    pub good: u64,
+    pub fair: u64,
+    pub poor: u64,
+    pub bad: u64,
+}
+
+impl MosBands {
+    /// Counts one direction of rating `r`.
+    pub fn add(&mut self, r: f64) {
+        match Band::of(r) {
+            Band::Good => self.good += 1,
+            Band::Fair => self.fair += 1,
+            Band::Poor => self.poor += 1,
+            Band::Bad => self.bad += 1,
+        }
+    }
 }
 
 /// A counter's value as `G` prints it.
@@ -99,7 +126,8 @@ impl Counters {
 
     /// Every counter by its `G` name (rtpproxy 3.x's names, and ours:
     /// `nsess_active`, `nlog_dropped`); `active` is the live session count.
-    /// The `rtpa_*` sums come last.
+    /// The `rtpa_*` sums follow the classic counters, and the quality
+    /// totals (ours) come last.
     pub fn named(&self, active: usize) -> Vec<(&'static str, CounterValue)> {
         use CounterValue::{Float, Int};
         vec![
@@ -134,6 +162,11 @@ impl Counters {
             ("rtpa_ndups", Int(self.rtpa.ndups)),
             ("rtpa_nlost", Int(self.rtpa.nlost)),
             ("rtpa_perrs", Int(self.rtpa.perrs)),
+            ("nstreams_mos_good", Int(self.mos_bands.good)),
+            ("nstreams_mos_fair", Int(self.mos_bands.fair)),
+            ("nstreams_mos_poor", Int(self.mos_bands.poor)),
+            ("nstreams_mos_bad", Int(self.mos_bands.bad)),
+            ("nrtcp_perrs", Int(self.rtcp_errors)),
         ]
     }
 }
@@ -207,6 +240,22 @@ impl Daemon {
             rng: Random::new(),
             load: LoadMeter::default(),
             received_before: None,
+        }
+    }
+
+    /// A stream ended (for any reason, with its accounting record): the
+    /// quality of both its directions, what the caller and what the callee
+    /// sent, under the session's Call-ID and tag (the creating from-tag,
+    /// media number included). Called once per ended stream, never for a
+    /// session a failed `U` discarded. Counts the `G` totals; the metrics
+    /// and the HEP sender take their figures here too.
+    pub fn on_stream_end(&mut self, call_id: &[u8], tag: &[u8], report: &QualityReport) {
+        let _ = (call_id, tag);
+        for d in [&report.caller, &report.callee] {
+            if let Some(r) = d.r_factor {
+                self.counters.mos_bands.add(r);
+            }
+            self.counters.rtcp_errors += d.rtcp_errors;
         }
     }
 

@@ -43,56 +43,6 @@ pub struct Peer {
     pub packets: u64,
     /// Bytes accepted from this party.
     pub bytes: u64,
-    /// RTP sequence numbers seen, for a loss estimate.
-    pub seq: SeqTracker,
-}
-
-/// Tracks RTP sequence numbers (RFC 3550 A.1, simplified) to estimate loss.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SeqTracker {
-    started: bool,
-    base: u32,
-    /// Highest extended sequence number seen.
-    max: u32,
-    received: u64,
-}
-
-impl SeqTracker {
-    /// Notes one packet's sequence number.
-    pub fn observe(&mut self, seq: u16) {
-        let seq = u32::from(seq);
-        if !self.started {
-            self.started = true;
-            self.base = seq;
-            self.max = seq;
-            self.received = 1;
-            return;
-        }
-        self.received += 1;
-        let cycles = self.max & !0xffff;
-        let low = self.max & 0xffff;
-        // A small step forward (also across a wrap) advances; anything else
-        // is reordering or a duplicate and does not move the maximum.
-        let ext = if seq < low && low - seq > 0x8000 {
-            cycles.wrapping_add(0x1_0000) | seq
-        } else if seq > low && seq - low > 0x8000 {
-            return;
-        } else {
-            cycles | seq
-        };
-        if ext > self.max {
-            self.max = ext;
-        }
-    }
-
-    /// Packets expected from the sequence numbers minus packets received.
-    pub fn lost(&self) -> u64 {
-        if !self.started {
-            return 0;
-        }
-        let expected = u64::from(self.max.wrapping_sub(self.base)) + 1;
-        expected.saturating_sub(self.received)
-    }
 }
 
 impl Peer {
@@ -313,22 +263,5 @@ mod tests {
         assert_eq!(p.accept(addr("10.0.0.1:4999"), now), Verdict::Accept);
         assert_eq!(p.addr, Some(addr("10.0.0.1:4000")));
         assert_eq!(p.accept(addr("10.0.0.2:4000"), now), Verdict::Reject);
-    }
-
-    #[test]
-    fn loss_estimate_follows_sequence_numbers() {
-        let mut t = SeqTracker::default();
-        for seq in [65530u16, 65531, 65533, 65535, 0, 1, 3, 2, 2] {
-            t.observe(seq);
-        }
-        // 65530..=3 is 10 packets; 65532, 65534 missing; one duplicate.
-        assert_eq!(t.lost(), 1);
-        let mut u = SeqTracker::default();
-        for seq in 100..200u16 {
-            if seq % 10 != 0 {
-                u.observe(seq);
-            }
-        }
-        assert_eq!(u.lost(), 9);
     }
 }
