@@ -71,9 +71,10 @@ fn g_sums_the_analysis_of_ended_sessions() {
     assert_eq!(rp.command(RTPA), rtpa(0, 0, 0, 0, 0));
     assert_eq!(rp.command("D obs1 ftag ttag"), "0");
     assert_eq!(rp.command(RTPA), rtpa(30, 29, 1, 1, 2), "{}", rp.log());
-    // Plain G lists them after the classic counters.
+    // Plain G lists them after the classic counters, before the quality
+    // totals.
     let all = rp.command("G");
-    assert!(all.ends_with(&rtpa(30, 29, 1, 1, 2)), "{all}");
+    assert!(all.contains(&rtpa(30, 29, 1, 1, 2)), "{all}");
     let names: Vec<&str> = all.split(' ').filter_map(|p| p.split('=').next()).collect();
     let want = [
         "nlog_dropped",
@@ -82,6 +83,11 @@ fn g_sums_the_analysis_of_ended_sessions() {
         "rtpa_ndups",
         "rtpa_nlost",
         "rtpa_perrs",
+        "nstreams_mos_good",
+        "nstreams_mos_fair",
+        "nstreams_mos_poor",
+        "nstreams_mos_bad",
+        "nrtcp_perrs",
     ];
     assert_eq!(names[names.len() - want.len()..], want, "{all}");
     // Without v, G answers the values only.

@@ -18,7 +18,7 @@ pub const MAX_INFO_REPLY: usize = 65000 - crate::rtpp_defines::MAX_ID_LEN;
 
 /// The names `Q` answers, in the order `Qv` without names lists the
 /// first five.
-const QUERY_NAMES: [&str; 10] = [
+const QUERY_NAMES: [&str; 15] = [
     "ttl",
     "npkts_ina",
     "npkts_ino",
@@ -29,6 +29,11 @@ const QUERY_NAMES: [&str; 10] = [
     "rtpa_ndups",
     "rtpa_perrs",
     "rtpa_nlost",
+    "rtpq_mos",
+    "rtpq_r",
+    "rtpq_jitter",
+    "rtpq_loss",
+    "rtpq_rtt",
 ];
 
 /// `Q`: the stream's TTL and packet counts, or the values named.
@@ -66,9 +71,12 @@ pub fn query(
 
 /// One value of `Q`, about what `named` (the FROMTAG party) sends and
 /// what the other party sends.
-fn query_value(ctx: &Context<'_>, s: &Session, named: Party, name: &[u8]) -> Option<u64> {
+fn query_value(ctx: &Context<'_>, s: &Session, named: Party, name: &[u8]) -> Option<CounterValue> {
+    if let Some(quality) = name.strip_prefix(b"rtpq_") {
+        return quality_value(s, named, quality).map(CounterValue::Float);
+    }
     let rtp = &s.streams[Stream::Rtp];
-    Some(match name {
+    Some(CounterValue::Int(match name {
         b"ttl" => {
             let left = s.ttl_left(ctx.cfg.max_ttl, ctx.now);
             let (caller, callee) = (left[Party::Caller], left[Party::Callee]);
@@ -88,7 +96,24 @@ fn query_value(ctx: &Context<'_>, s: &Session, named: Party, name: &[u8]) -> Opt
         b"rtpa_perrs" => s.rtpa(named).perrs,
         b"rtpa_nlost" => s.rtpa(named).nlost,
         _ => return None,
-    })
+    }))
+}
+
+/// A quality figure of what `named` sends so far (`rtpq_` names): MOS,
+/// R, mean jitter (ms), loss (%), round trip of its leg (ms); -1 while
+/// not measured.
+fn quality_value(s: &Session, named: Party, name: &[u8]) -> Option<f64> {
+    let report = s.quality_report();
+    let d = report.direction(named);
+    let value = match name {
+        b"mos" => d.mos,
+        b"r" => d.r_factor,
+        b"jitter" => d.jitter_ms,
+        b"loss" => (d.expected > 0).then_some(d.loss_pct),
+        b"rtt" => d.rtt_ms,
+        _ => return None,
+    };
+    Some(value.unwrap_or(-1.0))
 }
 
 /// `G`: the counters named, in order (`name=value` with `v`), or every

@@ -71,7 +71,8 @@ impl Drop for TempDir {
 /// ports gets a line here; the compile-time check below refuses shares
 /// that overlap.
 pub const PORT_SHARES: &[(&str, u16, u16)] = &[
-    ("core", 10000, 15999),
+    ("core", 10000, 15399),
+    ("quality", 15400, 15999),
     ("daemon_life", 16000, 17199),
     ("record", 17200, 18399),
     ("notify", 18400, 19399),
