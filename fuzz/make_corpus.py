@@ -103,6 +103,47 @@ put("rtp", "seq_wrap", stream(1, [(20, rtp(0, s, s * 160, bytes(160)))
                                   for s in (65533, 65534, 65535, 0, 65532, 1, 1, 700, 2)]))
 
 
+# --- rtcp: [flags, gap ms, len lo, len hi, datagram]*; flags bit 0 callee,
+# bit 1 RTP ------------------------------------------------------------------
+def rtcp_sr(ssrc, ntp, blocks=b"", count=0):
+    body = struct.pack("!IQIII", ssrc, ntp, 8000, 50, 8000) + blocks
+    return struct.pack("!BBH", 0x80 | count, 200, len(body) // 4) + body
+
+
+def rtcp_rr(ssrc, blocks=b"", count=0):
+    body = struct.pack("!I", ssrc) + blocks
+    return struct.pack("!BBH", 0x80 | count, 201, len(body) // 4) + body
+
+
+def report_block(ssrc, lsr, dlsr, fraction=64, lost=12, jitter=80):
+    return struct.pack("!IIIIII", ssrc, (fraction << 24) | lost, 1200, jitter, lsr, dlsr)
+
+
+def sdes(ssrc, cname):
+    item = bytes([1, len(cname)]) + cname + b"\x00"
+    body = struct.pack("!I", ssrc) + item
+    body += bytes(-len(body) % 4)
+    return struct.pack("!BBH", 0x81, 202, len(body) // 4) + body
+
+
+def dgrams(items):
+    out = b""
+    for flags, gap, d in items:
+        out += bytes([flags, gap]) + struct.pack("<H", len(d)) + d
+    return out
+
+
+SR = rtcp_sr(0x1234, 0xE1000000_34567800, report_block(0x9ABC, 0, 0), 1) + sdes(0x1234, b"a@h")
+RR = rtcp_rr(0x9ABC, report_block(0x1234, 0x34567800, 6554), 1)
+put("rtcp", "sr_rr_round_trip", dgrams([(2, 20, rtp(0, i, i * 160, bytes(160))) for i in range(3)]
+                                       + [(0, 20, SR), (1, 150, RR)]))
+put("rtcp", "bye_app_padding", dgrams([(0, 5, rtcp_rr(1) + struct.pack("!BBHI", 0xA1, 203, 1, 1)
+                                        + struct.pack("!BBHI4sI", 0xA0, 204, 3, 1, b"name", 0)),
+                                       (1, 5, rtcp_rr(2)[:4] + bytes(4))]))
+put("rtcp", "malformed", dgrams([(0, 1, SR[:-4]), (1, 1, RR[:5]), (0, 1, b"\x40" + SR[1:]),
+                                 (1, 1, bytes([0x9F]) + RR[1:])]))
+
+
 # --- recording: ad-hoc (40-byte header) and PCAP --------------------------
 def adhoc(packets):
     out = b""

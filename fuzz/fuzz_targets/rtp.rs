@@ -1,12 +1,12 @@
 //! The RTP parser, the per-packet observers and the re-packetizer (`z`).
 //! The whole input is parsed as one packet; then it is read as a stream of
-//! packets with arrival gaps, each shown to the sequence analyzer and to a
-//! DTMF catcher (RFC 4733 events, on the payload type of the stream's
-//! first packet), and fed to a re-packetizer, whose output is dequeued as
-//! the loop would. Every output must be valid RTP that fits the daemon's
-//! buffer, neither dequeue nor flush may go on for ever, the analyzer's
-//! sums must not overflow, and a caught digit must format within its
-//! buffer.
+//! packets with arrival gaps, each shown to the sequence analyzer, the
+//! quality meter and a DTMF catcher (RFC 4733 events, on the payload type
+//! of the stream's first packet), and fed to a re-packetizer, whose output
+//! is dequeued as the loop would. Every output must be valid RTP that fits
+//! the daemon's buffer, neither dequeue nor flush may go on for ever, the
+//! analyzer's sums must not overflow, a caught digit must format within
+//! its buffer, and the quality report must hold numbers in their ranges.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -15,7 +15,9 @@ use libfuzzer_sys::fuzz_target;
 use rtpproxy::rtp;
 use rtpproxy::rtp_resizer::{Enqueued, Resizer};
 use rtpproxy::rtpp_analyzer::RtpAnalyzer;
+use rtpproxy::rtpp_defines::ByParty;
 use rtpproxy::rtpp_dtmf::{DtmfCatcher, SUFFIX_MAX};
+use rtpproxy::rtpp_quality::{QualityMeter, QualityReport};
 
 /// The daemon's output buffer for re-packetized audio (rtpp_proc).
 const RESIZED_MAX: usize = 8192 + 12;
@@ -46,6 +48,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = vec![0u8; RESIZED_MAX];
     let mut outputs = 0usize;
     let mut analyzer = RtpAnalyzer::new();
+    let mut meter = QualityMeter::default();
     let mut catcher: Option<DtmfCatcher> = None;
     for _ in 0..MAX_PACKETS {
         let [gap, lo, hi, tail @ ..] = rest else {
@@ -55,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
         let (packet, next) = tail.split_at(len);
         rest = next;
         now += Duration::from_millis(u64::from(*gap));
-        observe(&mut analyzer, &mut catcher, packet);
+        observe(&mut analyzer, &mut meter, &mut catcher, packet, now);
         let verdict = r.enqueue(packet, now);
         if verdict == Enqueued::Queued {
             assert!(r.next_due().is_some(), "queued audio with no due time");
@@ -77,16 +80,29 @@ fuzz_target!(|data: &[u8]| {
     assert!(r.next_due().is_none(), "flush left audio queued");
     let stats = analyzer.stats();
     assert!(stats.nrcvd + stats.ndups + stats.perrs <= MAX_PACKETS as u64);
+    let q = QualityReport::build(&ByParty::new(meter, QualityMeter::default())).caller;
+    assert!(q.received <= MAX_PACKETS as u64 && q.dups <= q.received);
+    assert!((0.0..=100.0).contains(&q.loss_pct));
+    assert!(q.jitter_ms.is_none_or(|j| j.is_finite() && j >= 0.0));
+    assert!(q.mos.is_none_or(|m| (1.0..=4.5).contains(&m)));
 });
 
 /// What the packet path does with each packet of a stream before relaying
-/// it: analyze it, or count it as not RTP; look for an event in it.
-fn observe(analyzer: &mut RtpAnalyzer, catcher: &mut Option<DtmfCatcher>, packet: &[u8]) {
+/// it: analyze and measure it, or count it as not RTP; look for an event
+/// in it.
+fn observe(
+    analyzer: &mut RtpAnalyzer,
+    meter: &mut QualityMeter,
+    catcher: &mut Option<DtmfCatcher>,
+    packet: &[u8],
+    now: Instant,
+) {
     let Ok(h) = rtp::parse(packet) else {
         analyzer.parse_error();
         return;
     };
-    analyzer.observe(&h);
+    let dup = analyzer.observe(&h);
+    meter.rtp.observe(&h, now, dup);
     let c = catcher.get_or_insert_with(|| DtmfCatcher::new(b"t".to_vec(), h.payload_type, false));
     if let Some(event) = c.observe(&h, packet) {
         let mut out = [0u8; SUFFIX_MAX];
