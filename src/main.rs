@@ -22,6 +22,7 @@ use rtpproxy::rtpp_defines::{
 };
 use rtpproxy::rtpp_log::Level;
 use rtpproxy::rtpp_log::{escape, show};
+use rtpproxy::rtpp_metrics::http::MetricsServer;
 
 use rtpproxy::rtpp_network::{PortTable, RecvBatch};
 use rtpproxy::rtpp_notify::{Destination, Notifier};
@@ -124,6 +125,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         return Err("invalid value for -L: too few open files for the control socket".into());
     }
     secure_control_socket(&control, run_as.as_ref())?;
+    let mut metrics = open_metrics(cfg, &mut poller)?;
 
     let report = detach(cfg, &inherited)?;
     let (pidfile, shutdown) = match finish_start_up(cfg, run_as.as_ref()) {
@@ -148,7 +150,11 @@ fn run(cfg: &Config) -> Result<(), String> {
         report.ok();
     }
 
-    run_loop(cfg, &mut control, &mut sessions, &mut daemon, &shutdown);
+    let mut servers = Servers {
+        control: &mut control,
+        metrics: metrics.as_mut(),
+    };
+    run_loop(cfg, &mut servers, &mut sessions, &mut daemon, &shutdown);
 
     match shutdown.signal() {
         0 => rtpp_log!(Info, "drained: the last session ended, exiting"),
@@ -156,19 +162,39 @@ fn run(cfg: &Config) -> Result<(), String> {
     }
     relay_queued_media(cfg, &mut sessions, &mut daemon);
     sessions.end_all(EndReason::Shutdown, &mut daemon);
+    drop(metrics);
     drop(control);
     drop(pidfile);
     rtpp_log!(Info, "rtpproxy ended");
     Ok(())
 }
 
+/// The sockets the loop serves besides media: the control socket, and the
+/// metrics listener with `--metrics`.
+struct Servers<'a> {
+    control: &'a mut Control,
+    metrics: Option<&'a mut MetricsServer>,
+}
+
+impl Servers<'_> {
+    /// The earliest deadline of a client of either.
+    fn next_deadline(&self) -> Option<Instant> {
+        let metrics = self.metrics.as_ref().and_then(|m| m.next_deadline());
+        [self.control.next_deadline(), metrics]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
 /// The poll loop: relay what is ready, run the once-a-second timers, then
-/// serve control commands. Relaying comes first so media never waits
-/// behind a burst of commands, and commands are bounded per pass so they
-/// cannot starve media either.
+/// serve control commands and scrapes. Relaying comes first so media never
+/// waits behind a burst of commands, and commands are bounded per pass so
+/// they cannot starve media either; a scrape is answered in the pass its
+/// request arrives in, from the counters as they are then.
 fn run_loop(
     cfg: &Config,
-    control: &mut Control,
+    servers: &mut Servers<'_>,
     sessions: &mut Sessions,
     daemon: &mut Daemon,
     shutdown: &Shutdown,
@@ -189,7 +215,7 @@ fn run_loop(
             break;
         }
         let notify_check = daemon.notifier.as_ref().and_then(Notifier::next_check);
-        let wake = [control.next_deadline(), sessions.next_due(), notify_check]
+        let wake = [servers.next_deadline(), sessions.next_due(), notify_check]
             .into_iter()
             .flatten()
             .fold(clock.next_wake(&daemon.poller), Instant::min);
@@ -234,9 +260,12 @@ fn run_loop(
             let received = sessions.counters(&daemon.counters).packets_received;
             daemon.sample_second(received, now);
         }
-        control.serve(daemon, now, |daemon, raw, from| {
+        servers.control.serve(daemon, now, |daemon, raw, from| {
             run_command(cfg, sessions, daemon, raw, from, now)
         });
+        if let Some(m) = servers.metrics.as_deref_mut() {
+            m.serve(daemon, sessions, now);
+        }
     }
 }
 
@@ -395,11 +424,16 @@ fn run_command(
             Reply::Error(e)
         }
     };
-    if matches!(reply, Reply::Error(_)) {
+    let error = match reply {
+        Reply::Error(e) => Some(e),
+        _ => None,
+    };
+    if error.is_some() {
         daemon.counters.commands_failed += 1;
     } else {
         daemon.counters.commands_succeeded += 1;
     }
+    daemon.metrics.count_command(raw, error);
     if reply != Reply::Silent {
         daemon.counters.replies_sent += 1;
     }
@@ -424,6 +458,20 @@ fn notifier(cfg: &Config) -> Option<Notifier> {
         .map(|t| Destination::of(t, None, None))
         .collect();
     Some(Notifier::new(fixed))
+}
+
+/// `--metrics`: the listener, opened and polled before the daemon detaches,
+/// so a port in use fails the start.
+fn open_metrics(cfg: &Config, poller: &mut Poller) -> Result<Option<MetricsServer>, String> {
+    let Some(addr) = cfg.metrics else {
+        return Ok(None);
+    };
+    let mut server = MetricsServer::open(addr)
+        .map_err(|e| format!("invalid value for --metrics: can't listen on {addr}: {e}"))?;
+    if !server.register(poller) {
+        return Err("invalid value for -L: too few open files for the metrics listener".into());
+    }
+    Ok(Some(server))
 }
 
 /// `-A`: the file each ended session appends its JSON line to.

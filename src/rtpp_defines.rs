@@ -179,6 +179,8 @@ pub struct Config {
     pub accounting_file: Option<PathBuf>,
     pub log_level: Option<Level>,
     pub log_facility: Option<String>,
+    /// `--metrics`: where `GET /metrics` is served.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -210,6 +212,7 @@ impl Default for Config {
             accounting_file: None,
             log_level: None,
             log_facility: None,
+            metrics: None,
         }
     }
 }

@@ -65,6 +65,12 @@ fn options() -> Options {
     );
     o.optmulti("A", "", "append one JSON line per ended session", "file");
     o.optmulti("d", "", "log level and syslog facility", "level[:facility]");
+    o.optmulti(
+        "",
+        "metrics",
+        "serve Prometheus metrics at http://ADDR:PORT/metrics",
+        "ADDR:PORT",
+    );
     o
 }
 
@@ -72,11 +78,13 @@ pub fn usage() -> String {
     "usage: rtpproxy [-2fvFiPaR] [-l addr1[/addr2]] [-6 addr1[/addr2]] [-s ctrl_socket]\n\
      \x20 [-t tos] [-r rdir [-S sdir]] [-T ttl] [-L nofile] [-m port_min]\n\
      \x20 [-M port_max] [-u uname[:gname]] [-n timeout_socket] [-d log_level[:log_facility]]\n\
-     \x20 [-p pid_file] [-A acct_file]\n\
+     \x20 [-p pid_file] [-A acct_file] [--metrics addr:port]\n\
      \x20      rtpproxy --version\n\
      ctrl_socket: unix:path | path | cunix:path | udp:addr[:port] | udp6:addr[:port]\n\
      \x20            | tcp:addr[:port] | tcp6:addr[:port]\n\
-     timeout_socket (-n may repeat): unix:path | path | tcp:host:port | tcp:%%CC_SELF%%:port\n"
+     timeout_socket (-n may repeat): unix:path | path | tcp:host:port | tcp:%%CC_SELF%%:port\n\
+     --metrics addr:port: serve Prometheus metrics at http://addr:port/metrics\n\
+     \x20            (IPv4 127.0.0.1:9099, IPv6 [::1]:9099)\n"
         .to_string()
 }
 
@@ -202,7 +210,8 @@ fn run_as_option(m: &Matches, cfg: &mut Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `-n`, `-A`, `-d`: where timeout notifications, accounting and the log go.
+/// `-n`, `-A`, `--metrics`, `-d`: where timeout notifications, accounting,
+/// metrics and the log go.
 fn output_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
     for n in m.opt_strs("n") {
         let target = notify_target(&n)?;
@@ -215,6 +224,9 @@ fn output_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
             return Err("invalid value for -A: empty path".into());
         }
         cfg.accounting_file = Some(absolute("A", Path::new(&a))?);
+    }
+    if let Some(v) = last(m, "metrics") {
+        cfg.metrics = Some(metrics_addr(&v)?);
     }
     if let Some(d) = last(m, "d") {
         let (level, facility) = match d.split_once(':') {
@@ -282,6 +294,17 @@ fn notify_target(n: &str) -> Result<NotifyTarget, String> {
         }
     }
     Ok(NotifyTarget::Unix(absolute("n", Path::new(path))?))
+}
+
+/// `--metrics ADDR:PORT`: a numeric IPv4 address, or an IPv6 one in
+/// brackets, and a port other than 0 (a scrape config must name it).
+fn metrics_addr(v: &str) -> Result<std::net::SocketAddr, String> {
+    match v.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(a),
+        _ => Err(format!(
+            "invalid value for --metrics: {v} (ADDR:PORT, e.g. 127.0.0.1:9099 or [::1]:9099)"
+        )),
+    }
 }
 
 fn dir_option(m: &Matches, flag: &str) -> Result<Option<PathBuf>, String> {
@@ -476,6 +499,31 @@ mod tests {
         assert!(bad("-s upd:127.0.0.1:22222").contains("-s"));
         assert!(bad("-Z").contains('Z'));
         assert!(bad("-f stray").contains("stray"));
+        for v in [
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "::1:9099",
+            "localhost:9099",
+            "[::1]",
+            "",
+        ] {
+            let e = bad(&format!("--metrics={v}"));
+            assert!(e.starts_with("invalid value for --metrics"), "{e}");
+        }
+        assert!(bad("--metrics").contains("metrics"));
+    }
+
+    #[test]
+    fn metrics_address() {
+        assert_eq!(cfg("-f").metrics, None);
+        let c = cfg("--metrics 127.0.0.1:9099");
+        assert_eq!(c.metrics, Some("127.0.0.1:9099".parse().unwrap()));
+        let c = cfg("--metrics [::1]:9099 --metrics=0.0.0.0:9100");
+        assert_eq!(c.metrics, Some("0.0.0.0:9100".parse().unwrap()));
+        assert_eq!(
+            cfg("--metrics [::]:80").metrics,
+            Some("[::]:80".parse().unwrap())
+        );
     }
 
     #[test]

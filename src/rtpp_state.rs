@@ -1,10 +1,11 @@
 //! The daemon-wide state `main` owns and the rest borrows: the poll sets,
-//! the media port table, the counters of the `G` command, the drain flag,
-//! and where ended sessions are reported (accounting file, notification
-//! socket). The session table itself is `rtpp_session::Sessions`.
+//! the media port table, the counters of the `G` command and those of the
+//! metrics, the drain flag, and where ended sessions are reported
+//! (accounting file, notification socket). The session table itself is `rtpp_session::Sessions`.
 
 use crate::rtpp_account::AccountFile;
 use crate::rtpp_analyzer::RtpaStats;
+use crate::rtpp_metrics::Metrics;
 use crate::rtpp_network::PortTable;
 use crate::rtpp_notify::Notifier;
 use crate::rtpp_poll::Poller;
@@ -190,6 +191,9 @@ pub struct Daemon {
     pub rng: Random,
     /// `I l`'s average load.
     pub load: LoadMeter,
+    /// What `--metrics` shows beyond the counters: commands by verb and
+    /// result, histograms of ended streams' quality.
+    pub metrics: Metrics,
     /// `npkts_rcvd` at the last once-a-second sample, for `pps_in`.
     received_before: Option<(std::time::Instant, u64)>,
 }
@@ -206,6 +210,7 @@ impl Daemon {
             notifier: None,
             rng: Random::new(),
             load: LoadMeter::default(),
+            metrics: Metrics::new(),
             received_before: None,
         }
     }
