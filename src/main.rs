@@ -125,7 +125,10 @@ fn run(cfg: &Config) -> Result<(), String> {
         return Err("invalid value for -L: too few open files for the control socket".into());
     }
     secure_control_socket(&control, run_as.as_ref())?;
-    let mut metrics = open_metrics(cfg, &mut poller)?;
+    let mut servers = Servers {
+        control,
+        metrics: open_metrics(cfg, &mut poller)?,
+    };
 
     let report = detach(cfg, &inherited)?;
     let (pidfile, shutdown) = match finish_start_up(cfg, run_as.as_ref()) {
@@ -150,10 +153,6 @@ fn run(cfg: &Config) -> Result<(), String> {
         report.ok();
     }
 
-    let mut servers = Servers {
-        control: &mut control,
-        metrics: metrics.as_mut(),
-    };
     run_loop(cfg, &mut servers, &mut sessions, &mut daemon, &shutdown);
 
     match shutdown.signal() {
@@ -162,8 +161,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     }
     relay_queued_media(cfg, &mut sessions, &mut daemon);
     sessions.end_all(EndReason::Shutdown, &mut daemon);
-    drop(metrics);
-    drop(control);
+    drop(servers);
     drop(pidfile);
     rtpp_log!(Info, "rtpproxy ended");
     Ok(())
@@ -171,12 +169,12 @@ fn run(cfg: &Config) -> Result<(), String> {
 
 /// The sockets the loop serves besides media: the control socket, and the
 /// metrics listener with `--metrics`.
-struct Servers<'a> {
-    control: &'a mut Control,
-    metrics: Option<&'a mut MetricsServer>,
+struct Servers {
+    control: Control,
+    metrics: Option<MetricsServer>,
 }
 
-impl Servers<'_> {
+impl Servers {
     /// The earliest deadline of a client of either.
     fn next_deadline(&self) -> Option<Instant> {
         let metrics = self.metrics.as_ref().and_then(|m| m.next_deadline());
@@ -194,7 +192,7 @@ impl Servers<'_> {
 /// request arrives in, from the counters as they are then.
 fn run_loop(
     cfg: &Config,
-    servers: &mut Servers<'_>,
+    servers: &mut Servers,
     sessions: &mut Sessions,
     daemon: &mut Daemon,
     shutdown: &Shutdown,
@@ -263,7 +261,7 @@ fn run_loop(
         servers.control.serve(daemon, now, |daemon, raw, from| {
             run_command(cfg, sessions, daemon, raw, from, now)
         });
-        if let Some(m) = servers.metrics.as_deref_mut() {
+        if let Some(m) = servers.metrics.as_mut() {
             m.serve(daemon, sessions, now);
         }
     }
