@@ -1,9 +1,18 @@
 //! Reading one HTTP request of a metrics scraper: pure, no socket, so it
 //! is fuzzed (fuzz/fuzz_targets/http.rs). The bytes are kept up to
 //! [`REQUEST_LIMIT`]; the request line and headers are parsed with
-//! `httparse` (allocation-free, no runtime) each time more arrives, and
-//! the first complete head, a syntax error, the limit or end of file
-//! decides the answer. A body is never read: only `GET` is served.
+//! `httparse` (allocation-free, no runtime), and the first complete head,
+//! a syntax error, the limit or end of file decides the answer. A body is
+//! never read: only `GET` is served.
+//!
+//! What is held is parsed again as each of the first [`EARLY_BYTES`]
+//! arrives (junk, such as a TLS hello, is refused at once), then only
+//! when a line ends (or at the limit, or at end of file); and a head
+//! holds few lines: a partial one has at most [`MAX_EMPTY_LINE_BYTES`]
+//! empty lines, the request line and [`MAX_HEADERS`] headers, or parsing
+//! fails. So a client that trickles its request a byte at a time costs at
+//! most [`MAX_PARSES`] parses of at most [`REQUEST_LIMIT`] bytes, not one
+//! per byte.
 
 use httparse::{Request, Status, EMPTY_HEADER};
 
@@ -13,6 +22,14 @@ pub const REQUEST_LIMIT: usize = 8192;
 /// Headers one request may have; more is a bad request. Prometheus sends
 /// five.
 pub const MAX_HEADERS: usize = 32;
+/// CR and LF bytes allowed before the request line (RFC 9112 has servers
+/// skip at least one empty line there); more is a bad request, so a
+/// stream of line ends cannot make the reader parse once per byte.
+pub const MAX_EMPTY_LINE_BYTES: usize = 16;
+/// Bytes parsed as they come, whether a line ended or not.
+pub const EARLY_BYTES: usize = 64;
+/// The most times one request is parsed (see the module's comment).
+pub const MAX_PARSES: usize = EARLY_BYTES + MAX_EMPTY_LINE_BYTES + MAX_HEADERS + 4;
 /// Where the metrics are.
 pub const METRICS_PATH: &str = "/metrics";
 
@@ -49,6 +66,8 @@ impl Decision {
 pub struct RequestReader {
     buf: Vec<u8>,
     decision: Option<Decision>,
+    /// Times `buf` was parsed.
+    parses: usize,
 }
 
 impl RequestReader {
@@ -63,14 +82,20 @@ impl RequestReader {
     }
 
     /// Takes what fits of `data` and returns how much that was; decides
-    /// as soon as the bytes held allow.
+    /// as soon as the bytes held allow: past the first few bytes, the head
+    /// can only complete, and the lines parsed so far only fail, once a
+    /// line ends.
     pub fn push(&mut self, data: &[u8]) -> usize {
         let take = data.len().min(self.room());
-        if take == 0 {
+        let Some(new) = data.get(..take).filter(|n| !n.is_empty()) else {
             return 0;
+        };
+        let early = self.buf.len() < EARLY_BYTES;
+        self.buf.extend_from_slice(new);
+        let full = self.buf.len() >= REQUEST_LIMIT;
+        if early || full || new.contains(&b'\n') {
+            self.judge();
         }
-        self.buf.extend_from_slice(&data[..take]);
-        self.decision = judge(&self.buf);
         take
     }
 
@@ -78,8 +103,21 @@ impl RequestReader {
     /// will be.
     pub fn end_of_file(&mut self) {
         if self.decision.is_none() {
+            self.judge();
+        }
+        if self.decision.is_none() {
             self.decision = Some(Decision::BadRequest);
         }
+    }
+
+    /// Times the bytes were parsed so far (at most [`MAX_PARSES`]).
+    pub fn parses(&self) -> usize {
+        self.parses
+    }
+
+    fn judge(&mut self) {
+        self.parses += 1;
+        self.decision = judge(&self.buf);
     }
 
     /// The answer, once the bytes held decide it.
@@ -96,6 +134,10 @@ impl RequestReader {
 /// The answer the bytes of a request give so far; None while the head
 /// may still complete.
 fn judge(buf: &[u8]) -> Option<Decision> {
+    let empty = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
+    if empty.count() > MAX_EMPTY_LINE_BYTES {
+        return Some(Decision::BadRequest);
+    }
     let mut headers = [EMPTY_HEADER; MAX_HEADERS];
     let mut req = Request::new(&mut headers);
     match req.parse(buf) {
@@ -149,6 +191,9 @@ mod tests {
             Some(Decision::MethodNotAllowed)
         );
         assert_eq!(decide(b"\x16\x03\x01junk"), Some(Decision::BadRequest));
+        let mut hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec();
+        hello.resize(517, 7);
+        assert_eq!(decide(&hello), Some(Decision::BadRequest));
         assert_eq!(
             decide(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             Some(Decision::BadRequest)
@@ -178,6 +223,33 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(decide(&many), Some(Decision::BadRequest));
+    }
+
+    #[test]
+    fn a_trickled_request_is_parsed_a_bounded_number_of_times() {
+        let mut head = b"GET /metrics HTTP/1.1\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            head.extend_from_slice(format!("H{i}: v\r\n").as_bytes());
+        }
+        let trickles: [&[u8]; 3] = [&head, &[b'\n'; 100], &[b'a'; REQUEST_LIMIT + 10]];
+        for input in trickles {
+            let mut r = RequestReader::default();
+            for b in input.iter().chain(b"x\n".iter()) {
+                r.push(std::slice::from_ref(b));
+            }
+            r.end_of_file();
+            assert!(r.decision().is_some());
+            assert!(r.parses() <= MAX_PARSES, "{} parses", r.parses());
+        }
+        // A few empty lines first are allowed.
+        assert_eq!(
+            decide(b"\r\n\r\n\nGET /metrics HTTP/1.1\r\n\r\n"),
+            Some(Decision::Metrics)
+        );
+        assert_eq!(
+            decide(&[b'\n'; MAX_EMPTY_LINE_BYTES + 1]),
+            Some(Decision::BadRequest)
+        );
     }
 
     #[test]
