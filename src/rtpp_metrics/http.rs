@@ -249,7 +249,14 @@ impl Scraper {
             return false;
         }
         match self.phase {
-            Phase::Reading => !ready || self.read_request().is_ok(),
+            // A client that closes without a byte (a port check) gets no
+            // answer.
+            Phase::Reading => {
+                !ready
+                    || self
+                        .read_request()
+                        .is_ok_and(|eof| !eof || self.request.held() > 0)
+            }
             Phase::Writing => self.write_phase(now),
             Phase::Lingering => self.linger(),
         }
@@ -296,13 +303,17 @@ impl Scraper {
         }
     }
 
-    /// Reads what the client sent, no more than the request limit.
-    fn read_request(&mut self) -> io::Result<()> {
+    /// Reads what the client sent, no more than the request limit; true
+    /// when the client closed its side.
+    fn read_request(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; 4096];
         while self.request.room() > 0 {
             let room = self.request.room().min(chunk.len());
             match self.stream.read(&mut chunk[..room]) {
-                Ok(0) => self.request.end_of_file(),
+                Ok(0) => {
+                    self.request.end_of_file();
+                    return Ok(true);
+                }
                 Ok(n) => {
                     self.request.push(&chunk[..n]);
                 }
@@ -311,7 +322,7 @@ impl Scraper {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Writes the answer until done or the socket is full; false when the

@@ -77,6 +77,7 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("notify", 18400, 19399),
     ("hardening", 19400, 20599),
     ("interop_kamailio", 20600, 21799),
+    ("metrics", 22400, 22699),
     ("play", 23000, 23399),
     ("resize", 23400, 24099),
     ("operator", 24100, 24699),
