@@ -423,7 +423,7 @@ fn run_command(
         }
     };
     let error = match reply {
-        Reply::Error(e) => Some(e),
+        Reply::Error(e) => Some(e.0),
         _ => None,
     };
     if error.is_some() {

@@ -1,9 +1,10 @@
-//! Prometheus metrics (`--metrics ADDR:PORT`): what the daemon counts for
-//! them beyond the `G` counters ([`Metrics`]: commands by verb and result,
-//! histograms of ended streams' quality), and the text exposition format
-//! 0.0.4 they are served in ([`render`]). The format is a few lines per
-//! metric, so it is written here by hand rather than with a crate; the
-//! HTTP side is in `http` (serving) and `request` (parsing, fuzzed).
+//! Prometheus metrics (`--metrics ADDR:PORT`): the text exposition format
+//! 0.0.4 ([`render`]) of the `G` counters and of what the daemon counts
+//! for the metrics alone (`rtpp_state::Metrics`: commands by verb and
+//! result, histograms of ended streams' quality). The format is a few
+//! lines per metric, so it is written here by hand rather than with a
+//! crate; the HTTP side is in `http` (serving) and `request` (parsing,
+//! fuzzed).
 //!
 //! The `G` counters are rendered from [`Counters::named`], the very list
 //! `G` prints, so the two views always agree; a `G` counter without a
@@ -14,209 +15,7 @@ pub mod request;
 
 use std::fmt::Write as _;
 
-use crate::rtpp_command::{tokenize, ErrorCode};
-use crate::rtpp_state::{CounterValue, Counters};
-
-/// The verbs `rtpproxy_commands_total` counts apart; anything else is
-/// `other` (an unknown verb, an empty command, a line too long to read).
-pub const VERBS: [&str; 15] = [
-    "V", "VF", "U", "L", "D", "R", "C", "P", "S", "Q", "I", "G", "N", "X", "other",
-];
-/// Error codes counted apart (`E0` to `E31`); a higher one, which no
-/// command answers today, is counted as `error`. With `ok` first, the
-/// result label has a fixed, small set of values.
-const ERROR_CODES: usize = 32;
-const RESULTS: usize = ERROR_CODES + 2;
-
-/// `rtpproxy_stream_mos` bucket bounds (the E-model's MOS, 1 to 4.5).
-pub const MOS_BOUNDS: [f64; 9] = [1.0, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4];
-/// `rtpproxy_stream_loss_ratio` bucket bounds (lost / expected).
-pub const LOSS_BOUNDS: [f64; 8] = [0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2];
-/// `rtpproxy_stream_jitter_seconds` bucket bounds.
-pub const JITTER_BOUNDS: [f64; 7] = [0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1];
-
-/// A Prometheus histogram with fixed bounds (the `+Inf` bucket is the
-/// count). Observing never allocates, so it may be called at every
-/// stream end.
-#[derive(Debug, Clone)]
-pub struct Histogram<const N: usize> {
-    bounds: [f64; N],
-    /// Observations per bucket, not cumulative: `buckets[i]` holds those
-    /// above `bounds[i - 1]` and at most `bounds[i]`.
-    buckets: [u64; N],
-    count: u64,
-    sum: f64,
-}
-
-impl<const N: usize> Histogram<N> {
-    /// An empty histogram; `bounds` must rise.
-    pub fn new(bounds: [f64; N]) -> Histogram<N> {
-        Histogram {
-            bounds,
-            buckets: [0; N],
-            count: 0,
-            sum: 0.0,
-        }
-    }
-
-    /// Counts one value. A NaN or infinite one is left out: it would make
-    /// the sum, and every rate computed from it, meaningless for good.
-    pub fn observe(&mut self, v: f64) {
-        if !v.is_finite() {
-            return;
-        }
-        self.count += 1;
-        self.sum += v;
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            self.buckets[i] += 1;
-        }
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// The sum of the observations.
-    pub fn sum(&self) -> f64 {
-        self.sum
-    }
-
-    /// `(le, cumulative count)` for each bucket, `+Inf` (as infinity)
-    /// last.
-    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
-        let mut seen = 0;
-        self.bounds
-            .iter()
-            .zip(self.buckets.iter())
-            .map(move |(&le, &n)| {
-                seen += n;
-                (le, seen)
-            })
-            .chain(std::iter::once((f64::INFINITY, self.count)))
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, "histogram", help);
-        for (le, n) in self.cumulative() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {n}", number(le));
-        }
-        let _ = writeln!(out, "{name}_sum {}", number(self.sum));
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
-}
-
-/// What the metrics count beyond the `G` counters. Lives in the daemon's
-/// state; cheap to update from any path.
-#[derive(Debug, Clone)]
-pub struct Metrics {
-    /// Commands by verb (index into [`VERBS`]) and result (0: ok, then
-    /// `E0`...`E31`, then any higher code).
-    commands: [[u64; RESULTS]; VERBS.len()],
-    mos: Histogram<9>,
-    loss: Histogram<8>,
-    jitter: Histogram<7>,
-    /// When the daemon started, in seconds since the epoch.
-    started: f64,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
-impl Metrics {
-    /// Nothing counted yet; the start time is now.
-    pub fn new() -> Metrics {
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        Metrics {
-            commands: [[0; RESULTS]; VERBS.len()],
-            mos: Histogram::new(MOS_BOUNDS),
-            loss: Histogram::new(LOSS_BOUNDS),
-            jitter: Histogram::new(JITTER_BOUNDS),
-            started,
-        }
-    }
-
-    /// Counts one command by its verb (from the command's bytes, without
-    /// cookie) and its result: `None` for any reply but an error.
-    pub fn count_command(&mut self, command: &[u8], error: Option<ErrorCode>) {
-        let result = match error {
-            None => 0,
-            Some(ErrorCode(c)) => 1 + usize::from(c).min(ERROR_CODES),
-        };
-        self.commands[verb_index(command)][result] += 1;
-    }
-
-    /// How many commands of `verb` (one of [`VERBS`]) got `result` (`ok`,
-    /// `E<n>` or `error`).
-    pub fn commands(&self, verb: &str, result: &str) -> u64 {
-        let Some(v) = VERBS.iter().position(|x| *x == verb) else {
-            return 0;
-        };
-        (0..RESULTS)
-            .find(|&r| result_label(r) == result)
-            .map_or(0, |r| self.commands[v][r])
-    }
-
-    /// Counts one ended stream (one direction of RTP) in the quality
-    /// histograms: its MOS (`None` when there was nothing to rate, e.g. no
-    /// RTP: then it is left out of `rtpproxy_stream_mos` only), the share
-    /// of packets lost (lost / expected) and the interarrival jitter in
-    /// seconds. Allocation-free.
-    pub fn observe_ended_stream(&mut self, mos: Option<f64>, loss_ratio: f64, jitter_seconds: f64) {
-        if let Some(m) = mos {
-            self.mos.observe(m);
-        }
-        self.loss.observe(loss_ratio);
-        self.jitter.observe(jitter_seconds);
-    }
-
-    /// The MOS histogram.
-    pub fn mos(&self) -> &Histogram<9> {
-        &self.mos
-    }
-
-    /// The loss ratio histogram.
-    pub fn loss(&self) -> &Histogram<8> {
-        &self.loss
-    }
-
-    /// The jitter histogram.
-    pub fn jitter(&self) -> &Histogram<7> {
-        &self.jitter
-    }
-}
-
-/// The index in [`VERBS`] of a command's verb: its first letter, and for
-/// `V` whether `F` follows, as the parser tells them apart.
-fn verb_index(command: &[u8]) -> usize {
-    let other = VERBS.len() - 1;
-    let Some(token) = tokenize(command).next() else {
-        return other;
-    };
-    let verb = token.first().map_or(0, u8::to_ascii_uppercase);
-    let name: &[u8] = match verb {
-        b'V' if token.get(1).is_some_and(|c| c.eq_ignore_ascii_case(&b'F')) => b"VF",
-        _ => std::slice::from_ref(&verb),
-    };
-    VERBS
-        .iter()
-        .position(|v| v.as_bytes() == name)
-        .unwrap_or(other)
-}
-
-/// The `result` label of a result index.
-fn result_label(r: usize) -> String {
-    match r {
-        0 => "ok".into(),
-        r if r <= ERROR_CODES => format!("E{}", r - 1),
-        _ => "error".into(),
-    }
-}
+use crate::rtpp_state::{CommandResult, CounterValue, Counters, Histogram, Metrics};
 
 /// Everything one scrape shows.
 pub struct Snapshot<'a> {
@@ -415,18 +214,21 @@ pub fn render(out: &mut String, s: &Snapshot<'_>) {
     render_daemon(out, s);
     render_commands(out, s.metrics);
     let m = s.metrics;
-    m.mos.render(
+    histogram(
         out,
+        m.mos(),
         "rtpproxy_stream_mos",
         "MOS (E-model) of ended RTP streams, per direction.",
     );
-    m.loss.render(
+    histogram(
         out,
+        m.loss(),
         "rtpproxy_stream_loss_ratio",
         "Share of packets lost of ended RTP streams, per direction.",
     );
-    m.jitter.render(
+    histogram(
         out,
+        m.jitter(),
         "rtpproxy_stream_jitter_seconds",
         "Interarrival jitter of ended RTP streams, per direction.",
     );
@@ -454,7 +256,7 @@ fn render_daemon(out: &mut String, s: &Snapshot<'_>) {
     let _ = writeln!(
         out,
         "rtpproxy_start_time_seconds {}",
-        number(s.metrics.started)
+        number(s.metrics.started())
     );
     header(
         out,
@@ -475,14 +277,21 @@ fn render_commands(out: &mut String, m: &Metrics) {
         "counter",
         "Control commands run, by verb and result (ok or the error code).",
     );
-    for (verb, results) in VERBS.iter().zip(m.commands.iter()) {
-        for (r, &n) in results.iter().enumerate() {
-            if r == 0 || n > 0 {
-                let result = result_label(r);
-                let _ = writeln!(out, "{name}{{verb=\"{verb}\",result=\"{result}\"}} {n}");
-            }
+    for (verb, result, n) in m.command_counts() {
+        if result == CommandResult::Ok || n > 0 {
+            let _ = writeln!(out, "{name}{{verb=\"{verb}\",result=\"{result}\"}} {n}");
         }
     }
+}
+
+/// A histogram's buckets (cumulative, `+Inf` last), sum and count.
+fn histogram<const N: usize>(out: &mut String, h: &Histogram<N>, name: &str, help: &str) {
+    header(out, name, "histogram", help);
+    for (le, n) in h.cumulative() {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {n}", number(le));
+    }
+    let _ = writeln!(out, "{name}_sum {}", number(h.sum()));
+    let _ = writeln!(out, "{name}_count {}", h.count());
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

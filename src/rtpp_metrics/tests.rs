@@ -1,4 +1,6 @@
 use super::*;
+use crate::rtpp_command::ErrorCode;
+use crate::rtpp_state::{LOSS_BOUNDS, VERBS};
 use std::collections::BTreeMap;
 
 fn snapshot_text(counters: &Counters, active: usize, metrics: &Metrics) -> String {
@@ -209,20 +211,29 @@ fn commands_are_counted_by_verb_and_result() {
     let mut m = Metrics::new();
     m.count_command(b"U c1 127.0.0.1 4000 f", None);
     m.count_command(b"  Uc0,8 c1 127.0.0.1 4000 f", None);
-    m.count_command(b"L c1 127.0.0.1 4000 f t", Some(ErrorCode::NOT_FOUND));
+    m.count_command(b"L c1 127.0.0.1 4000 f t", Some(ErrorCode::NOT_FOUND.0));
     m.count_command(b"vf 20040107", None);
     m.count_command(b"V", None);
-    m.count_command(b"Z what", Some(ErrorCode::UNKNOWN));
-    m.count_command(b"", Some(ErrorCode::EMPTY));
-    m.count_command(b"D c f", Some(ErrorCode(200)));
-    assert_eq!(m.commands("U", "ok"), 2);
-    assert_eq!(m.commands("L", "E8"), 1);
-    assert_eq!((m.commands("VF", "ok"), m.commands("V", "ok")), (1, 1));
+    m.count_command(b"Z what", Some(ErrorCode::UNKNOWN.0));
+    m.count_command(b"", Some(ErrorCode::EMPTY.0));
+    m.count_command(b"D c f", Some(200));
+    assert_eq!(m.commands("U", CommandResult::Ok), 2);
+    assert_eq!(m.commands("L", CommandResult::Error(8)), 1);
     assert_eq!(
-        (m.commands("other", "E3"), m.commands("other", "E0")),
+        (
+            m.commands("VF", CommandResult::Ok),
+            m.commands("V", CommandResult::Ok)
+        ),
         (1, 1)
     );
-    assert_eq!(m.commands("D", "error"), 1);
+    assert_eq!(
+        (
+            m.commands("other", CommandResult::Error(3)),
+            m.commands("other", CommandResult::Error(0))
+        ),
+        (1, 1)
+    );
+    assert_eq!(m.commands("D", CommandResult::OtherError), 1);
     let s = parse_exposition(&snapshot_text(&Counters::default(), 0, &m));
     let key = |v: &str, r: &str| format!("rtpproxy_commands_total{{verb=\"{v}\",result=\"{r}\"}}");
     assert_eq!(s[&key("U", "ok")], 2.0);
