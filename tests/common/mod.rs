@@ -85,6 +85,7 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("interop_sippy", 25800, 26999),
     ("observers", 27000, 27599),
     ("extensions", 27600, 27999),
+    ("hep", 22400, 22599),
 ];
 
 /// Ports no test may use: (first, last, whose).
