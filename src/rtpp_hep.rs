@@ -853,6 +853,8 @@ mod tests {
         );
         for _ in 0..20 {
             hep.send_rtcp(b"cid", src, dst, &sr_sdes(), SystemTime::now());
+            // Time for the ICMP error to come back, as between packets.
+            std::thread::sleep(Duration::from_millis(2));
         }
         assert_eq!(hep.sent() + hep.dropped(), 20);
         // Loopback answers with ICMP port unreachable, which fails the next
