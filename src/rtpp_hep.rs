@@ -7,14 +7,15 @@
 //! * HEPv3 (also called EEP; sipcapture's HEP specification): `HEP3`, the
 //!   total length (u16, the whole datagram), then chunks of vendor id
 //!   (u16, 0 = generic), type id (u16) and length (u16, the 6-byte chunk
-//!   header included), then the value, all in network byte order. We send
-//!   the chunks in the order rtpengine's `homer.c` and captagent use:
+//!   header included), then the value, all in network byte order.
+//!   Receivers walk the chunks by type, whatever their order; we send them in type order, as the HEP document
+//!   lists them, except the payload last as rtpengine's `homer.c` does:
 //!   0x0001 IP family (u8: 2 IPv4, 10 IPv6), 0x0002 IP protocol (u8: 17
 //!   UDP), 0x0003/0x0004 IPv4 or 0x0005/0x0006 IPv6 source/destination,
 //!   0x0007/0x0008 source/destination port (u16), 0x0009 seconds and 0x000a
 //!   microseconds of the time (u32), 0x000b protocol type (u8), 0x000c
 //!   capture agent id (u32), 0x0011 correlation id (the Call-ID), 0x000f
-//!   payload. No 0x000e auth key: nothing in Homer's UDP path requires it.
+//!   payload. No 0x000e auth key: the option has no place for one yet.
 //! * RTCP goes as protocol type 5 with a JSON rendering of the SR/RR, not
 //!   the raw bytes. Every sender Homer takes RTCP from does so: rtpengine
 //!   (`daemon/rtcp.c`, `homer_*` handlers, `PROTO_RTCP_JSON` 0x05),
