@@ -24,6 +24,7 @@ use rtpproxy::rtpp_log::Level;
 use rtpproxy::rtpp_log::{escape, show};
 use rtpproxy::rtpp_metrics::http::MetricsServer;
 
+use rtpproxy::rtpp_hep::HepSender;
 use rtpproxy::rtpp_network::{PortTable, RecvBatch};
 use rtpproxy::rtpp_notify::{Destination, Notifier};
 use rtpproxy::rtpp_options::{parse_args, usage, Action};
@@ -117,6 +118,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     // Opened before the switch to -u, like the control socket: the file
     // may live where only the starting user can create it.
     let accounting = open_accounting(cfg)?;
+    let hep = open_hep(cfg)?;
     raise_open_files_limit(cfg)?;
     let mut poller = Poller::new();
     let mut control = Control::open(&cfg.control)
@@ -147,6 +149,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut daemon = Daemon::new(poller, ports);
     daemon.accounting = accounting;
     daemon.notifier = notifier(cfg);
+    daemon.hep = hep;
     let mut sessions = Sessions::new();
     rtpp_log!(Info, "{}", start_line(cfg, run_as.as_ref()));
     if let Some(report) = report {
@@ -229,19 +232,20 @@ fn run_loop(
                 now,
                 &mut batch,
                 &mut daemon.notifier,
+                &mut daemon.hep,
             );
         if clock.rtcp_due(now, &daemon.poller) {
             if let Ok(n) = daemon.poller.poll(Cadence::Slow, 0) {
                 if n > 0 {
                     let events = daemon.poller.events(Cadence::Slow);
-                    let notifier = &mut daemon.notifier;
                     relay_ready(
                         sessions,
                         events,
                         cfg.double_small,
                         now,
                         &mut batch,
-                        notifier,
+                        &mut daemon.notifier,
+                        &mut daemon.hep,
                     );
                 }
             }
@@ -359,7 +363,7 @@ impl Clock {
 fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon) {
     let mut batch = RecvBatch::new();
     let deadline = Instant::now() + FINAL_DRAIN;
-    let (poller, notifier) = (&mut daemon.poller, &mut daemon.notifier);
+    let (poller, notifier, hep) = (&mut daemon.poller, &mut daemon.notifier, &mut daemon.hep);
     while Instant::now() < deadline {
         let mut media = false;
         for cadence in [Cadence::EveryPass, Cadence::Slow] {
@@ -373,6 +377,7 @@ fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon
                         Instant::now(),
                         &mut batch,
                         notifier,
+                        hep,
                     );
                 }
             }
@@ -479,6 +484,17 @@ fn open_accounting(cfg: &Config) -> Result<Option<AccountFile>, String> {
         .map(|path| {
             AccountFile::open(path)
                 .map_err(|e| format!("invalid value for -A: can't open {}: {e}", path.display()))
+        })
+        .transpose()
+}
+
+/// `--hep`: the collector's socket, opened with the other outputs so that
+/// a failure is a start-up error naming the option.
+fn open_hep(cfg: &Config) -> Result<Option<HepSender>, String> {
+    cfg.hep
+        .map(|target| {
+            HepSender::new(target, cfg.hep_rtcp)
+                .map_err(|e| format!("invalid value for --hep: can't open a socket: {e}"))
         })
         .transpose()
 }

@@ -157,6 +157,16 @@ const FROM_G: &[FromG] = &[
         "Replies sent to control commands.",
     ),
     counter(
+        "nhep_sent",
+        "rtpproxy_hep_packets_sent_total",
+        "HEP packets sent to the --hep collector.",
+    ),
+    counter(
+        "nhep_dropped",
+        "rtpproxy_hep_packets_dropped_total",
+        "HEP packets not sent: the send failed, or the RTCP was not an SR or RR.",
+    ),
+    counter(
         "nlog_dropped",
         "rtpproxy_log_lines_dropped_total",
         "Log lines dropped because syslog could not take them at once.",

@@ -67,6 +67,17 @@ fn options() -> Options {
     o.optmulti("d", "", "log level and syslog facility", "level[:facility]");
     o.optmulti(
         "",
+        "hep",
+        "send end-of-stream quality reports to a HEP (Homer) collector",
+        "udp:HOST:PORT[/ID]",
+    );
+    o.optflag(
+        "",
+        "hep-rtcp",
+        "with --hep, mirror each RTCP report relayed",
+    );
+    o.optmulti(
+        "",
         "metrics",
         "serve Prometheus metrics at http://ADDR:PORT/metrics",
         "ADDR:PORT",
@@ -78,11 +89,13 @@ pub fn usage() -> String {
     "usage: rtpproxy [-2fvFiPaR] [-l addr1[/addr2]] [-6 addr1[/addr2]] [-s ctrl_socket]\n\
      \x20 [-t tos] [-r rdir [-S sdir]] [-T ttl] [-L nofile] [-m port_min]\n\
      \x20 [-M port_max] [-u uname[:gname]] [-n timeout_socket] [-d log_level[:log_facility]]\n\
-     \x20 [-p pid_file] [-A acct_file] [--metrics addr:port]\n\
+     \x20 [-p pid_file] [-A acct_file] [--hep udp:host:port[/id] [--hep-rtcp]]\n\
+     \x20 [--metrics addr:port]\n\
      \x20      rtpproxy --version\n\
      ctrl_socket: unix:path | path | cunix:path | udp:addr[:port] | udp6:addr[:port]\n\
      \x20            | tcp:addr[:port] | tcp6:addr[:port]\n\
      timeout_socket (-n may repeat): unix:path | path | tcp:host:port | tcp:%%CC_SELF%%:port\n\
+     --hep: HEPv3 to a Homer collector, id = capture agent id (default 101)\n\
      --metrics addr:port: serve Prometheus metrics at http://addr:port/metrics\n\
      \x20            (IPv4 127.0.0.1:9099, IPv6 [::1]:9099)\n"
         .to_string()
@@ -120,6 +133,7 @@ pub fn parse_args(args: &[String]) -> Result<Action, String> {
     path_options(&m, &mut cfg)?;
     run_as_option(&m, &mut cfg)?;
     output_options(&m, &mut cfg)?;
+    hep_options(&m, &mut cfg)?;
     Ok(Action::Run(Box::new(cfg)))
 }
 
@@ -241,6 +255,19 @@ fn output_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
             }
             cfg.log_facility = Some(f.to_string());
         }
+    }
+    Ok(())
+}
+
+/// `--hep`, `--hep-rtcp`: where quality reports (and RTCP) go. The host
+/// is resolved now, like `-n`'s.
+fn hep_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
+    if let Some(h) = last(m, "hep") {
+        cfg.hep = Some(crate::rtpp_hep::parse_hep_target(&h)?);
+    }
+    cfg.hep_rtcp = m.opt_present("hep-rtcp");
+    if cfg.hep_rtcp && cfg.hep.is_none() {
+        return Err("--hep-rtcp requires --hep".into());
     }
     Ok(())
 }
@@ -586,6 +613,35 @@ mod tests {
         assert_eq!(cfg("").pid_file, Some(PathBuf::from(PID_FILE)));
         assert_eq!(cfg("-f").pid_file, None);
         assert!(cfg("-f -p x.pid").pid_file.is_some());
+    }
+
+    #[test]
+    fn hep_options() {
+        let c = cfg("--hep udp:127.0.0.1:9060/77 --hep-rtcp");
+        let target = c.hep.unwrap();
+        assert_eq!(target.addr, "127.0.0.1:9060".parse().unwrap());
+        assert_eq!(target.capture_id, 77);
+        assert!(c.hep_rtcp);
+        let c = cfg("--hep udp:[::1]:9060");
+        assert_eq!(c.hep.unwrap().addr, "[::1]:9060".parse().unwrap());
+        assert_eq!(c.hep.unwrap().capture_id, 101);
+        assert!(!c.hep_rtcp);
+        assert_eq!(cfg("--hep udp:::1:9/0").hep.unwrap().capture_id, 0);
+        assert!(cfg("-f").hep.is_none());
+        for b in [
+            "--hep tcp:127.0.0.1:9060",
+            "--hep udp:127.0.0.1",
+            "--hep udp:127.0.0.1:0",
+            "--hep udp:127.0.0.1:70000",
+            "--hep udp:127.0.0.1:9060/",
+            "--hep udp:127.0.0.1:9060/x",
+            "--hep udp:127.0.0.1:9060/4294967296",
+            "--hep udp:bad_host!:9060",
+            "--hep udp:[::1:9060",
+        ] {
+            assert!(bad(b).contains("--hep"), "{b}: {}", bad(b));
+        }
+        assert!(bad("--hep-rtcp").contains("--hep-rtcp requires --hep"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use crate::rtpp_account::AccountFile;
 use crate::rtpp_analyzer::RtpaStats;
+use crate::rtpp_hep::HepSender;
 use crate::rtpp_network::PortTable;
 use crate::rtpp_notify::Notifier;
 use crate::rtpp_poll::Poller;
@@ -48,6 +49,11 @@ pub struct Counters {
     pub packets_in_rate: f64,
     /// Sums of the RTP analysis of ended sessions, both directions.
     pub rtpa: RtpaStats,
+    /// HEP packets sent to the `--hep` collector, and those not sent;
+    /// the sender keeps them, `G` copies them here (see
+    /// [`Daemon::counters_with_hep`]).
+    pub hep_sent: u64,
+    pub hep_dropped: u64,
 }
 
 /// A counter's value as `G` prints it.
@@ -98,7 +104,7 @@ impl Counters {
     }
 
     /// Every counter by its `G` name (rtpproxy 3.x's names, and ours:
-    /// `nsess_active`, `nlog_dropped`); `active` is the live session count.
+    /// `nsess_active`, `nhep_sent`, `nhep_dropped`, `nlog_dropped`); `active` is the live session count.
     /// The `rtpa_*` sums come last.
     pub fn named(&self, active: usize) -> Vec<(&'static str, CounterValue)> {
         use CounterValue::{Float, Int};
@@ -128,6 +134,8 @@ impl Counters {
             ("ncmds_errs", Int(self.commands_failed)),
             ("ncmds_repld", Int(self.replies_sent)),
             ("pps_in", Float(self.packets_in_rate)),
+            ("nhep_sent", Int(self.hep_sent)),
+            ("nhep_dropped", Int(self.hep_dropped)),
             ("nlog_dropped", Int(crate::rtpp_log::dropped_lines())),
             ("rtpa_nsent", Int(self.rtpa.nsent)),
             ("rtpa_nrcvd", Int(self.rtpa.nrcvd)),
@@ -426,6 +434,8 @@ pub struct Daemon {
     pub accounting: Option<AccountFile>,
     /// `-n`: where timed-out sessions are announced.
     pub notifier: Option<Notifier>,
+    /// `--hep`: where quality reports (and, with `--hep-rtcp`, RTCP) go.
+    pub hep: Option<HepSender>,
     /// SSRCs, sequence numbers and timestamps of generated streams.
     pub rng: Random,
     /// `I l`'s average load.
@@ -447,11 +457,21 @@ impl Daemon {
             draining: false,
             accounting: None,
             notifier: None,
+            hep: None,
             rng: Random::new(),
             load: LoadMeter::default(),
             metrics: Metrics::new(),
             received_before: None,
         }
+    }
+
+    /// `counters` with the HEP sender's counts filled in (`G`).
+    pub fn counters_with_hep(&self, mut counters: Counters) -> Counters {
+        if let Some(hep) = &self.hep {
+            counters.hep_sent = hep.sent();
+            counters.hep_dropped = hep.dropped();
+        }
+        counters
     }
 
     /// The once-a-second samples: the load and the rate of packets in;

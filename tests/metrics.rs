@@ -172,6 +172,8 @@ const SAME_AS_G: &[(&str, &str)] = &[
     ("total_duration", "rtpproxy_sessions_duration_seconds_total"),
     ("ncmds_rcvd_ndups", "rtpproxy_commands_repeated_total"),
     ("nlog_dropped", "rtpproxy_log_lines_dropped_total"),
+    ("nhep_sent", "rtpproxy_hep_packets_sent_total"),
+    ("nhep_dropped", "rtpproxy_hep_packets_dropped_total"),
     ("rtpa_nsent", "rtpproxy_rtpa_packets_sent_total"),
     ("rtpa_nrcvd", "rtpproxy_rtpa_packets_received_total"),
     ("rtpa_nlost", "rtpproxy_rtpa_packets_lost_total"),

@@ -95,8 +95,8 @@ fn query_value(ctx: &Context<'_>, s: &Session, named: Party, name: &[u8]) -> Opt
 /// counter as `name=value` when none is named; an unknown name is `E1`.
 pub fn stats(ctx: &mut Context<'_>, verbose: bool, names: &Names<'_>) -> Reply {
     let all = ctx
-        .sessions
-        .counters(&ctx.daemon.counters)
+        .daemon
+        .counters_with_hep(ctx.sessions.counters(&ctx.daemon.counters))
         .named(ctx.sessions.active());
     let mut out = Vec::new();
     if names.is_empty() {
