@@ -2,7 +2,7 @@
 """Writes the seed corpus of every fuzz target into fuzz/corpus/<target>/.
 
 Small, valid-looking inputs the fuzzer mutates from: command sessions,
-RTP streams, ad-hoc and PCAP recordings, WAV files, latching sequences.
+metrics requests, RTP streams, ad-hoc and PCAP recordings, WAV files, latching sequences.
 Run it again after changing a format; the files are committed.
 """
 import os
@@ -59,6 +59,21 @@ for name, text in COMMANDS.items():
 put("framing", "pipelined", b"\x03V\nVF 20040107\r\nU c1 127.0.0.1 4000 f\nIb\nD c1 f")
 put("framing", "over_long", b"\x07" + b"x" * 8300 + b"\nV\n\n\r\n")
 put("framing", "compound", b"\x01U c2 127.0.0.1 4000 f && M3:1 t 101 h\nQv c2 f t && D\n")
+
+
+# --- http: [chunk size seed] then what a metrics client sends ---------------
+put("http", "prometheus", b"\x05GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9099\r\n"
+    b"User-Agent: Prometheus/2.42.0\r\nAccept: application/openmetrics-text;version=1.0.0,"
+    b"text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\nAccept-Encoding: gzip\r\n"
+    b"X-Prometheus-Scrape-Timeout-Seconds: 1\r\n\r\n")
+put("http", "curl_query", b"\x01GET /metrics?name[]=x HTTP/1.0\r\nUser-Agent: curl\r\n\r\n")
+put("http", "post_body", b"\x0bPOST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+put("http", "root", b"\x20GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+put("http", "long_header", b"\x3fGET /metrics HTTP/1.1\r\nX-Junk: " + b"a" * 8300 + b"\r\n\r\n")
+put("http", "many_headers", b"\x02GET /metrics HTTP/1.1\r\n" + b"".join(
+    b"H%d: v\r\n" % i for i in range(40)) + b"\r\n")
+put("http", "junk", b"\x07\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+put("http", "cut_short", b"\x03GET /metrics HTTP/1.1\r\nHost: x\r\n")
 
 
 # --- rtp: [target][gap ms, len lo, len hi, packet]* -----------------------

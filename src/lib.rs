@@ -16,8 +16,10 @@
 //! `rtpp_analyzer` counts what each party sends by sequence number,
 //! `rtpp_dtmf` catches telephone-events, `rtpp_quality` measures each
 //! direction's call quality (with `rtpp_rtcp` reading RTCP and `rtpp_mos`
-//! scoring it), `rtpp_notify` sends timeout and
-//! DTMF notifications, `rtpp_account` writes per-call accounting, and
+//! scoring it), `rtpp_notify` sends timeout and DTMF notifications,
+//! `rtpp_account` writes per-call accounting, `rtpp_hep` sends quality
+//! reports and RTCP to a Homer collector, `rtpp_metrics` serves the
+//! Prometheus metrics, and
 //! `g711`/`wav` and the optional codec modules serve `makeann` and
 //! `extractaudio`.
 
@@ -40,6 +42,8 @@ pub(crate) mod rtpp_copy;
 pub mod rtpp_daemon;
 pub mod rtpp_defines;
 pub mod rtpp_dtmf;
+pub mod rtpp_hep;
+pub mod rtpp_metrics;
 pub mod rtpp_mos;
 pub mod rtpp_network;
 pub mod rtpp_notify;

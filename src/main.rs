@@ -22,7 +22,9 @@ use rtpproxy::rtpp_defines::{
 };
 use rtpproxy::rtpp_log::Level;
 use rtpproxy::rtpp_log::{escape, show};
+use rtpproxy::rtpp_metrics::http::MetricsServer;
 
+use rtpproxy::rtpp_hep::HepSender;
 use rtpproxy::rtpp_network::{PortTable, RecvBatch};
 use rtpproxy::rtpp_notify::{Destination, Notifier};
 use rtpproxy::rtpp_options::{parse_args, usage, Action};
@@ -116,6 +118,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     // Opened before the switch to -u, like the control socket: the file
     // may live where only the starting user can create it.
     let accounting = open_accounting(cfg)?;
+    let hep = open_hep(cfg)?;
     raise_open_files_limit(cfg)?;
     let mut poller = Poller::new();
     let mut control = Control::open(&cfg.control)
@@ -124,6 +127,10 @@ fn run(cfg: &Config) -> Result<(), String> {
         return Err("invalid value for -L: too few open files for the control socket".into());
     }
     secure_control_socket(&control, run_as.as_ref())?;
+    let mut servers = Servers {
+        control,
+        metrics: open_metrics(cfg, &mut poller)?,
+    };
 
     let report = detach(cfg, &inherited)?;
     let (pidfile, shutdown) = match finish_start_up(cfg, run_as.as_ref()) {
@@ -142,13 +149,14 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut daemon = Daemon::new(poller, ports);
     daemon.accounting = accounting;
     daemon.notifier = notifier(cfg);
+    daemon.hep = hep;
     let mut sessions = Sessions::new();
     rtpp_log!(Info, "{}", start_line(cfg, run_as.as_ref()));
     if let Some(report) = report {
         report.ok();
     }
 
-    run_loop(cfg, &mut control, &mut sessions, &mut daemon, &shutdown);
+    run_loop(cfg, &mut servers, &mut sessions, &mut daemon, &shutdown);
 
     match shutdown.signal() {
         0 => rtpp_log!(Info, "drained: the last session ended, exiting"),
@@ -156,19 +164,38 @@ fn run(cfg: &Config) -> Result<(), String> {
     }
     relay_queued_media(cfg, &mut sessions, &mut daemon);
     sessions.end_all(EndReason::Shutdown, &mut daemon);
-    drop(control);
+    drop(servers);
     drop(pidfile);
     rtpp_log!(Info, "rtpproxy ended");
     Ok(())
 }
 
+/// The sockets the loop serves besides media: the control socket, and the
+/// metrics listener with `--metrics`.
+struct Servers {
+    control: Control,
+    metrics: Option<MetricsServer>,
+}
+
+impl Servers {
+    /// The earliest deadline of a client of either.
+    fn next_deadline(&self) -> Option<Instant> {
+        let metrics = self.metrics.as_ref().and_then(|m| m.next_deadline());
+        [self.control.next_deadline(), metrics]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
 /// The poll loop: relay what is ready, run the once-a-second timers, then
-/// serve control commands. Relaying comes first so media never waits
-/// behind a burst of commands, and commands are bounded per pass so they
-/// cannot starve media either.
+/// serve control commands and scrapes. Relaying comes first so media never
+/// waits behind a burst of commands, and commands are bounded per pass so
+/// they cannot starve media either; a scrape is answered in the pass its
+/// request arrives in, from the counters as they are then.
 fn run_loop(
     cfg: &Config,
-    control: &mut Control,
+    servers: &mut Servers,
     sessions: &mut Sessions,
     daemon: &mut Daemon,
     shutdown: &Shutdown,
@@ -189,7 +216,7 @@ fn run_loop(
             break;
         }
         let notify_check = daemon.notifier.as_ref().and_then(Notifier::next_check);
-        let wake = [control.next_deadline(), sessions.next_due(), notify_check]
+        let wake = [servers.next_deadline(), sessions.next_due(), notify_check]
             .into_iter()
             .flatten()
             .fold(clock.next_wake(&daemon.poller), Instant::min);
@@ -205,19 +232,20 @@ fn run_loop(
                 now,
                 &mut batch,
                 &mut daemon.notifier,
+                &mut daemon.hep,
             );
         if clock.rtcp_due(now, &daemon.poller) {
             if let Ok(n) = daemon.poller.poll(Cadence::Slow, 0) {
                 if n > 0 {
                     let events = daemon.poller.events(Cadence::Slow);
-                    let notifier = &mut daemon.notifier;
                     relay_ready(
                         sessions,
                         events,
                         cfg.double_small,
                         now,
                         &mut batch,
-                        notifier,
+                        &mut daemon.notifier,
+                        &mut daemon.hep,
                     );
                 }
             }
@@ -234,9 +262,12 @@ fn run_loop(
             let received = sessions.counters(&daemon.counters).packets_received;
             daemon.sample_second(received, now);
         }
-        control.serve(daemon, now, |daemon, raw, from| {
+        servers.control.serve(daemon, now, |daemon, raw, from| {
             run_command(cfg, sessions, daemon, raw, from, now)
         });
+        if let Some(m) = servers.metrics.as_mut() {
+            m.serve(daemon, sessions, now);
+        }
     }
 }
 
@@ -332,7 +363,7 @@ impl Clock {
 fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon) {
     let mut batch = RecvBatch::new();
     let deadline = Instant::now() + FINAL_DRAIN;
-    let (poller, notifier) = (&mut daemon.poller, &mut daemon.notifier);
+    let (poller, notifier, hep) = (&mut daemon.poller, &mut daemon.notifier, &mut daemon.hep);
     while Instant::now() < deadline {
         let mut media = false;
         for cadence in [Cadence::EveryPass, Cadence::Slow] {
@@ -346,6 +377,7 @@ fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon
                         Instant::now(),
                         &mut batch,
                         notifier,
+                        hep,
                     );
                 }
             }
@@ -395,11 +427,16 @@ fn run_command(
             Reply::Error(e)
         }
     };
-    if matches!(reply, Reply::Error(_)) {
+    let error = match reply {
+        Reply::Error(e) => Some(e.0),
+        _ => None,
+    };
+    if error.is_some() {
         daemon.counters.commands_failed += 1;
     } else {
         daemon.counters.commands_succeeded += 1;
     }
+    daemon.metrics.count_command(raw, error);
     if reply != Reply::Silent {
         daemon.counters.replies_sent += 1;
     }
@@ -426,6 +463,20 @@ fn notifier(cfg: &Config) -> Option<Notifier> {
     Some(Notifier::new(fixed))
 }
 
+/// `--metrics`: the listener, opened and polled before the daemon detaches,
+/// so a port in use fails the start.
+fn open_metrics(cfg: &Config, poller: &mut Poller) -> Result<Option<MetricsServer>, String> {
+    let Some(addr) = cfg.metrics else {
+        return Ok(None);
+    };
+    let mut server = MetricsServer::open(addr)
+        .map_err(|e| format!("invalid value for --metrics: can't listen on {addr}: {e}"))?;
+    if !server.register(poller) {
+        return Err("invalid value for -L: too few open files for the metrics listener".into());
+    }
+    Ok(Some(server))
+}
+
 /// `-A`: the file each ended session appends its JSON line to.
 fn open_accounting(cfg: &Config) -> Result<Option<AccountFile>, String> {
     cfg.accounting_file
@@ -433,6 +484,17 @@ fn open_accounting(cfg: &Config) -> Result<Option<AccountFile>, String> {
         .map(|path| {
             AccountFile::open(path)
                 .map_err(|e| format!("invalid value for -A: can't open {}: {e}", path.display()))
+        })
+        .transpose()
+}
+
+/// `--hep`: the collector's socket, opened with the other outputs so that
+/// a failure is a start-up error naming the option.
+fn open_hep(cfg: &Config) -> Result<Option<HepSender>, String> {
+    cfg.hep
+        .map(|target| {
+            HepSender::new(target, cfg.hep_rtcp)
+                .map_err(|e| format!("invalid value for --hep: can't open a socket: {e}"))
         })
         .transpose()
 }

@@ -49,8 +49,11 @@ pub fn start_line(cfg: &Config, run_as: Option<&RunAs>) -> String {
             }
         }
     };
+    let metrics = cfg
+        .metrics
+        .map_or(String::new(), |a| format!(", metrics http://{a}/metrics"));
     format!(
-        "rtpproxy {} started: pid {}, control {}, listen {listen}, ports {}-{}, user {user}",
+        "rtpproxy {} started: pid {}, control {}, listen {listen}, ports {}-{}, user {user}{metrics}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         show_control(cfg),

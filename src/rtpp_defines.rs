@@ -7,6 +7,13 @@ use std::time::Duration;
 
 use crate::rtpp_log::Level;
 
+/// `--hep`: where HEP packets go, and as which capture agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HepTarget {
+    pub addr: SocketAddr,
+    pub capture_id: u32,
+}
+
 /// Base protocol version answered to `V`.
 pub const CPROTOVER: &str = "20040107";
 /// Lowest media port by default (`-m`).
@@ -179,6 +186,12 @@ pub struct Config {
     pub accounting_file: Option<PathBuf>,
     pub log_level: Option<Level>,
     pub log_facility: Option<String>,
+    /// `--hep`: the Homer collector quality reports go to.
+    pub hep: Option<HepTarget>,
+    /// `--hep-rtcp`: RTCP is mirrored to the collector too.
+    pub hep_rtcp: bool,
+    /// `--metrics`: where `GET /metrics` is served.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -210,6 +223,9 @@ impl Default for Config {
             accounting_file: None,
             log_level: None,
             log_facility: None,
+            hep: None,
+            hep_rtcp: false,
+            metrics: None,
         }
     }
 }

@@ -65,6 +65,23 @@ fn options() -> Options {
     );
     o.optmulti("A", "", "append one JSON line per ended session", "file");
     o.optmulti("d", "", "log level and syslog facility", "level[:facility]");
+    o.optmulti(
+        "",
+        "hep",
+        "send end-of-stream quality reports to a HEP (Homer) collector",
+        "udp:HOST:PORT[/ID]",
+    );
+    o.optflag(
+        "",
+        "hep-rtcp",
+        "with --hep, mirror each RTCP report relayed",
+    );
+    o.optmulti(
+        "",
+        "metrics",
+        "serve Prometheus metrics at http://ADDR:PORT/metrics",
+        "ADDR:PORT",
+    );
     o
 }
 
@@ -72,11 +89,15 @@ pub fn usage() -> String {
     "usage: rtpproxy [-2fvFiPaR] [-l addr1[/addr2]] [-6 addr1[/addr2]] [-s ctrl_socket]\n\
      \x20 [-t tos] [-r rdir [-S sdir]] [-T ttl] [-L nofile] [-m port_min]\n\
      \x20 [-M port_max] [-u uname[:gname]] [-n timeout_socket] [-d log_level[:log_facility]]\n\
-     \x20 [-p pid_file] [-A acct_file]\n\
+     \x20 [-p pid_file] [-A acct_file] [--hep udp:host:port[/id] [--hep-rtcp]]\n\
+     \x20 [--metrics addr:port]\n\
      \x20      rtpproxy --version\n\
      ctrl_socket: unix:path | path | cunix:path | udp:addr[:port] | udp6:addr[:port]\n\
      \x20            | tcp:addr[:port] | tcp6:addr[:port]\n\
-     timeout_socket (-n may repeat): unix:path | path | tcp:host:port | tcp:%%CC_SELF%%:port\n"
+     timeout_socket (-n may repeat): unix:path | path | tcp:host:port | tcp:%%CC_SELF%%:port\n\
+     --hep: HEPv3 to a Homer collector, id = capture agent id (default 101)\n\
+     --metrics addr:port: serve Prometheus metrics at http://addr:port/metrics\n\
+     \x20            (IPv4 127.0.0.1:9099, IPv6 [::1]:9099)\n"
         .to_string()
 }
 
@@ -112,6 +133,7 @@ pub fn parse_args(args: &[String]) -> Result<Action, String> {
     path_options(&m, &mut cfg)?;
     run_as_option(&m, &mut cfg)?;
     output_options(&m, &mut cfg)?;
+    hep_options(&m, &mut cfg)?;
     Ok(Action::Run(Box::new(cfg)))
 }
 
@@ -202,7 +224,8 @@ fn run_as_option(m: &Matches, cfg: &mut Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `-n`, `-A`, `-d`: where timeout notifications, accounting and the log go.
+/// `-n`, `-A`, `--metrics`, `-d`: where timeout notifications, accounting,
+/// metrics and the log go.
 fn output_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
     for n in m.opt_strs("n") {
         let target = notify_target(&n)?;
@@ -215,6 +238,9 @@ fn output_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
             return Err("invalid value for -A: empty path".into());
         }
         cfg.accounting_file = Some(absolute("A", Path::new(&a))?);
+    }
+    if let Some(v) = last(m, "metrics") {
+        cfg.metrics = Some(metrics_addr(&v)?);
     }
     if let Some(d) = last(m, "d") {
         let (level, facility) = match d.split_once(':') {
@@ -229,6 +255,19 @@ fn output_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
             }
             cfg.log_facility = Some(f.to_string());
         }
+    }
+    Ok(())
+}
+
+/// `--hep`, `--hep-rtcp`: where quality reports (and RTCP) go. The host
+/// is resolved now, like `-n`'s.
+fn hep_options(m: &Matches, cfg: &mut Config) -> Result<(), String> {
+    if let Some(h) = last(m, "hep") {
+        cfg.hep = Some(crate::rtpp_hep::parse_hep_target(&h)?);
+    }
+    cfg.hep_rtcp = m.opt_present("hep-rtcp");
+    if cfg.hep_rtcp && cfg.hep.is_none() {
+        return Err("--hep-rtcp requires --hep".into());
     }
     Ok(())
 }
@@ -282,6 +321,17 @@ fn notify_target(n: &str) -> Result<NotifyTarget, String> {
         }
     }
     Ok(NotifyTarget::Unix(absolute("n", Path::new(path))?))
+}
+
+/// `--metrics ADDR:PORT`: a numeric IPv4 address, or an IPv6 one in
+/// brackets, and a port other than 0 (a scrape config must name it).
+fn metrics_addr(v: &str) -> Result<std::net::SocketAddr, String> {
+    match v.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(a),
+        _ => Err(format!(
+            "invalid value for --metrics: {v} (ADDR:PORT, e.g. 127.0.0.1:9099 or [::1]:9099)"
+        )),
+    }
 }
 
 fn dir_option(m: &Matches, flag: &str) -> Result<Option<PathBuf>, String> {
@@ -476,6 +526,31 @@ mod tests {
         assert!(bad("-s upd:127.0.0.1:22222").contains("-s"));
         assert!(bad("-Z").contains('Z'));
         assert!(bad("-f stray").contains("stray"));
+        for v in [
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "::1:9099",
+            "localhost:9099",
+            "[::1]",
+            "",
+        ] {
+            let e = bad(&format!("--metrics={v}"));
+            assert!(e.starts_with("invalid value for --metrics"), "{e}");
+        }
+        assert!(bad("--metrics").contains("metrics"));
+    }
+
+    #[test]
+    fn metrics_address() {
+        assert_eq!(cfg("-f").metrics, None);
+        let c = cfg("--metrics 127.0.0.1:9099");
+        assert_eq!(c.metrics, Some("127.0.0.1:9099".parse().unwrap()));
+        let c = cfg("--metrics [::1]:9099 --metrics=0.0.0.0:9100");
+        assert_eq!(c.metrics, Some("0.0.0.0:9100".parse().unwrap()));
+        assert_eq!(
+            cfg("--metrics [::]:80").metrics,
+            Some("[::]:80".parse().unwrap())
+        );
     }
 
     #[test]
@@ -538,6 +613,35 @@ mod tests {
         assert_eq!(cfg("").pid_file, Some(PathBuf::from(PID_FILE)));
         assert_eq!(cfg("-f").pid_file, None);
         assert!(cfg("-f -p x.pid").pid_file.is_some());
+    }
+
+    #[test]
+    fn hep_options() {
+        let c = cfg("--hep udp:127.0.0.1:9060/77 --hep-rtcp");
+        let target = c.hep.unwrap();
+        assert_eq!(target.addr, "127.0.0.1:9060".parse().unwrap());
+        assert_eq!(target.capture_id, 77);
+        assert!(c.hep_rtcp);
+        let c = cfg("--hep udp:[::1]:9060");
+        assert_eq!(c.hep.unwrap().addr, "[::1]:9060".parse().unwrap());
+        assert_eq!(c.hep.unwrap().capture_id, 101);
+        assert!(!c.hep_rtcp);
+        assert_eq!(cfg("--hep udp:::1:9/0").hep.unwrap().capture_id, 0);
+        assert!(cfg("-f").hep.is_none());
+        for b in [
+            "--hep tcp:127.0.0.1:9060",
+            "--hep udp:127.0.0.1",
+            "--hep udp:127.0.0.1:0",
+            "--hep udp:127.0.0.1:70000",
+            "--hep udp:127.0.0.1:9060/",
+            "--hep udp:127.0.0.1:9060/x",
+            "--hep udp:127.0.0.1:9060/4294967296",
+            "--hep udp:bad_host!:9060",
+            "--hep udp:[::1:9060",
+        ] {
+            assert!(bad(b).contains("--hep"), "{b}: {}", bad(b));
+        }
+        assert!(bad("--hep-rtcp").contains("--hep-rtcp requires --hep"));
     }
 
     #[test]

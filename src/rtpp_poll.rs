@@ -4,7 +4,7 @@
 //! last one, and the poller fixes that entry's record itself), and after a
 //! poll it lists the ready entries by owner. Nobody else sees a slot index.
 //!
-//! Two sets: one polled every pass (control sockets and RTP), one polled on
+//! Two sets: one polled every pass (control and metrics sockets, RTP), one polled on
 //! a slower clock (RTCP, a packet every few seconds per call), which keeps
 //! the hot poll short.
 
@@ -42,6 +42,8 @@ pub struct Token {
 pub enum Owner {
     /// The control module's socket or client, by the control's own number.
     Control(usize),
+    /// The metrics listener (0) or a scraper's place (1 and up).
+    Metrics(usize),
     /// A media socket: packets on it come from `party` on `stream`.
     Media {
         session: SessionId,

@@ -18,6 +18,7 @@ use crate::rtp;
 use crate::rtp_resizer::{Enqueued, Resizer};
 use crate::rtp_server::{Next, MAX_PACKET_LEN};
 use crate::rtpp_defines::{Party, SessionId, Stream, LBR_THRS};
+use crate::rtpp_hep::HepSender;
 use crate::rtpp_log;
 use crate::rtpp_network::RecvBatch;
 use crate::rtpp_notify::Notifier;
@@ -26,7 +27,8 @@ use crate::rtpp_quality;
 use crate::rtpp_session::{Session, Sessions, Verdict};
 
 /// Relays from every ready media socket of one poll; returns whether any
-/// media socket was ready. Caught DTMF digits go to `notifier`.
+/// media socket was ready. Caught DTMF digits go to `notifier`, RTCP to
+/// `hep` when it mirrors RTCP (`--hep-rtcp`).
 pub fn relay_ready(
     sessions: &mut Sessions,
     events: &[Event],
@@ -34,6 +36,7 @@ pub fn relay_ready(
     now: Instant,
     batch: &mut RecvBatch,
     notifier: &mut Option<Notifier>,
+    hep: &mut Option<HepSender>,
 ) -> bool {
     let mut media = false;
     for event in events {
@@ -53,6 +56,7 @@ pub fn relay_ready(
                 double_small,
                 now,
                 notifier: &mut *notifier,
+                hep: hep.as_mut().filter(|h| h.mirrors_rtcp()),
             };
             drain_socket(sessions, from, event.busy, batch, pass);
         }
@@ -69,11 +73,13 @@ struct Source {
 }
 
 /// What relaying a packet needs besides the session: the `-2` option, the
-/// time of this pass, and where caught DTMF digits are reported.
+/// time of this pass, where caught DTMF digits are reported, and where
+/// RTCP is mirrored (`--hep-rtcp`; `None` without it).
 pub struct Pass<'a> {
     pub double_small: bool,
     pub now: Instant,
     pub notifier: &'a mut Option<Notifier>,
+    pub hep: Option<&'a mut HepSender>,
 }
 
 /// Reads the packets queued on one media socket and relays each to the
@@ -154,6 +160,9 @@ pub fn relay_packet(
     }
     let hidden = stream == Stream::Rtp && observe_rtp(s, party, packet, pass);
     record(s, party, stream, src, packet);
+    if stream == Stream::Rtcp {
+        mirror_rtcp(s, party, src, packet, pass);
+    }
     if hidden {
         // Recorded as the party sent it, but not relayed (DTMF `h`).
         s.streams[stream].dropped += 1;
@@ -273,6 +282,17 @@ fn record(s: &mut Session, party: Party, stream: Stream, src: SocketAddr, packet
     if let Err(e) = rec.write_packet(src, local, SystemTime::now(), packet) {
         rtpp_log!(Err, "{e}");
     }
+}
+
+/// `--hep-rtcp`: sends an accepted RTCP packet to the HEP collector, as
+/// the party (`src`) sent it to the relay's socket of that leg, like the
+/// RTCP a capture agent on this host would see.
+fn mirror_rtcp(s: &Session, party: Party, src: SocketAddr, packet: &[u8], pass: &mut Pass<'_>) {
+    let (Some(hep), Some(leg)) = (pass.hep.as_deref_mut(), &s.legs[party]) else {
+        return;
+    };
+    let local = SocketAddr::new(leg.ip, leg.port_of(Stream::Rtcp));
+    hep.send_rtcp(&s.call_id, src, local, packet, SystemTime::now());
 }
 
 /// Serves everything on the clock: prompt packets and re-packetized audio
@@ -397,6 +417,7 @@ mod tests {
                 double_small: false,
                 now: Instant::now(),
                 notifier: &mut self.daemon.notifier,
+                hep: None,
             };
             relay_packet(s, party, Stream::Rtp, src, packet, &mut pass);
         }

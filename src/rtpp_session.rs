@@ -6,13 +6,13 @@
 //! A session's whole life is here: created and given legs by `U`/`L`,
 //! found by its tags, ended for every reason (`D`, `X`, idle timeout,
 //! daemon exit) in one place that releases its sockets, finishes its
-//! recordings, writes its accounting record and sends its timeout
-//! notification. The command executor asks; it never removes a session.
+//! recordings, writes its accounting record, sends its HEP quality reports
+//! and its timeout notification. The command executor asks; it never removes a session.
 
 mod latch;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +27,7 @@ use crate::rtpp_analyzer::{RtpAnalyzer, RtpaStats};
 use crate::rtpp_copy::RemoteCopy;
 use crate::rtpp_defines::{ByParty, ByStream, Config, Party, SessionId, Stream};
 use crate::rtpp_dtmf::{DtmfCatcher, SUFFIX_MAX};
+use crate::rtpp_hep::{quality_report_json, HepSender, StreamReport};
 use crate::rtpp_log;
 use crate::rtpp_log::show;
 use crate::rtpp_notify::{Notifier, TargetId};
@@ -67,6 +68,14 @@ pub fn match_tag(session_tag: &[u8], wanted: &[u8]) -> TagMatch {
     match (sn, wn) {
         (Some(_), None) | (None, Some(_)) => TagMatch::Loose,
         _ => TagMatch::None,
+    }
+}
+
+/// The unspecified address of `ip`'s family.
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
 }
 
@@ -354,6 +363,23 @@ impl Session {
             dropped: counts.dropped,
             lost: self.quality.map(|q| q.rtp.lost_rfc3550()),
             quality: self.quality_report(),
+        }
+    }
+
+    /// `--hep`: one end-of-stream report per direction whose leg was
+    /// opened, what the party sent from its address (unspecified, port 0,
+    /// when it never sent) to the relay's address of its leg.
+    fn send_quality_reports(&self, record: &CallRecord<'_>, hep: &mut HepSender, now: SystemTime) {
+        for party in Party::BOTH {
+            let Some(leg) = &self.legs[party] else {
+                continue;
+            };
+            let dst = SocketAddr::new(leg.ip, leg.port_of(Stream::Rtp));
+            let src = self.streams[Stream::Rtp].peers[party]
+                .addr
+                .unwrap_or_else(|| SocketAddr::new(unspecified_like(leg.ip), 0));
+            let json = quality_report_json(&StreamReport::of(record, party, src, dst));
+            hep.send_quality_report(&self.call_id, src, dst, json.as_bytes(), now);
         }
     }
 
@@ -727,19 +753,24 @@ impl Sessions {
 
     /// Ends a session for `why`: its sockets leave the poll sets and its
     /// ports return to the table, its recordings are finished, its record
-    /// is logged (and appended to `-A`), and a timeout is announced on the
+    /// is logged (and appended to `-A`), each direction's quality report
+    /// goes to the `--hep` collector, and a timeout is announced on the
     /// target the arming `U` chose. False when there is no such session.
     pub fn end(&mut self, id: SessionId, why: EndReason, daemon: &mut Daemon) -> bool {
         let Some(mut s) = self.remove(id, daemon) else {
             return false;
         };
         s.finish_recordings();
-        let record = s.call_record(why, SystemTime::now());
+        let now = SystemTime::now();
+        let record = s.call_record(why, now);
         rtpp_log!(Info, "{}", record.log_line());
         if let Some(file) = daemon.accounting.as_mut() {
             file.append(&record.json_line());
         }
         daemon.on_stream_end(&s.call_id, &s.tag, &record.quality);
+        if let Some(hep) = daemon.hep.as_mut() {
+            s.send_quality_reports(&record, hep, now);
+        }
         if why == EndReason::Timeout {
             daemon.counters.sessions_timeout += 1;
             if let (Some((to, message)), Some(n)) = (s.timeout_message(), daemon.notifier.as_mut())

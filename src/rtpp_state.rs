@@ -1,10 +1,11 @@
 //! The daemon-wide state `main` owns and the rest borrows: the poll sets,
-//! the media port table, the counters of the `G` command, the drain flag,
-//! and where ended sessions are reported (accounting file, notification
-//! socket). The session table itself is `rtpp_session::Sessions`.
+//! the media port table, the counters of the `G` command and those of the
+//! metrics, the drain flag, and where ended sessions are reported
+//! (accounting file, notification socket). The session table itself is `rtpp_session::Sessions`.
 
 use crate::rtpp_account::AccountFile;
 use crate::rtpp_analyzer::RtpaStats;
+use crate::rtpp_hep::HepSender;
 use crate::rtpp_mos::Band;
 use crate::rtpp_network::PortTable;
 use crate::rtpp_notify::Notifier;
@@ -54,6 +55,11 @@ pub struct Counters {
     pub mos_bands: MosBands,
     /// RTCP compounds of ended sessions that failed the check.
     pub rtcp_errors: u64,
+    /// HEP packets sent to the `--hep` collector, and those not sent;
+    /// the sender keeps them, `G` copies them here (see
+    /// [`Daemon::counters_with_hep`]).
+    pub hep_sent: u64,
+    pub hep_dropped: u64,
 }
 
 /// Ended directions by MOS band (`rtpp_mos::Band`).
@@ -125,7 +131,7 @@ impl Counters {
     }
 
     /// Every counter by its `G` name (rtpproxy 3.x's names, and ours:
-    /// `nsess_active`, `nlog_dropped`); `active` is the live session count.
+    /// `nsess_active`, `nhep_sent`, `nhep_dropped`, `nlog_dropped`); `active` is the live session count.
     /// The `rtpa_*` sums follow the classic counters, and the quality
     /// totals (ours) come last.
     pub fn named(&self, active: usize) -> Vec<(&'static str, CounterValue)> {
@@ -156,6 +162,8 @@ impl Counters {
             ("ncmds_errs", Int(self.commands_failed)),
             ("ncmds_repld", Int(self.replies_sent)),
             ("pps_in", Float(self.packets_in_rate)),
+            ("nhep_sent", Int(self.hep_sent)),
+            ("nhep_dropped", Int(self.hep_dropped)),
             ("nlog_dropped", Int(crate::rtpp_log::dropped_lines())),
             ("rtpa_nsent", Int(self.rtpa.nsent)),
             ("rtpa_nrcvd", Int(self.rtpa.nrcvd)),
@@ -206,6 +214,246 @@ impl LoadMeter {
     }
 }
 
+/// The verbs `rtpproxy_commands_total` counts apart; anything else is
+/// `other` (an unknown verb, an empty command, a line too long to read).
+pub const VERBS: [&str; 15] = [
+    "V", "VF", "U", "L", "D", "R", "C", "P", "S", "Q", "I", "G", "N", "X", "other",
+];
+/// Error codes counted apart (`E0` to `E31`); a higher one, which no
+/// command answers today, is counted as `error`. With `ok` first, the
+/// result label has a fixed, small set of values.
+const ERROR_CODES: usize = 32;
+const RESULTS: usize = ERROR_CODES + 2;
+
+/// `rtpproxy_stream_mos` bucket bounds (the E-model's MOS, 1 to 4.5).
+pub const MOS_BOUNDS: [f64; 9] = [1.0, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4];
+/// `rtpproxy_stream_loss_ratio` bucket bounds (lost / expected).
+pub const LOSS_BOUNDS: [f64; 8] = [0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2];
+/// `rtpproxy_stream_jitter_seconds` bucket bounds.
+pub const JITTER_BOUNDS: [f64; 7] = [0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1];
+
+/// A histogram with fixed bounds, as Prometheus has them (the `+Inf`
+/// bucket is the count). Observing never allocates, so it may be called
+/// at every stream end.
+#[derive(Debug, Clone)]
+pub struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    /// Observations per bucket, not cumulative: `buckets[i]` holds those
+    /// above `bounds[i - 1]` and at most `bounds[i]`.
+    buckets: [u64; N],
+    count: u64,
+    sum: f64,
+}
+
+impl<const N: usize> Histogram<N> {
+    /// An empty histogram; `bounds` must rise.
+    pub fn new(bounds: [f64; N]) -> Histogram<N> {
+        Histogram {
+            bounds,
+            buckets: [0; N],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    /// Counts one value. A NaN or infinite one is left out: it would make
+    /// the sum, and every rate computed from it, meaningless for good.
+    pub fn observe(&mut self, v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        self.count += 1;
+        self.sum += v;
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.buckets[i] += 1;
+        }
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The sum of the observations.
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+
+    /// `(le, cumulative count)` for each bucket, `+Inf` (as infinity)
+    /// last.
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let mut seen = 0;
+        self.bounds
+            .iter()
+            .zip(self.buckets.iter())
+            .map(move |(&le, &n)| {
+                seen += n;
+                (le, seen)
+            })
+            .chain(std::iter::once((f64::INFINITY, self.count)))
+    }
+}
+
+/// A command's result as `rtpproxy_commands_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandResult {
+    /// Any reply but an error.
+    Ok,
+    /// `E<code>`, for the codes counted apart.
+    Error(u8),
+    /// A higher error code.
+    OtherError,
+}
+
+impl CommandResult {
+    fn index(self) -> usize {
+        match self {
+            CommandResult::Ok => 0,
+            CommandResult::Error(c) if usize::from(c) < ERROR_CODES => 1 + usize::from(c),
+            CommandResult::Error(_) | CommandResult::OtherError => RESULTS - 1,
+        }
+    }
+
+    fn of_index(i: usize) -> CommandResult {
+        match i {
+            0 => CommandResult::Ok,
+            i if i <= ERROR_CODES => CommandResult::Error((i - 1) as u8),
+            _ => CommandResult::OtherError,
+        }
+    }
+}
+
+impl std::fmt::Display for CommandResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandResult::Ok => f.write_str("ok"),
+            CommandResult::Error(c) => write!(f, "E{c}"),
+            CommandResult::OtherError => f.write_str("error"),
+        }
+    }
+}
+
+/// What the Prometheus metrics (`--metrics`, `rtpp_metrics`) count beyond
+/// the [`Counters`]: commands by verb and result, and histograms of the
+/// quality of ended streams. Cheap to update from any path.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Commands by verb (index into [`VERBS`]) and result
+    /// ([`CommandResult::index`]).
+    commands: [[u64; RESULTS]; VERBS.len()],
+    mos: Histogram<9>,
+    loss: Histogram<8>,
+    jitter: Histogram<7>,
+    /// When the daemon started, in seconds since the epoch.
+    started: f64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Nothing counted yet; the start time is now.
+    pub fn new() -> Metrics {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Metrics {
+            commands: [[0; RESULTS]; VERBS.len()],
+            mos: Histogram::new(MOS_BOUNDS),
+            loss: Histogram::new(LOSS_BOUNDS),
+            jitter: Histogram::new(JITTER_BOUNDS),
+            started,
+        }
+    }
+
+    /// Counts one command by its verb (from the command's bytes, without
+    /// cookie) and its result: the error code answered, or `None` for any
+    /// other reply.
+    pub fn count_command(&mut self, command: &[u8], error: Option<u8>) {
+        let result = error.map_or(CommandResult::Ok, CommandResult::Error);
+        self.commands[verb_index(command)][result.index()] += 1;
+    }
+
+    /// How many commands of `verb` (one of [`VERBS`]) got `result`.
+    pub fn commands(&self, verb: &str, result: CommandResult) -> u64 {
+        VERBS
+            .iter()
+            .position(|v| *v == verb)
+            .map_or(0, |v| self.commands[v][result.index()])
+    }
+
+    /// Every (verb, result, count), verbs in the order of [`VERBS`], `ok`
+    /// first.
+    pub fn command_counts(&self) -> impl Iterator<Item = (&'static str, CommandResult, u64)> + '_ {
+        VERBS
+            .iter()
+            .zip(self.commands.iter())
+            .flat_map(|(&verb, results)| {
+                results
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, &n)| (verb, CommandResult::of_index(i), n))
+            })
+    }
+
+    /// Counts one ended stream (one direction of RTP) in the quality
+    /// histograms: its MOS (`None` when there was nothing to rate, e.g. no
+    /// RTP: then it is left out of `rtpproxy_stream_mos` only), the share
+    /// of packets lost (lost / expected) and the interarrival jitter in
+    /// seconds. Allocation-free.
+    pub fn observe_ended_stream(&mut self, mos: Option<f64>, loss_ratio: f64, jitter_seconds: f64) {
+        if let Some(m) = mos {
+            self.mos.observe(m);
+        }
+        self.loss.observe(loss_ratio);
+        self.jitter.observe(jitter_seconds);
+    }
+
+    /// The MOS histogram.
+    pub fn mos(&self) -> &Histogram<9> {
+        &self.mos
+    }
+
+    /// The loss ratio histogram.
+    pub fn loss(&self) -> &Histogram<8> {
+        &self.loss
+    }
+
+    /// The jitter histogram.
+    pub fn jitter(&self) -> &Histogram<7> {
+        &self.jitter
+    }
+
+    /// When the daemon started, in seconds since the epoch.
+    pub fn started(&self) -> f64 {
+        self.started
+    }
+}
+
+/// The index in [`VERBS`] of a command's verb: the first letter of its
+/// first word, and for `V` whether `F` follows, as the parser tells them
+/// apart.
+fn verb_index(command: &[u8]) -> usize {
+    let other = VERBS.len() - 1;
+    let mut word = command
+        .iter()
+        .skip_while(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'));
+    let Some(verb) = word.next().map(u8::to_ascii_uppercase) else {
+        return other;
+    };
+    let name: &[u8] = match verb {
+        b'V' if word.next().is_some_and(|c| c.eq_ignore_ascii_case(&b'F')) => b"VF",
+        _ => std::slice::from_ref(&verb),
+    };
+    VERBS
+        .iter()
+        .position(|v| v.as_bytes() == name)
+        .unwrap_or(other)
+}
+
 /// Everything daemon-wide but the session table.
 pub struct Daemon {
     /// Every socket the loop polls, control and media.
@@ -219,10 +467,15 @@ pub struct Daemon {
     pub accounting: Option<AccountFile>,
     /// `-n`: where timed-out sessions are announced.
     pub notifier: Option<Notifier>,
+    /// `--hep`: where quality reports (and, with `--hep-rtcp`, RTCP) go.
+    pub hep: Option<HepSender>,
     /// SSRCs, sequence numbers and timestamps of generated streams.
     pub rng: Random,
     /// `I l`'s average load.
     pub load: LoadMeter,
+    /// What `--metrics` shows beyond the counters: commands by verb and
+    /// result, histograms of ended streams' quality.
+    pub metrics: Metrics,
     /// `npkts_rcvd` at the last once-a-second sample, for `pps_in`.
     received_before: Option<(std::time::Instant, u64)>,
 }
@@ -237,8 +490,10 @@ impl Daemon {
             draining: false,
             accounting: None,
             notifier: None,
+            hep: None,
             rng: Random::new(),
             load: LoadMeter::default(),
+            metrics: Metrics::new(),
             received_before: None,
         }
     }
@@ -247,16 +502,34 @@ impl Daemon {
     /// quality of both its directions, what the caller and what the callee
     /// sent, under the session's Call-ID and tag (the creating from-tag,
     /// media number included). Called once per ended stream, never for a
-    /// session a failed `U` discarded. Counts the `G` totals; the metrics
-    /// and the HEP sender take their figures here too.
+    /// session a failed `U` discarded. Counts the `G` totals and the
+    /// metrics' histograms (a direction that carried no RTP was not
+    /// measured and is left out of them).
     pub fn on_stream_end(&mut self, call_id: &[u8], tag: &[u8], report: &QualityReport) {
         let _ = (call_id, tag);
         for d in [&report.caller, &report.callee] {
+            self.counters.rtcp_errors += d.rtcp_errors;
+            if d.received == 0 {
+                continue;
+            }
             if let Some(r) = d.r_factor {
                 self.counters.mos_bands.add(r);
             }
-            self.counters.rtcp_errors += d.rtcp_errors;
+            // No jitter yet (a dynamic clock still being learned): NaN,
+            // which the histogram leaves out.
+            let jitter = d.jitter_ms.map_or(f64::NAN, |j| j / 1000.0);
+            self.metrics
+                .observe_ended_stream(d.mos, d.loss_pct / 100.0, jitter);
         }
+    }
+
+    /// `counters` with the HEP sender's counts filled in (`G`).
+    pub fn counters_with_hep(&self, mut counters: Counters) -> Counters {
+        if let Some(hep) = &self.hep {
+            counters.hep_sent = hep.sent();
+            counters.hep_dropped = hep.dropped();
+        }
+        counters
     }
 
     /// The once-a-second samples: the load and the rate of packets in;

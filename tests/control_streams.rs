@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{port, ports, reply_addr, rtp_packet, Peer, Rtpproxy, TempDir};
+use common::{port, port_of, ports, reply_addr, rtp_packet, Peer, Rtpproxy, TempDir};
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -139,14 +139,6 @@ fn tcp_daemon(n: u16, extra: &[&str]) -> (Rtpproxy, SocketAddr) {
     ];
     args.extend_from_slice(extra);
     (Rtpproxy::start(&args), addr)
-}
-
-fn port_of(reply: &str) -> u16 {
-    reply
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("not a port reply: {reply:?}"))
 }
 
 #[test]

@@ -9,90 +9,14 @@
 
 mod common;
 
-use common::{port, ports, udp};
+use common::{port, port_of, ports, udp};
 
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read};
 use std::net::SocketAddr;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{reply_addr, rtp_packet, Peer, TempDir};
-
-/// The program that listens for notifications: a unix stream listener.
-struct Listener {
-    path: PathBuf,
-    listener: UnixListener,
-    conn: Option<UnixStream>,
-    /// Bytes read from the current connection, not yet split into lines.
-    pending: Vec<u8>,
-}
-
-impl Listener {
-    fn bind(path: &Path) -> Listener {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).expect("bind notification socket");
-        listener.set_nonblocking(true).expect("non-blocking");
-        Listener {
-            path: path.to_path_buf(),
-            listener,
-            conn: None,
-            pending: Vec::new(),
-        }
-    }
-
-    /// Accepts the daemon's connection if it has come, without waiting.
-    fn try_accept(&mut self) -> bool {
-        if self.conn.is_none() {
-            if let Ok((s, _)) = self.listener.accept() {
-                s.set_nonblocking(true).expect("non-blocking");
-                self.conn = Some(s);
-            }
-        }
-        self.conn.is_some()
-    }
-
-    /// Next whole line (with its '\n') within `limit`.
-    fn line_within(&mut self, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                return Some(String::from_utf8(line).expect("UTF-8 notification"));
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            let mut got = false;
-            if self.try_accept() {
-                let mut buf = [0u8; 65536];
-                match self.conn.as_mut().map(|c| c.read(&mut buf)) {
-                    Some(Ok(0)) => self.conn = None,
-                    Some(Ok(n)) => {
-                        self.pending.extend_from_slice(&buf[..n]);
-                        got = true;
-                    }
-                    Some(Err(e)) if e.kind() == ErrorKind::WouldBlock => {}
-                    Some(Err(e)) => panic!("reading notifications: {e}"),
-                    None => {}
-                }
-            }
-            if !got {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-
-    /// Closes the connection and the listener and removes the socket file,
-    /// as a listening program does when it exits.
-    fn close(self) -> PathBuf {
-        let path = self.path.clone();
-        drop(self);
-        let _ = std::fs::remove_file(&path);
-        path
-    }
-}
+use common::{reply_addr, rtp_packet, LineListener, Peer, TempDir};
 
 /// `-n unix:PATH` for a socket in `dir`, and the path.
 fn notify_socket(dir: &TempDir) -> (PathBuf, String) {
@@ -101,19 +25,11 @@ fn notify_socket(dir: &TempDir) -> (PathBuf, String) {
     (path, arg)
 }
 
-fn port_of(reply: &str) -> u16 {
-    reply
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("not a port reply: {reply:?}"))
-}
-
 #[test]
 fn timeout_sends_decoded_tag_or_the_two_ports() {
     let dir = TempDir::new("notify-basic");
     let (path, arg) = notify_socket(&dir);
-    let mut listener = Listener::bind(&path);
+    let mut listener = LineListener::unix(&path);
     let rp = udp(port(), ports(20).range(), &["-T", "2", "-n", &arg]);
     assert_eq!(rp.command("VF 20081224"), "1");
 
@@ -159,7 +75,7 @@ fn timeout_sends_decoded_tag_or_the_two_ports() {
 fn six_arguments_are_socket_and_tag_without_a_to_tag() {
     let dir = TempDir::new("notify-six");
     let (path, arg) = notify_socket(&dir);
-    let mut listener = Listener::bind(&path);
+    let mut listener = LineListener::unix(&path);
     let rp = udp(port(), ports(20).range(), &["-T", "2", "-n", &arg]);
     port_of(&rp.command(&format!("U six1 127.0.0.1 4000 ftag;1 {arg} r%20one")));
     let bare = path.display().to_string();
@@ -206,27 +122,27 @@ fn listener_restarted_at_the_same_path_gets_the_next_notification() {
     let rp = udp(port(), ports(20).range(), &["-T", "1", "-n", &arg]);
     let wait = Duration::from_secs(5);
 
-    let mut listener = Listener::bind(&path);
+    let mut listener = LineListener::unix(&path);
     port_of(&rp.command(&format!("U s1 127.0.0.1 4000 ftag ttag {arg} one")));
     assert_eq!(listener.line_within(wait).as_deref(), Some("one\n"));
 
     // The listening program restarts: connection and socket go, a new
     // listener binds the same path.
-    let path = listener.close();
-    let mut listener = Listener::bind(&path);
+    let path = listener.close().expect("a unix socket");
+    let mut listener = LineListener::unix(&path);
     port_of(&rp.command(&format!("U s2 127.0.0.1 4000 ftag ttag {arg} two")));
     assert_eq!(listener.line_within(wait).as_deref(), Some("two\n"));
 
     // While nobody listens a notification is lost, the daemon carries on,
     // and a listener that comes back gets the next one.
-    let path = listener.close();
+    let path = listener.close().expect("a unix socket");
     port_of(&rp.command(&format!("U s3 127.0.0.1 4000 ftag ttag {arg} three")));
     let deadline = Instant::now() + wait;
     while rp.command("I").contains("s3/") {
         assert!(Instant::now() < deadline, "s3 did not time out");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut listener = Listener::bind(&path);
+    let mut listener = LineListener::unix(&path);
     port_of(&rp.command(&format!("U s4 127.0.0.1 4000 ftag ttag {arg} four")));
     assert_eq!(listener.line_within(wait).as_deref(), Some("four\n"));
     assert!(listener.line_within(Duration::from_millis(300)).is_none());
@@ -236,12 +152,12 @@ fn listener_restarted_at_the_same_path_gets_the_next_notification() {
 fn foreign_socket_arms_nothing_and_bad_tags_are_e4() {
     let dir = TempDir::new("notify-misc");
     let (path, arg) = notify_socket(&dir);
-    let mut listener = Listener::bind(&path);
+    let mut listener = LineListener::unix(&path);
     let rp = udp(port(), ports(20).range(), &["-T", "1", "-n", &arg]);
 
     // Another socket than -n: the session is made, nothing is armed.
     let elsewhere = dir.path().join("elsewhere.sock");
-    let mut other = Listener::bind(&elsewhere);
+    let mut other = LineListener::unix(&elsewhere);
     port_of(&rp.command(&format!(
         "U other 127.0.0.1 4000 ftag ttag unix:{} foreign",
         elsewhere.display()
@@ -278,7 +194,7 @@ fn foreign_socket_arms_nothing_and_bad_tags_are_e4() {
 fn without_n_nothing_is_armed() {
     let dir = TempDir::new("notify-off");
     let (path, arg) = notify_socket(&dir);
-    let mut listener = Listener::bind(&path);
+    let mut listener = LineListener::unix(&path);
     let rp = udp(port(), ports(20).range(), &["-T", "1"]);
     assert_eq!(rp.command("VF 20081224"), "0");
     port_of(&rp.command(&format!("U off 127.0.0.1 4000 ftag ttag {arg} tag")));
@@ -308,7 +224,7 @@ fn stuck_listener_does_not_delay_relaying() {
     const TAG_LEN: usize = 1000;
     let dir = TempDir::new("notify-stuck");
     let (path, arg) = notify_socket(&dir);
-    let mut listener = Listener::bind(&path);
+    let mut listener = LineListener::unix(&path);
     let rp = udp(port(), ports(700).range(), &["-T", "2", "-n", &arg]);
     // Both ends real-time when allowed, so that the round trips measure
     // the daemon, not a busy machine's scheduler.
@@ -393,56 +309,6 @@ fn stuck_listener_does_not_delay_relaying() {
     assert_eq!(rp.command("V"), "20040107");
 }
 
-/// A TCP notification listener: accepts the daemon's connections and
-/// splits what they bring into lines.
-struct TcpNotifyListener {
-    listener: std::net::TcpListener,
-    conns: Vec<(std::net::TcpStream, SocketAddr)>,
-    pending: Vec<u8>,
-}
-
-impl TcpNotifyListener {
-    fn bind(addr: &str) -> TcpNotifyListener {
-        let listener = std::net::TcpListener::bind(addr).expect("bind notification listener");
-        listener.set_nonblocking(true).expect("non-blocking");
-        TcpNotifyListener {
-            listener,
-            conns: Vec::new(),
-            pending: Vec::new(),
-        }
-    }
-
-    /// Next whole line within `limit`, from any of the daemon's connections.
-    fn line_within(&mut self, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                return Some(String::from_utf8(line).expect("UTF-8 notification"));
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            while let Ok((s, from)) = self.listener.accept() {
-                s.set_nonblocking(true).expect("non-blocking");
-                self.conns.push((s, from));
-            }
-            let mut buf = [0u8; 4096];
-            for (c, _) in self.conns.iter_mut() {
-                if let Ok(n) = c.read(&mut buf) {
-                    self.pending.extend_from_slice(&buf[..n]);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// The addresses the daemon connected from, so far.
-    fn peers(&self) -> Vec<SocketAddr> {
-        self.conns.iter().map(|(_, from)| *from).collect()
-    }
-}
-
 /// Sends one UDP command from `from_ip` (any 127.x address) and returns
 /// the reply without cookie.
 fn udp_from(from_ip: &str, ctl: SocketAddr, cmd: &str) -> String {
@@ -489,8 +355,8 @@ fn cc_self_notifies_each_udp_controller_on_its_own_address() {
     assert_eq!(rp.command("VF 20150617"), "1");
     assert_eq!(rp.command("VF 20081224"), "1");
     // Two controllers, one port number, each listening on its own address.
-    let mut a = TcpNotifyListener::bind(&format!("127.0.0.2:{np}"));
-    let mut b = TcpNotifyListener::bind(&format!("127.0.0.3:{np}"));
+    let mut a = LineListener::tcp(&format!("127.0.0.2:{np}"));
+    let mut b = LineListener::tcp(&format!("127.0.0.3:{np}"));
     for (from, call) in [
         ("127.0.0.2", "a1"),
         ("127.0.0.3", "b1"),
@@ -532,7 +398,7 @@ fn cc_self_from_unix_control_goes_to_127_0_0_1() {
     let target = format!("tcp:%%CC_SELF%%:{np}");
     let (m, mm) = ports(20).range();
     let (m, mm) = (m.to_string(), mm.to_string());
-    let mut listener = TcpNotifyListener::bind(&format!("127.0.0.1:{np}"));
+    let mut listener = LineListener::tcp(&format!("127.0.0.1:{np}"));
     // The harness's default control socket: unix.
     let rp = common::Rtpproxy::start(&[
         "-l",
@@ -558,11 +424,11 @@ fn cc_self_from_unix_control_goes_to_127_0_0_1() {
 fn tcp_target_receives_and_names_not_configured_are_refused() {
     let dir = TempDir::new("notify-tcp");
     let (path, unix_arg) = notify_socket(&dir);
-    let mut unix = Listener::bind(&path);
+    let mut unix = LineListener::unix(&path);
     let (np, other_port) = (port(), port());
     let target = format!("tcp:127.0.0.1:{np}");
-    let mut tcp = TcpNotifyListener::bind(&format!("127.0.0.1:{np}"));
-    let mut other = TcpNotifyListener::bind(&format!("127.0.0.1:{other_port}"));
+    let mut tcp = LineListener::tcp(&format!("127.0.0.1:{np}"));
+    let mut other = LineListener::tcp(&format!("127.0.0.1:{other_port}"));
     let rp = udp(
         port(),
         ports(20).range(),

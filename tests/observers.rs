@@ -10,12 +10,12 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read};
 use std::net::SocketAddr;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{port, ports, reply_addr, rtp_packet, udp, Call, Peer, Rtpproxy, TempDir};
+use common::{
+    port, ports, reply_addr, rtp_packet, udp, Call, LineListener, Peer, Rtpproxy, TempDir,
+};
 
 const RTPA: &str = "Gv rtpa_nsent rtpa_nrcvd rtpa_ndups rtpa_nlost rtpa_perrs";
 
@@ -125,55 +125,6 @@ fn q_reports_the_analysis_of_each_direction() {
     assert_eq!(rp.command("Qv obs2 ftag ttag rtpa_nlost"), "rtpa_nlost=1");
 }
 
-/// The program listening on the `-n` socket: whole lines, as they come.
-struct Lines {
-    listener: UnixListener,
-    conn: Option<UnixStream>,
-    pending: Vec<u8>,
-}
-
-impl Lines {
-    fn bind(path: &std::path::Path) -> Lines {
-        let listener = UnixListener::bind(path).expect("bind notification socket");
-        listener.set_nonblocking(true).expect("non-blocking");
-        Lines {
-            listener,
-            conn: None,
-            pending: Vec::new(),
-        }
-    }
-
-    /// The next whole line (with its '\n') within `limit`.
-    fn next_within(&mut self, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                return Some(String::from_utf8(line).expect("UTF-8 line"));
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            if self.conn.is_none() {
-                if let Ok((s, _)) = self.listener.accept() {
-                    s.set_nonblocking(true).expect("non-blocking");
-                    self.conn = Some(s);
-                }
-            }
-            let mut buf = [0u8; 4096];
-            match self.conn.as_mut().map(|c| c.read(&mut buf)) {
-                Some(Ok(0)) => self.conn = None,
-                Some(Ok(n)) => self.pending.extend_from_slice(&buf[..n]),
-                Some(Err(e)) if e.kind() == ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Some(Err(e)) => panic!("reading notifications: {e}"),
-                None => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    }
-}
-
 /// An RFC 4733 event packet (volume 10) of payload type `pt`.
 fn dtmf(pt: u8, seq: u16, ts: u32, event: u8, end: bool, duration: u16) -> Vec<u8> {
     let mut p = vec![0x80, pt];
@@ -201,7 +152,7 @@ fn digit(pt: u8, first_seq: u16, ts: u32, event: u8) -> Vec<Vec<u8>> {
 /// and `l_tail` end the U and the L (notify socket and tag, `&& ...`).
 struct DtmfCall {
     rp: Rtpproxy,
-    lines: Lines,
+    lines: LineListener,
     caller: Peer,
     callee: Peer,
     to_caller_leg: SocketAddr,
@@ -214,7 +165,7 @@ struct DtmfCall {
 fn dtmf_call(u_tail: &str, l_tail: &str) -> DtmfCall {
     let dir = TempDir::new("dtmf");
     let path = dir.join("notify.sock");
-    let lines = Lines::bind(&path);
+    let lines = LineListener::unix(&path);
     let n = format!("unix:{}", path.display());
     let rp = udp(port(), ports(20).range(), &["-n", &n]);
     let (caller, callee) = (Peer::new("127.0.0.1"), Peer::new("127.0.0.1"));
@@ -253,14 +204,14 @@ fn caught_digit_is_one_line_and_still_relayed() {
         c.caller.send(c.to_caller_leg, p);
     }
     assert_eq!(c.callee.drain(200), sent.len(), "{}", c.rp.log());
-    let line = c.lines.next_within(Duration::from_secs(2));
+    let line = c.lines.line_within(Duration::from_secs(2));
     assert_eq!(
         line.as_deref(),
         Some("Dd1 x 5 10 480 0\n"),
         "{}",
         c.rp.log()
     );
-    assert_eq!(c.lines.next_within(Duration::from_millis(300)), None);
+    assert_eq!(c.lines.line_within(Duration::from_millis(300)), None);
 }
 
 #[test]
@@ -274,7 +225,7 @@ fn hidden_digits_are_reported_and_dropped() {
     c.caller.send(c.to_caller_leg, &rtp_packet(7, 0));
     // The two audio packets only.
     assert_eq!(c.callee.drain(200), 2, "{}", c.rp.log());
-    let line = c.lines.next_within(Duration::from_secs(2));
+    let line = c.lines.line_within(Duration::from_secs(2));
     assert_eq!(line.as_deref(), Some("Dh # 10 480 0\n"), "{}", c.rp.log());
     // TTL A B RELAYED DROPPED: the five event packets are dropped.
     let q = c.rp.command("Q dtmf ftag ttag");
@@ -295,14 +246,14 @@ fn l_catches_the_callee_side_and_repeating_changes_the_payload_type() {
         c.callee.send(c.to_callee_leg, p);
     }
     assert_eq!(c.caller.drain(200), 10, "{}", c.rp.log());
-    let line = c.lines.next_within(Duration::from_secs(2));
+    let line = c.lines.line_within(Duration::from_secs(2));
     assert_eq!(
         line.as_deref(),
         Some("callee 2 10 480 1\n"),
         "{}",
         c.rp.log()
     );
-    assert_eq!(c.lines.next_within(Duration::from_millis(300)), None);
+    assert_eq!(c.lines.line_within(Duration::from_millis(300)), None);
 }
 
 #[test]
@@ -316,5 +267,5 @@ fn without_a_notify_target_catching_is_refused() {
         c.caller.send(c.to_caller_leg, &p);
     }
     assert_eq!(c.callee.drain(200), 5);
-    assert_eq!(c.lines.next_within(Duration::from_millis(500)), None);
+    assert_eq!(c.lines.line_within(Duration::from_millis(500)), None);
 }

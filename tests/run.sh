@@ -1,13 +1,14 @@
 #!/bin/sh
 # The project's test command: installs the Debian packages the tests drive
 # (Kamailio, sipp, tshark, sox, the GSM and G.729 libraries, rsyslog for
-# the syslog test, Python's venv) when they are missing and Sippy B2BUA into
+# the syslog test, Python's venv, Prometheus for the metrics test) when they
+# are missing and Sippy B2BUA into
 # a venv under the target directory (tests/sippy/install.sh), then runs
 # every test of the workspace with every feature on.
 set -eu
 cd "$(dirname "$0")/.."
 
-packages="kamailio sip-tester tshark tcpdump sox libgsm1-dev libbcg729-dev rsyslog python3-venv"
+packages="kamailio sip-tester tshark tcpdump sox libgsm1-dev libbcg729-dev rsyslog python3-venv prometheus"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -120,8 +120,8 @@ fn quality_value(s: &Session, named: Party, name: &[u8]) -> Option<f64> {
 /// counter as `name=value` when none is named; an unknown name is `E1`.
 pub fn stats(ctx: &mut Context<'_>, verbose: bool, names: &Names<'_>) -> Reply {
     let all = ctx
-        .sessions
-        .counters(&ctx.daemon.counters)
+        .daemon
+        .counters_with_hep(ctx.sessions.counters(&ctx.daemon.counters))
         .named(ctx.sessions.active());
     let mut out = Vec::new();
     if names.is_empty() {

@@ -326,5 +326,7 @@ fn too_long(daemon: &mut Daemon, origin: &Origin) -> Reply {
     daemon.counters.commands_received += 1;
     daemon.counters.commands_failed += 1;
     daemon.counters.replies_sent += 1;
+    // Its verb is gone with the line: counted as `other`.
+    daemon.metrics.count_command(b"", Some(ErrorCode::SYNTAX.0));
     Reply::Error(ErrorCode::SYNTAX)
 }

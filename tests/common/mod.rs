@@ -13,6 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod listen;
+#[allow(unused_imports)]
+pub use listen::LineListener;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The test binary this module is compiled into (`core`, `record`, ...).
@@ -86,6 +90,8 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("interop_sippy", 25800, 26999),
     ("observers", 27000, 27599),
     ("extensions", 27600, 27999),
+    ("hep", 22400, 22599),
+    ("metrics", 22600, 22799),
 ];
 
 /// Ports no test may use: (first, last, whose).
@@ -197,6 +203,15 @@ pub fn ports(n: u16) -> PortBlock {
 /// One port of this binary's share (a control, SIP or peer port).
 pub fn port() -> u16 {
     ports(1).first
+}
+
+/// The port of a `U`/`L` reply (`PORT [ADDR[ 6]]`); panics otherwise.
+pub fn port_of(reply: &str) -> u16 {
+    reply
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not a port reply: {reply:?}"))
 }
 
 /// The daemon binary under test.
