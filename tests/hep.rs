@@ -371,6 +371,10 @@ fn check_reports(
         assert_eq!(num(&r, "TOTAL_PK"), packets);
         assert_eq!(num(&r, "EXPECTED_PK"), packets);
         assert_eq!(num(&r, "PACKET_LOSS"), 0.0);
+        // The quality meter's figures: a score, the codec, no reordering.
+        let mos = num(&r, "MOS");
+        assert!((1.0..=4.5).contains(&mos), "{r:?}");
+        assert_eq!((num(&r, "CODEC_PT"), num(&r, "OUT_ORDER")), (0.0, 0.0));
         assert_eq!(num(&r, "TL_BYTE"), packets * 172.0);
         assert_eq!(num(&r, "RTCP_PK"), rtcp);
         assert!(

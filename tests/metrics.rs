@@ -234,10 +234,20 @@ fn a_scrape_shows_what_g_shows_after_relaying() {
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(s[&build], 1.0);
-    // Nothing calls the quality histograms yet: empty, but there.
-    assert_eq!(s["rtpproxy_stream_mos_bucket{le=\"+Inf\"}"], 0.0);
-    assert_eq!(s["rtpproxy_stream_loss_ratio_count"], 0.0);
-    assert_eq!(s["rtpproxy_stream_jitter_seconds_sum"], 0.0);
+    // The ended call's two directions are in the quality histograms (the
+    // live one is not yet): no loss, a MOS each, a jitter each; and in the
+    // MOS bands of G.
+    assert_eq!(s["rtpproxy_stream_mos_bucket{le=\"+Inf\"}"], 2.0);
+    let mos = s["rtpproxy_stream_mos_sum"];
+    assert!((2.0..=9.0).contains(&mos), "{mos}");
+    assert_eq!(s["rtpproxy_stream_loss_ratio_count"], 2.0);
+    assert_eq!(s["rtpproxy_stream_loss_ratio_sum"], 0.0);
+    assert_eq!(s["rtpproxy_stream_jitter_seconds_count"], 2.0);
+    let bands: f64 = ["good", "fair", "poor", "bad"]
+        .iter()
+        .map(|b| s[&format!("rtpproxy_streams_mos_{b}_total")])
+        .sum();
+    assert_eq!(bands, 2.0);
     // The start line says where the metrics are.
     assert!(rp.log().contains(&format!("metrics http://{addr}/metrics")));
 }
