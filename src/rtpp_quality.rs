@@ -6,12 +6,14 @@
 //! parsed once by the packet path and the sequence analyzer's duplicate
 //! verdict):
 //!
-//! - RFC 3550 A.1 sequence numbers: extended across the wrap, a new
-//!   source (first packet, new SSRC) on probation until two numbers follow
-//!   each other, a jump of 3000 or more forward (or over 100 back)
-//!   believed as a restart only when the next packet follows it. Expected
-//!   and received add up over every source and restart of the direction;
-//!   what lies across a break is neither expected nor lost.
+//! - RFC 3550 A.1 sequence numbers: extended across the wrap; a new
+//!   source (first packet, new SSRC) counted from its first packet and
+//!   kept if the next one follows it (A.1's probation, which would drop
+//!   that first packet from the counts); a jump of 3000 or more forward
+//!   (or over 100 back) believed as a restart only when the next packet
+//!   follows it. Expected and received add up over every source and
+//!   restart of the direction; what lies across a break is neither
+//!   expected nor lost.
 //! - duplicates (the analyzer's seen window says so) and reordered
 //!   packets (behind the highest number, not duplicates);
 //! - RFC 3550 A.8 interarrival jitter in the clock of the stream's codec
@@ -168,7 +170,7 @@ impl SeqState {
 /// What A.1 made of one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    /// Not counted: probation, or a jump not yet believed.
+    /// Not counted: a jump not yet believed.
     Uncounted,
     /// The source (re)started with this packet.
     Restarted,
