@@ -506,6 +506,9 @@ impl Daemon {
     /// metrics' histograms (a direction that carried no RTP was not
     /// measured and is left out of them).
     pub fn on_stream_end(&mut self, call_id: &[u8], tag: &[u8], report: &QualityReport) {
+        // The stream's names are for consumers that report per call; the
+        // totals here have no per-call labels, and the HEP report is built
+        // from the accounting record, which carries them.
         let _ = (call_id, tag);
         for d in [&report.caller, &report.callee] {
             self.counters.rtcp_errors += d.rtcp_errors;
