@@ -60,6 +60,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::rtpp_account::{json_string, CallRecord};
 use crate::rtpp_defines::{HepTarget, Party};
 use crate::rtpp_quality::DirectionQuality;
+use crate::rtpp_rtcp::{self, ReportBlock, SenderInfo};
 
 /// `--hep`'s capture agent id when the option names none.
 pub const DEFAULT_CAPTURE_ID: u32 = 101;
@@ -212,109 +213,70 @@ fn as_v6(ip: IpAddr) -> Ipv6Addr {
     }
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
-    match b.get(at..at + 4) {
-        Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
-        _ => 0,
-    }
-}
-
 /// Renders an RTCP packet (compound or not) as the JSON Homer shows: the
 /// first SR or RR gives `type`, `ssrc` and, for an SR,
 /// `sender_information`; the report blocks of every SR and RR are listed.
 /// SDES, BYE, APP and the rest are skipped. False, `out` left empty, when
-/// the packet is not RTCP (version, a length running past the datagram,
-/// a count the length cannot hold) or has no SR or RR: nothing is sent
-/// for it. `out` is cleared first and never grows past
-/// [`RTCP_JSON_CAPACITY`].
+/// the packet is not RTCP (as `rtpp_rtcp::parse` checks it, the reader the
+/// quality figures use) or has no SR or RR: nothing is sent for it. `out`
+/// is cleared first and never grows past [`RTCP_JSON_CAPACITY`].
 pub fn rtcp_json(rtcp: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
-    let mut off = 0;
+    let Ok(compound) = rtpp_rtcp::parse(rtcp) else {
+        return false;
+    };
     let mut blocks = 0usize;
     let mut first = true;
-    while off < rtcp.len() {
-        let Some(&[b0, pt, l0, l1]) = rtcp.get(off..off + 4) else {
-            return fail(out);
-        };
-        let len = (usize::from(u16::from_be_bytes([l0, l1])) + 1) * 4;
-        let count = usize::from(b0 & 0x1f);
-        let Some(body) = rtcp.get(off..off + len) else {
-            return fail(out);
-        };
-        if b0 >> 6 != 2 {
-            return fail(out);
-        }
-        let blocks_at = match pt {
-            200 => 28,
-            201 => 8,
-            _ => {
-                off += len;
-                continue;
+    for packet in compound.packets() {
+        let (packet_type, ssrc, info, list) = match packet {
+            rtpp_rtcp::Packet::Sr { info, blocks } => {
+                (rtpp_rtcp::PT_SR, info.ssrc, Some(info), blocks)
             }
+            rtpp_rtcp::Packet::Rr { ssrc, blocks } => (rtpp_rtcp::PT_RR, ssrc, None, blocks),
+            rtpp_rtcp::Packet::Other { .. } => continue,
         };
-        if blocks_at + count * 24 > len {
-            return fail(out);
-        }
         if first {
             first = false;
-            let _ = write!(out, "{{\"type\":{pt},\"ssrc\":{}", be32(body, 4));
-            if pt == 200 {
-                sender_information(body, out);
+            let _ = write!(out, "{{\"type\":{packet_type},\"ssrc\":{ssrc}");
+            if let Some(info) = info {
+                sender_information(&info, out);
             }
             out.extend_from_slice(b",\"report_blocks\":[");
         }
-        for i in 0..count {
+        for block in list {
             if blocks < MAX_REPORT_BLOCKS {
-                report_block(
-                    body.get(blocks_at + i * 24..).unwrap_or_default(),
-                    blocks,
-                    out,
-                );
+                report_block(&block, blocks, out);
                 blocks += 1;
             }
         }
-        off += len;
     }
     if first {
-        return fail(out);
+        return false;
     }
     let _ = write!(out, "],\"report_count\":{blocks}}}");
     true
 }
 
-fn fail(out: &mut Vec<u8>) -> bool {
-    out.clear();
-    false
-}
-
-fn sender_information(sr: &[u8], out: &mut Vec<u8>) {
+fn sender_information(info: &SenderInfo, out: &mut Vec<u8>) {
     let _ = write!(
         out,
         ",\"sender_information\":{{\"ntp_timestamp_sec\":{},\"ntp_timestamp_usec\":{},\
          \"rtp_timestamp\":{},\"packets\":{},\"octets\":{}}}",
-        be32(sr, 8),
-        be32(sr, 12),
-        be32(sr, 16),
-        be32(sr, 20),
-        be32(sr, 24),
+        info.ntp >> 32,
+        info.ntp & 0xffff_ffff,
+        info.rtp_ts,
+        info.packets,
+        info.octets,
     );
 }
 
-/// One report block; `packets_lost` is RFC 3550's signed 24-bit count.
-fn report_block(b: &[u8], index: usize, out: &mut Vec<u8>) {
-    let lost_bits = be32(b, 4) & 0x00ff_ffff;
-    let lost = ((lost_bits << 8) as i32) >> 8;
+fn report_block(b: &ReportBlock, index: usize, out: &mut Vec<u8>) {
     let comma = if index > 0 { "," } else { "" };
     let _ = write!(
         out,
-        "{comma}{{\"source_ssrc\":{},\"fraction_lost\":{},\"packets_lost\":{lost},\
+        "{comma}{{\"source_ssrc\":{},\"fraction_lost\":{},\"packets_lost\":{},\
          \"highest_seq_no\":{},\"ia_jitter\":{},\"lsr\":{},\"dlsr\":{}}}",
-        be32(b, 0),
-        be32(b, 4) >> 24,
-        be32(b, 8),
-        be32(b, 12),
-        be32(b, 16),
-        be32(b, 20),
+        b.ssrc, b.fraction_lost, b.cumulative_lost, b.highest_seq, b.jitter, b.lsr, b.dlsr,
     );
 }
 
