@@ -15,6 +15,7 @@ use rtpproxy::rtp;
 use rtpproxy::rtpp_analyzer::RtpAnalyzer;
 use rtpproxy::rtpp_defines::{ByParty, Party};
 use rtpproxy::rtpp_quality::{self, DirectionQuality, QualityMeter, QualityReport};
+use rtpproxy::rtpp_hep;
 use rtpproxy::rtpp_rtcp::{self, Packet, BLOCK_LEN};
 
 /// Datagrams fed per input.
@@ -56,7 +57,16 @@ fuzz_target!(|data: &[u8]| {
 /// The whole input as one datagram: a compound that passes is read to the
 /// end without surprises.
 fn check_reader(data: &[u8]) {
+    // The HEP mirror's JSON of the same datagram: made exactly when the
+    // reader takes it and it holds an SR or RR, and then valid JSON-shaped.
+    let mut json = Vec::new();
+    let made = rtpp_hep::rtcp_json(data, &mut json);
+    assert_eq!(made, !json.is_empty());
+    if made {
+        assert!(json.starts_with(b"{\"type\":20") && json.ends_with(b"}"));
+    }
     let Ok(compound) = rtpp_rtcp::parse(data) else {
+        assert!(!made, "JSON made of a datagram the reader refuses");
         return;
     };
     let mut blocks = 0usize;
