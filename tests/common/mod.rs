@@ -400,10 +400,17 @@ impl Rtpproxy {
                 msg.extend_from_slice(cmd);
                 s.send_to(&msg, addr).ok()?;
                 let mut buf = vec![0u8; 65536];
-                let n = s.recv(&mut buf).ok()?;
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let rest = text.strip_prefix(&format!("{cookie} "))?;
-                Some(rest.trim_end_matches('\n').to_string())
+                // The ephemeral port may be one a test's earlier socket had:
+                // a late reply to that one is not ours, so wait on for ours.
+                let prefix = format!("{cookie} ");
+                for _ in 0..64 {
+                    let n = s.recv(&mut buf).ok()?;
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if let Some(rest) = text.strip_prefix(&prefix) {
+                        return Some(rest.trim_end_matches('\n').to_string());
+                    }
+                }
+                None
             }
         }
     }
