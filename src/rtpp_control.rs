@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::rtpp_command::{split_cookie, ErrorCode, Reply};
 use crate::rtpp_defines::{ControlSpec, COMMAND_BATCH, CONTROL_CLIENT_TIMEOUT, MAX_COMMAND_LEN};
+use crate::rtpp_network::{listen_tcp, out_of_files};
 use crate::rtpp_poll::{Cadence, Owner, Poller, Token};
 use crate::rtpp_state::Daemon;
 use stream::StreamControl;
@@ -376,7 +377,7 @@ impl Control {
                 Some(path.clone()),
             ))),
             ControlSpec::Tcp(addr) => Kind::Stream(StreamControl::new(Acceptor::new(
-                Listener::Tcp(listen_tcp(*addr)?),
+                Listener::Tcp(listen_tcp(*addr, None)?),
                 None,
             ))),
         };
@@ -518,26 +519,6 @@ fn listen_unix(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Listens on a TCP address. SO_REUSEADDR lets a restarted daemon bind
-/// while connections of the one before linger in TIME_WAIT.
-fn listen_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
-    use nix::sys::socket::{
-        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-        SockaddrStorage,
-    };
-    let family = if addr.is_ipv6() {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
-    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-    let fd = socket(family, SockType::Stream, flags, None)?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    listen(&fd, Backlog::MAXCONN)?;
-    Ok(TcpListener::from(fd))
-}
-
 impl UnixControl {
     /// Runs the command of every client that finished sending (or ran out
     /// of time), answers it and frees its place.
@@ -621,14 +602,6 @@ fn open_spare() -> Option<File> {
     File::open("/dev/null").ok()
 }
 
-/// EMFILE or ENFILE: the process or the system has no descriptor left.
-fn out_of_files(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(nix::libc::EMFILE) | Some(nix::libc::ENFILE)
-    )
-}
-
 /// Reads what the client sent; true when its command is complete: what
 /// one write brought (Kamailio writes the command at once, with no final
 /// newline and no half-close, then waits for the reply, and the classic
@@ -660,7 +633,7 @@ mod tests {
     #[test]
     fn tcp_listener_reuses_addresses_and_tells_ipv4_clients() {
         use nix::sys::socket::{getsockopt, sockopt::ReuseAddr};
-        let l = listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = listen_tcp("127.0.0.1:0".parse().unwrap(), None).unwrap();
         assert!(getsockopt(&l, ReuseAddr).unwrap());
         let v4: SocketAddr = "127.0.0.2:5060".parse().unwrap();
         let mapped: SocketAddr = "[::ffff:127.0.0.3]:5060".parse().unwrap();

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
@@ -378,6 +378,40 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         _ => None,
     }
+}
+
+/// Listens on a TCP address, non-blocking, with `backlog` pending
+/// connections (the system's most when None). SO_REUSEADDR lets a
+/// restarted daemon bind while connections of the one before linger in
+/// TIME_WAIT.
+pub fn listen_tcp(addr: SocketAddr, backlog: Option<i32>) -> io::Result<TcpListener> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrStorage,
+    };
+    let family = if addr.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket(family, SockType::Stream, flags, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    let backlog = match backlog {
+        Some(n) => Backlog::new(n)?,
+        None => Backlog::MAXCONN,
+    };
+    listen(&fd, backlog)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// EMFILE or ENFILE: the process or the system has no descriptor left.
+pub fn out_of_files(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE) | Some(nix::libc::ENFILE)
+    )
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use super::request::{Decision, RequestReader};
 use super::{render, Snapshot};
 use crate::rtpp_log;
+use crate::rtpp_network::{listen_tcp, out_of_files};
 use crate::rtpp_poll::{Cadence, Owner, Poller, Token};
 use crate::rtpp_session::Sessions;
 use crate::rtpp_state::Daemon;
@@ -87,7 +88,7 @@ struct Scraper {
 impl MetricsServer {
     /// Listens on `addr` (not yet polled: see [`MetricsServer::register`]).
     pub fn open(addr: SocketAddr) -> io::Result<MetricsServer> {
-        let listener = listen(addr)?;
+        let listener = listen_tcp(addr, Some(LISTEN_BACKLOG))?;
         let addr = listener.local_addr()?;
         Ok(MetricsServer {
             listener,
@@ -384,35 +385,6 @@ pub fn response(decision: Decision, body: &str, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(text.as_bytes());
-}
-
-/// A non-blocking TCP listener on `addr` with a short backlog.
-/// SO_REUSEADDR lets a restarted daemon bind while the connections of
-/// the one before linger in TIME_WAIT.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    use nix::sys::socket::{
-        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-        SockaddrStorage,
-    };
-    let family = if addr.is_ipv6() {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
-    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-    let fd = socket(family, SockType::Stream, flags, None)?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
-    Ok(TcpListener::from(fd))
-}
-
-/// EMFILE or ENFILE: the process or the system has no descriptor left.
-fn out_of_files(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(nix::libc::EMFILE) | Some(nix::libc::ENFILE)
-    )
 }
 
 #[cfg(test)]
