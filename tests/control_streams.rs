@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{port, port_of, ports, reply_addr, rtp_packet, Peer, Rtpproxy, TempDir};
+use common::{
+    controlled_by, port, port_of, ports, reply_addr, rtp_packet, Peer, Rtpproxy, TempDir,
+};
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -122,23 +124,8 @@ impl Client {
 /// Starts a daemon with TCP control on 127.0.0.1 and `n` media ports.
 fn tcp_daemon(n: u16, extra: &[&str]) -> (Rtpproxy, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().expect("addr");
-    let s = format!("tcp:{addr}");
-    let (m, mm) = ports(n).range();
-    let (m, mm) = (m.to_string(), mm.to_string());
-    let mut args = vec![
-        "-s",
-        &s,
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &m,
-        "-M",
-        &mm,
-        "-d",
-        "INFO",
-    ];
-    args.extend_from_slice(extra);
-    (Rtpproxy::start(&args), addr)
+    let rp = controlled_by(&format!("tcp:{addr}"), ports(n).range(), extra);
+    (rp, addr)
 }
 
 #[test]

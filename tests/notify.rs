@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{reply_addr, rtp_packet, LineListener, Peer, TempDir};
+use common::{rtp_packet, Call, LineListener, TempDir};
 
 /// `-n unix:PATH` for a socket in `dir`, and the path.
 fn notify_socket(dir: &TempDir) -> (PathBuf, String) {
@@ -231,12 +231,7 @@ fn stuck_listener_does_not_delay_relaying() {
     let realtime = common::make_realtime(rp.pid()) && common::make_realtime(0);
 
     // The live call, whose relaying is timed.
-    let caller = Peer::new("127.0.0.1");
-    let callee = Peer::new("127.0.0.1");
-    let u = rp.command(&format!("U live 127.0.0.1 {} ftag", caller.port()));
-    let l = rp.command(&format!("L live 127.0.0.1 {} ftag ttag", callee.port()));
-    let to_callee_leg: SocketAddr = reply_addr(&u, "127.0.0.1");
-    let to_caller_leg: SocketAddr = reply_addr(&l, "127.0.0.1");
+    let live = Call::setup(&rp, "live", "", "", ("ftag", "ttag"));
 
     // 300 sessions that time out together, 300 KB of notifications: more
     // than the socket and the daemon's buffer hold for a listener that
@@ -251,30 +246,10 @@ fn stuck_listener_does_not_delay_relaying() {
 
     // A round trip through the relay every 20 ms for 5 s, across the
     // moment those sessions expire (2-3 s after they were made).
-    let mut worst = Duration::ZERO;
-    let mut rtts = Vec::new();
-    let start = Instant::now();
-    let mut seq = 0u16;
-    while start.elapsed() < Duration::from_secs(5) {
-        let sent = Instant::now();
-        let p = rtp_packet(seq, 0);
-        caller.send(to_caller_leg, &p);
-        let (got, _) = callee
-            .recv_within(1000)
-            .unwrap_or_else(|| panic!("packet {seq} lost on the way to the callee"));
-        assert_eq!(got, p);
-        callee.send(to_callee_leg, &got);
-        let (back, _) = caller
-            .recv_within(1000)
-            .unwrap_or_else(|| panic!("packet {seq} lost on the way back"));
-        assert_eq!(back, p);
-        let rtt = sent.elapsed();
-        worst = worst.max(rtt);
-        rtts.push(rtt);
+    let mut rtts = paced_round_trips(&live, Duration::from_secs(5), || {
         listener.try_accept();
-        seq = seq.wrapping_add(1);
-        std::thread::sleep(Duration::from_millis(20).saturating_sub(sent.elapsed()));
-    }
+    });
+    let worst = rtts.iter().copied().max().unwrap_or_default();
     rtts.sort();
     let median = rtts[rtts.len() / 2];
     println!(
@@ -309,6 +284,36 @@ fn stuck_listener_does_not_delay_relaying() {
     assert_eq!(rp.command("V"), "20040107");
 }
 
+/// A round trip through the relay every 20 ms for `run`, from the caller
+/// to the callee and back, each packet checked; `between` runs after each.
+/// Returns every round trip's time; a lost packet fails the test.
+fn paced_round_trips(call: &Call, run: Duration, mut between: impl FnMut()) -> Vec<Duration> {
+    let mut rtts = Vec::new();
+    let start = Instant::now();
+    let mut seq = 0u16;
+    while start.elapsed() < run {
+        let sent = Instant::now();
+        let p = rtp_packet(seq, 0);
+        call.caller.send(call.to_caller_leg, &p);
+        let (got, _) = call
+            .callee
+            .recv_within(1000)
+            .unwrap_or_else(|| panic!("packet {seq} lost on the way to the callee"));
+        assert_eq!(got, p);
+        call.callee.send(call.to_callee_leg, &got);
+        let (back, _) = call
+            .caller
+            .recv_within(1000)
+            .unwrap_or_else(|| panic!("packet {seq} lost on the way back"));
+        assert_eq!(back, p);
+        rtts.push(sent.elapsed());
+        between();
+        seq = seq.wrapping_add(1);
+        std::thread::sleep(Duration::from_millis(20).saturating_sub(sent.elapsed()));
+    }
+    rtts
+}
+
 /// Sends one UDP command from `from_ip` (any 127.x address) and returns
 /// the reply without cookie.
 fn udp_from(from_ip: &str, ctl: SocketAddr, cmd: &str) -> String {
@@ -332,26 +337,12 @@ fn cc_self_notifies_each_udp_controller_on_its_own_address() {
     let cp = port();
     // The control socket on 127.0.0.5: notifications leave from there.
     let ctl: SocketAddr = format!("127.0.0.5:{cp}").parse().expect("addr");
-    let s = format!("udp:{ctl}");
     let target = format!("tcp:%%CC_SELF%%:{np}");
-    let (m, mm) = ports(20).range();
-    let (m, mm) = (m.to_string(), mm.to_string());
-    let rp = common::Rtpproxy::start(&[
-        "-s",
-        &s,
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &m,
-        "-M",
-        &mm,
-        "-T",
-        "2",
-        "-n",
-        &target,
-        "-d",
-        "INFO",
-    ]);
+    let rp = common::controlled_by(
+        &format!("udp:{ctl}"),
+        ports(20).range(),
+        &["-T", "2", "-n", &target],
+    );
     assert_eq!(rp.command("VF 20150617"), "1");
     assert_eq!(rp.command("VF 20081224"), "1");
     // Two controllers, one port number, each listening on its own address.
@@ -503,12 +494,7 @@ fn dead_tcp_targets_do_not_stall_relaying() {
         &["-T", "2", "-n", &t1, "-n", &t2, "-n", &t3],
     );
     let realtime = common::make_realtime(rp.pid()) && common::make_realtime(0);
-    let caller = Peer::new("127.0.0.1");
-    let callee = Peer::new("127.0.0.1");
-    let u = rp.command(&format!("U live 127.0.0.1 {} ftag", caller.port()));
-    let l = rp.command(&format!("L live 127.0.0.1 {} ftag ttag", callee.port()));
-    let to_callee_leg: SocketAddr = reply_addr(&u, "127.0.0.1");
-    let to_caller_leg: SocketAddr = reply_addr(&l, "127.0.0.1");
+    let live = Call::setup(&rp, "live", "", "", ("ftag", "ttag"));
     for i in 0..SESSIONS {
         let target = [&t1, &t2, &t3][i % 3];
         port_of(&rp.command(&format!(
@@ -518,25 +504,10 @@ fn dead_tcp_targets_do_not_stall_relaying() {
     }
     // Round trips for 8 s: across the timeouts and past the 5 s a connect
     // may take.
-    let mut worst = Duration::ZERO;
-    let start = Instant::now();
-    let mut seq = 0u16;
-    while start.elapsed() < Duration::from_secs(8) {
-        let sent = Instant::now();
-        let p = rtp_packet(seq, 0);
-        caller.send(to_caller_leg, &p);
-        let (got, _) = callee
-            .recv_within(1000)
-            .unwrap_or_else(|| panic!("packet {seq} lost on the way to the callee"));
-        callee.send(to_callee_leg, &got);
-        let (back, _) = caller
-            .recv_within(1000)
-            .unwrap_or_else(|| panic!("packet {seq} lost on the way back"));
-        assert_eq!(back, p);
-        worst = worst.max(sent.elapsed());
-        seq = seq.wrapping_add(1);
-        std::thread::sleep(Duration::from_millis(20).saturating_sub(sent.elapsed()));
-    }
+    let worst = paced_round_trips(&live, Duration::from_secs(8), || {})
+        .into_iter()
+        .max()
+        .unwrap_or_default();
     println!(
         "worst relay round trip while notifications failed: {worst:?} (real-time: {realtime})"
     );

@@ -477,11 +477,17 @@ impl Drop for Rtpproxy {
 /// Starts the daemon on IPv4 loopback with UDP control on `port`, media
 /// ports `range` and INFO logging, plus `extra` options.
 pub fn udp(port: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
-    let s = format!("udp:127.0.0.1:{port}");
+    controlled_by(&format!("udp:127.0.0.1:{port}"), range, extra)
+}
+
+/// Starts the daemon on IPv4 loopback with the control socket `spec`
+/// (`udp:`, `tcp:`, `unix:`, ...), media ports `range` and INFO logging,
+/// plus `extra` options.
+pub fn controlled_by(spec: &str, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
     let (m, mm) = (range.0.to_string(), range.1.to_string());
     let mut args = vec![
         "-s",
-        &s,
+        spec,
         "-l",
         "127.0.0.1",
         "-m",
