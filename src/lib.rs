@@ -48,6 +48,7 @@ pub mod rtpp_mos;
 pub mod rtpp_network;
 pub mod rtpp_notify;
 pub mod rtpp_options;
+pub mod rtpp_pacing;
 pub mod rtpp_poll;
 pub mod rtpp_proc;
 pub mod rtpp_quality;

@@ -201,6 +201,8 @@ fn run_loop(
     shutdown: &Shutdown,
 ) {
     let mut batch = RecvBatch::new();
+    // Sockets to rest after a pass; room for a busy pass up front.
+    let mut rests = Vec::with_capacity(1024);
     let mut nofile = rtpproxy::rtpp_util::NofileWatch::new();
     let mut clock = Clock::new();
     while !shutdown.stop_requested() {
@@ -233,7 +235,11 @@ fn run_loop(
                 &mut batch,
                 &mut daemon.notifier,
                 &mut daemon.hep,
+                &mut rests,
             );
+        for (token, until) in rests.drain(..) {
+            daemon.poller.rest(token, until);
+        }
         if clock.rtcp_due(now, &daemon.poller) {
             if let Ok(n) = daemon.poller.poll(Cadence::Slow, 0) {
                 if n > 0 {
@@ -246,6 +252,7 @@ fn run_loop(
                         &mut batch,
                         &mut daemon.notifier,
                         &mut daemon.hep,
+                        &mut rests,
                     );
                 }
             }
@@ -364,6 +371,10 @@ fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon
     let mut batch = RecvBatch::new();
     let deadline = Instant::now() + FINAL_DRAIN;
     let (poller, notifier, hep) = (&mut daemon.poller, &mut daemon.notifier, &mut daemon.hep);
+    // A resting socket may hold a packet that arrived early; nothing
+    // rests from here on.
+    poller.wake_all();
+    let mut rests = Vec::new();
     while Instant::now() < deadline {
         let mut media = false;
         for cadence in [Cadence::EveryPass, Cadence::Slow] {
@@ -378,7 +389,9 @@ fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon
                         &mut batch,
                         notifier,
                         hep,
+                        &mut rests,
                     );
+                    rests.clear();
                 }
             }
         }

@@ -6,10 +6,14 @@
 //!
 //! Two sets: one polled every pass (control and metrics sockets, RTP), one polled on
 //! a slower clock (RTCP, a packet every few seconds per call), which keeps
-//! the hot poll short.
+//! the hot poll short. An entry may also rest ([`Poller::rest`]): it stays
+//! in its set, with its descriptor negated so that poll(2) passes over it
+//! at almost no cost, until its time comes (see `rtpp_pacing` for who
+//! rests and for how long).
 
 use std::io;
 use std::os::fd::RawFd;
+use std::time::Instant;
 
 use nix::libc;
 
@@ -56,9 +60,13 @@ pub enum Owner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
     pub owner: Owner,
+    pub token: Token,
     /// Also read in the pass before: the socket receives faster than the
     /// loop polls and likely holds several datagrams.
     pub busy: bool,
+    /// Ready the moment its rest ended: what it holds came early, and
+    /// may be more than one datagram.
+    pub early: bool,
 }
 
 /// No slot: the token id is free.
@@ -69,9 +77,12 @@ struct Entry {
     token: u32,
     /// The pass in which this entry was last reported ready.
     ready_in: u32,
+    /// Resting until then: its descriptor is negated in the pollfd.
+    rest_until: Option<Instant>,
+    /// The pass in which its last rest ended.
+    woke_in: u32,
 }
 
-#[derive(Default)]
 struct PollSet {
     fds: Vec<libc::pollfd>,
     entries: Vec<Entry>,
@@ -80,9 +91,25 @@ struct PollSet {
     free_ids: Vec<u32>,
     pass: u32,
     events: Vec<Event>,
+    /// Entries resting now.
+    resting: usize,
+    cadence: Cadence,
 }
 
 impl PollSet {
+    fn new(cadence: Cadence) -> PollSet {
+        PollSet {
+            fds: Vec::new(),
+            entries: Vec::new(),
+            slot_of: Vec::new(),
+            free_ids: Vec::new(),
+            pass: 0,
+            events: Vec::new(),
+            resting: 0,
+            cadence,
+        }
+    }
+
     fn register(&mut self, fd: RawFd, owner: Owner) -> u32 {
         let slot = self.fds.len() as u32;
         let token = match self.free_ids.pop() {
@@ -104,6 +131,8 @@ impl PollSet {
             owner,
             token,
             ready_in: 0,
+            rest_until: None,
+            woke_in: 0,
         });
         // Room for every entry to be ready at once: filling the event
         // list in the packet path never allocates.
@@ -122,6 +151,7 @@ impl PollSet {
         let Some(slot) = self.slot(token) else {
             return;
         };
+        self.wake(slot);
         self.fds.swap_remove(slot);
         self.entries.swap_remove(slot);
         if let Some(moved) = self.entries.get(slot) {
@@ -131,14 +161,58 @@ impl PollSet {
         self.free_ids.push(token);
     }
 
-    fn poll(&mut self, timeout_ms: i32) -> io::Result<usize> {
+    /// Puts a resting entry back into the poll.
+    fn wake(&mut self, slot: usize) {
+        if let (Some(p), Some(e)) = (self.fds.get_mut(slot), self.entries.get_mut(slot)) {
+            if e.rest_until.take().is_some() {
+                p.fd = !p.fd;
+                self.resting -= 1;
+            }
+        }
+    }
+
+    /// Wakes the entries whose rest is over; returns when the next one
+    /// ends, so that a poll never sleeps past it.
+    fn wake_due(&mut self, now: Instant, pass: u32) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for (p, e) in self.fds.iter_mut().zip(self.entries.iter_mut()) {
+            let Some(until) = e.rest_until else {
+                continue;
+            };
+            if until <= now {
+                e.rest_until = None;
+                e.woke_in = pass;
+                p.fd = !p.fd;
+                self.resting -= 1;
+            } else {
+                next = Some(next.map_or(until, |n| n.min(until)));
+            }
+        }
+        next
+    }
+
+    fn poll(&mut self, mut timeout_ms: i32) -> io::Result<usize> {
+        // Starts at 1 (and skips 0 on wrapping) so a new entry, stamped 0,
+        // never looks ready in the pass before.
+        self.pass = self.pass.wrapping_add(1).max(1);
+        if self.resting > 0 {
+            let now = Instant::now();
+            if let Some(next) = self.wake_due(now, self.pass) {
+                // Rounded up: waking early would find it still resting.
+                let until = next
+                    .saturating_duration_since(now)
+                    .as_micros()
+                    .div_ceil(1000);
+                let until = i32::try_from(until).unwrap_or(i32::MAX);
+                if timeout_ms < 0 || until < timeout_ms {
+                    timeout_ms = until;
+                }
+            }
+        }
         for p in self.fds.iter_mut() {
             p.revents = 0;
         }
         self.events.clear();
-        // Starts at 1 (and skips 0 on wrapping) so a new entry, stamped 0,
-        // never looks ready in the pass before.
-        self.pass = self.pass.wrapping_add(1).max(1);
         // SAFETY: the pointer and length describe our own live Vec.
         let n = unsafe {
             libc::poll(
@@ -162,7 +236,12 @@ impl PollSet {
             entry.ready_in = self.pass;
             self.events.push(Event {
                 owner: entry.owner,
+                token: Token {
+                    cadence: self.cadence,
+                    id: entry.token,
+                },
                 busy,
+                early: entry.woke_in == self.pass,
             });
         }
         Ok(n)
@@ -193,7 +272,10 @@ impl Poller {
     /// Empty sets of at most `limit` entries each.
     pub fn with_limit(limit: usize) -> Poller {
         Poller {
-            sets: Default::default(),
+            sets: [
+                PollSet::new(Cadence::EveryPass),
+                PollSet::new(Cadence::Slow),
+            ],
             limit,
         }
     }
@@ -231,10 +313,44 @@ impl Poller {
     pub fn set_fd(&mut self, token: Token, fd: RawFd) {
         let set = self.set_mut(token.cadence);
         if let Some(slot) = set.slot(token.id) {
+            set.wake(slot);
             set.fds[slot].fd = fd;
             set.fds[slot].events = libc::POLLIN;
             set.fds[slot].revents = 0;
         }
+    }
+
+    /// Leaves a registration out of the polls until `until` (it is still
+    /// registered, and the first poll after `until` includes it again).
+    /// A place without a descriptor, or one resting already, is left as
+    /// it is.
+    pub fn rest(&mut self, token: Token, until: Instant) {
+        let set = self.set_mut(token.cadence);
+        let Some(slot) = set.slot(token.id) else {
+            return;
+        };
+        if let (Some(p), Some(e)) = (set.fds.get_mut(slot), set.entries.get_mut(slot)) {
+            if p.fd >= 0 && e.rest_until.is_none() {
+                p.fd = !p.fd;
+                e.rest_until = Some(until);
+                set.resting += 1;
+            }
+        }
+    }
+
+    /// Ends every rest at once, so that the next poll sees every socket
+    /// (at shutdown, before the last reads).
+    pub fn wake_all(&mut self) {
+        for set in self.sets.iter_mut() {
+            for slot in 0..set.fds.len() {
+                set.wake(slot);
+            }
+        }
+    }
+
+    /// Entries of a set resting now.
+    pub fn resting(&self, cadence: Cadence) -> usize {
+        self.set(cadence).resting
     }
 
     /// What a registration waits for: input, room to write, or both. With
@@ -338,6 +454,75 @@ mod tests {
         p.deregister(tq);
         assert!(p.poll(Cadence::EveryPass, 0).unwrap() == 1 && p.is_ready(tc));
         assert!(!p.is_ready(tn));
+    }
+
+    #[test]
+    fn a_resting_entry_is_passed_over_until_its_time_and_the_poll_waits_for_it() {
+        use std::time::{Duration, Instant};
+        let mut p = Poller::with_limit(100);
+        let (a, _ta) = ready_socket();
+        let (b, tb) = ready_socket();
+        let tok_a = p
+            .register(a.as_raw_fd(), media(1), Cadence::EveryPass)
+            .unwrap();
+        let tok_b = p
+            .register(b.as_raw_fd(), media(2), Cadence::EveryPass)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 2);
+        assert_eq!(p.events(Cadence::EveryPass)[0].token, tok_a);
+        let start = Instant::now();
+        p.rest(tok_a, start + Duration::from_millis(30));
+        p.rest(tok_b, start + Duration::from_millis(300));
+        assert_eq!(p.resting(Cadence::EveryPass), 2);
+        // Both hold a datagram, yet neither is polled while resting; a
+        // poll asked to wait a second wakes when the first rest ends.
+        assert_eq!(p.poll(Cadence::EveryPass, 1000).unwrap(), 0);
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(30), "{waited:?}");
+        assert!(waited < Duration::from_millis(250), "{waited:?}");
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 1);
+        assert_eq!(p.events(Cadence::EveryPass)[0].owner, media(1));
+        assert!(
+            p.events(Cadence::EveryPass)[0].early,
+            "ready as its rest ended"
+        );
+        assert_eq!(p.resting(Cadence::EveryPass), 1);
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 1);
+        assert!(!p.events(Cadence::EveryPass)[0].early, "a pass later");
+        // Removing the other entry moves nothing onto a negated slot, and
+        // waking all brings back what rests.
+        p.deregister(tok_a);
+        assert_eq!(p.resting(Cadence::EveryPass), 1);
+        p.wake_all();
+        assert_eq!(p.resting(Cadence::EveryPass), 0);
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 1);
+        assert_eq!(p.events(Cadence::EveryPass)[0].token, tok_b);
+        drop(tb);
+    }
+
+    #[test]
+    fn a_place_without_a_descriptor_never_rests() {
+        let mut p = Poller::with_limit(100);
+        let tok = p.register(-1, media(1), Cadence::EveryPass).unwrap();
+        p.rest(
+            tok,
+            std::time::Instant::now() + std::time::Duration::from_secs(1),
+        );
+        assert_eq!(p.resting(Cadence::EveryPass), 0);
+        let (a, _ta) = ready_socket();
+        let other = p
+            .register(a.as_raw_fd(), media(2), Cadence::EveryPass)
+            .unwrap();
+        p.rest(
+            other,
+            std::time::Instant::now() + std::time::Duration::from_secs(1),
+        );
+        // Pointing a resting place at a descriptor ends the rest.
+        p.set_fd(other, a.as_raw_fd());
+        assert_eq!(p.resting(Cadence::EveryPass), 0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 1);
     }
 
     #[test]

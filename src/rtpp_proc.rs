@@ -22,13 +22,16 @@ use crate::rtpp_hep::HepSender;
 use crate::rtpp_log;
 use crate::rtpp_network::RecvBatch;
 use crate::rtpp_notify::Notifier;
-use crate::rtpp_poll::{Event, Owner};
+use crate::rtpp_poll::{Event, Owner, Token};
 use crate::rtpp_quality;
 use crate::rtpp_session::{Session, Sessions, Verdict};
 
 /// Relays from every ready media socket of one poll; returns whether any
 /// media socket was ready. Caught DTMF digits go to `notifier`, RTCP to
-/// `hep` when it mirrors RTCP (`--hep-rtcp`).
+/// `hep` when it mirrors RTCP (`--hep-rtcp`). The sockets whose stream
+/// keeps a steady rhythm are added to `rests` with the time until which
+/// they need no polling (`rtpp_pacing`).
+#[allow(clippy::too_many_arguments)]
 pub fn relay_ready(
     sessions: &mut Sessions,
     events: &[Event],
@@ -37,6 +40,7 @@ pub fn relay_ready(
     batch: &mut RecvBatch,
     notifier: &mut Option<Notifier>,
     hep: &mut Option<HepSender>,
+    rests: &mut Vec<(Token, Instant)>,
 ) -> bool {
     let mut media = false;
     for event in events {
@@ -58,10 +62,29 @@ pub fn relay_ready(
                 notifier: &mut *notifier,
                 hep: hep.as_mut().filter(|h| h.mirrors_rtcp()),
             };
-            drain_socket(sessions, from, event.busy, batch, pass);
+            // What a socket holds the moment its rest ends came early:
+            // that is not the rhythm, and more may be queued behind it.
+            let lone = drain_socket(sessions, from, event.busy, batch, pass) && !event.early;
+            if stream == Stream::Rtp {
+                if let Some(until) = pace(sessions, from, lone, now) {
+                    rests.push((event.token, until));
+                }
+            }
         }
     }
     media
+}
+
+/// Times a read on an RTP socket: `lone` when it found one datagram and
+/// no more were expected. Returns until when the socket may rest.
+fn pace(sessions: &mut Sessions, from: Source, lone: bool, now: Instant) -> Option<Instant> {
+    let leg = sessions.get_mut(from.session)?.legs[from.party].as_mut()?;
+    if lone {
+        leg.pacing.lone_packet(now)
+    } else {
+        leg.pacing.disturbed(now);
+        None
+    }
 }
 
 /// Where packets read from one socket come from.
@@ -83,19 +106,19 @@ pub struct Pass<'a> {
 }
 
 /// Reads the packets queued on one media socket and relays each to the
-/// other party.
+/// other party; true when one plain read found exactly one datagram.
 fn drain_socket(
     sessions: &mut Sessions,
     from: Source,
     busy: bool,
     batch: &mut RecvBatch,
     mut pass: Pass<'_>,
-) {
+) -> bool {
     let Some(s) = sessions.get_mut(from.session) else {
-        return;
+        return false;
     };
     let Some(leg) = &s.legs[from.party] else {
-        return;
+        return false;
     };
     // A call's stream brings one packet per pass: one plain read, no
     // batch set-up and no second look that would only find EAGAIN. A
@@ -123,6 +146,7 @@ fn drain_socket(
     {
         sessions.mark_timed(from.session);
     }
+    !busy && n == 1
 }
 
 /// Latches and forwards one packet that arrived from `party`.

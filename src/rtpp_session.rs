@@ -31,6 +31,7 @@ use crate::rtpp_hep::{quality_report_json, HepSender, StreamReport};
 use crate::rtpp_log;
 use crate::rtpp_log::show;
 use crate::rtpp_notify::{Notifier, TargetId};
+use crate::rtpp_pacing::Pacing;
 use crate::rtpp_poll::{Cadence, Owner, Token};
 use crate::rtpp_quality::{QualityMeter, QualityReport};
 use crate::rtpp_record::{record_file_name, RecordFile, RecordFormat};
@@ -94,6 +95,9 @@ pub struct Leg {
     pub ip: IpAddr,
     pub sockets: ByStream<UdpSocket>,
     tokens: ByStream<Token>,
+    /// The rhythm of the packets on the RTP socket, which decides when it
+    /// may rest out of the poll.
+    pub pacing: Pacing,
 }
 
 impl Leg {
@@ -985,6 +989,7 @@ fn bind_leg(
         ip,
         sockets,
         tokens: ByStream::new(rtp_token, rtcp_token),
+        pacing: Pacing::default(),
     })
 }
 

@@ -754,3 +754,94 @@ fn a_burst_on_one_stream_arrives_whole_and_in_order() {
     }
     assert_eq!(got, (0..N).collect::<Vec<_>>());
 }
+
+/// Sends one packet from the caller and returns how long after `since`
+/// the callee got it (with its sequence number checked).
+fn relayed_after(call: &Call, seq: u16, since: Instant) -> Duration {
+    call.caller.send(call.to_caller_leg, &rtp_packet(seq, 0));
+    arrival_after(call, seq, since)
+}
+
+fn arrival_after(call: &Call, seq: u16, since: Instant) -> Duration {
+    let (p, _) = call
+        .callee
+        .recv_within(2000)
+        .unwrap_or_else(|| panic!("packet {seq} never arrived"));
+    assert_eq!(u16::from_be_bytes([p[2], p[3]]), seq, "lost or reordered");
+    since.elapsed()
+}
+
+/// Sends `n` packets 100 ms apart, each received before the next goes;
+/// returns when the last was sent.
+fn steady(call: &Call, seq: &mut u16, n: usize) -> Instant {
+    let mut sent = Instant::now();
+    for i in 0..n {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(100).saturating_sub(sent.elapsed()));
+        }
+        sent = Instant::now();
+        let took = relayed_after(call, *seq, sent);
+        assert!(
+            took < Duration::from_millis(60),
+            "a steady packet took {took:?}"
+        );
+        *seq += 1;
+    }
+    sent
+}
+
+/// Sends `n` packets at once, `after` the last steady one, and checks
+/// that the k-th arrives before the rhythm had it due (k+1 intervals after
+/// the last), with a margin for a loaded machine.
+fn burst_within_rhythm(call: &Call, seq: &mut u16, n: u16, last: Instant, after: Duration) {
+    std::thread::sleep(after.saturating_sub(last.elapsed()));
+    for i in 0..n {
+        call.caller
+            .send(call.to_caller_leg, &rtp_packet(*seq + i, 0));
+    }
+    for i in 0..n {
+        let took = arrival_after(call, *seq + i, last);
+        let due = Duration::from_millis(100 * (u64::from(i) + 1) + 30);
+        assert!(took < due, "packet {i} of a burst held {took:?}");
+    }
+    *seq += n;
+}
+
+#[test]
+fn a_socket_resting_between_packets_holds_none_past_its_rhythm() {
+    // A steady stream's socket is left out of the polls for most of its
+    // interval (100 ms here, so that a hold would show far above timing
+    // noise). Whatever the stream then does, no packet may wait past the
+    // moment the rhythm had it due, and a talk spurt after silence is not
+    // held at all.
+    let rp = udp(port(), ports(40).range(), &["-d", "WARN"]);
+    let calls: Vec<Call> = (0..10)
+        .map(|i| setup_call(&rp, &format!("rest-{i}")))
+        .collect();
+    let call = &calls[3];
+    assert_relays(call, 1);
+    let mut seq = 10;
+    // Early packets: 10 ms after a steady one, while its socket rests.
+    let last = steady(call, &mut seq, 8);
+    burst_within_rhythm(call, &mut seq, 5, last, Duration::from_millis(10));
+    // Packets on time, but several at once: the first is read alone.
+    let last = steady(call, &mut seq, 8);
+    burst_within_rhythm(call, &mut seq, 3, last, Duration::from_millis(100));
+    // Silence, then a talk spurt that starts with a burst of ten.
+    let last = steady(call, &mut seq, 8);
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(last.elapsed()));
+    let burst = Instant::now();
+    for i in 0..10 {
+        call.caller
+            .send(call.to_caller_leg, &rtp_packet(seq + i, 0));
+    }
+    for i in 0..10 {
+        let took = arrival_after(call, seq + i, burst);
+        assert!(
+            took < Duration::from_millis(60),
+            "burst packet {i} took {took:?}"
+        );
+    }
+    // Nothing was lost or doubled on the way.
+    assert_eq!(call.callee.drain(50), 0);
+}
