@@ -29,7 +29,7 @@ use rtpproxy::rtpp_network::{PortTable, RecvBatch};
 use rtpproxy::rtpp_notify::{Destination, Notifier};
 use rtpproxy::rtpp_options::{parse_args, usage, Action};
 use rtpproxy::rtpp_poll::{Cadence, Poller};
-use rtpproxy::rtpp_proc::{relay_ready, run_timers};
+use rtpproxy::rtpp_proc::{relay_ready, run_timers, PollChanges};
 use rtpproxy::rtpp_session::Sessions;
 use rtpproxy::rtpp_state::Daemon;
 use rtpproxy::rtpp_util::{
@@ -201,8 +201,7 @@ fn run_loop(
     shutdown: &Shutdown,
 ) {
     let mut batch = RecvBatch::new();
-    // Sockets to rest after a pass; room for a busy pass up front.
-    let mut rests = Vec::with_capacity(1024);
+    let mut changes = PollChanges::with_capacity(1024);
     let mut nofile = rtpproxy::rtpp_util::NofileWatch::new();
     let mut clock = Clock::new();
     while !shutdown.stop_requested() {
@@ -235,11 +234,9 @@ fn run_loop(
                 &mut batch,
                 &mut daemon.notifier,
                 &mut daemon.hep,
-                &mut rests,
+                &mut changes,
             );
-        for (token, until) in rests.drain(..) {
-            daemon.poller.rest(token, until);
-        }
+        changes.apply(sessions, &mut daemon.poller);
         if clock.rtcp_due(now, &daemon.poller) {
             if let Ok(n) = daemon.poller.poll(Cadence::Slow, 0) {
                 if n > 0 {
@@ -252,8 +249,9 @@ fn run_loop(
                         &mut batch,
                         &mut daemon.notifier,
                         &mut daemon.hep,
-                        &mut rests,
+                        &mut changes,
                     );
+                    changes.apply(sessions, &mut daemon.poller);
                 }
             }
         }
@@ -265,6 +263,7 @@ fn run_loop(
         }
         if clock.tick_due(now) {
             sessions.expire(cfg, now, daemon);
+            sessions.cool_idle(now, &mut daemon.poller);
             nofile.check(sessions.active());
             let received = sessions.counters(&daemon.counters).packets_received;
             daemon.sample_second(received, now);
@@ -374,7 +373,7 @@ fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon
     // A resting socket may hold a packet that arrived early; nothing
     // rests from here on.
     poller.wake_all();
-    let mut rests = Vec::new();
+    let mut changes = PollChanges::default();
     while Instant::now() < deadline {
         let mut media = false;
         for cadence in [Cadence::EveryPass, Cadence::Slow] {
@@ -389,9 +388,9 @@ fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon
                         &mut batch,
                         notifier,
                         hep,
-                        &mut rests,
+                        &mut changes,
                     );
-                    rests.clear();
+                    changes.clear();
                 }
             }
         }

@@ -53,8 +53,16 @@ pub const TIMETICK: Duration = Duration::from_secs(1);
 pub const BATCH_WINDOW: Duration = Duration::from_millis(1);
 /// Below this many polled sockets polling is cheap; no batching window.
 pub const BATCH_MIN_SOCKETS: usize = 64;
-/// RTCP sockets are polled this often (RTCP is a packet every few seconds).
+/// RTCP sockets are polled this often (RTCP is a packet every few seconds),
+/// and so are RTP sockets silent for [`RTP_IDLE_AFTER`].
 pub const RTCP_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// An RTP socket that has read nothing this long (a call ringing or on
+/// hold, a one-way stream's silent side) moves to the RTCP cadence: a
+/// poll(2) over thousands of idle sockets on every pass would cost more
+/// than relaying the calls that do send. Its next packet, the first after
+/// the silence, waits up to [`RTCP_POLL_INTERVAL`]; then the socket is
+/// polled every pass again. Talk spurts are shorter than this apart.
+pub const RTP_IDLE_AFTER: Duration = Duration::from_secs(2);
 /// Commands read from the UDP control socket per loop pass.
 pub const COMMAND_BATCH: usize = 64;
 

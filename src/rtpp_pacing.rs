@@ -64,6 +64,11 @@ impl Pacing {
         Some(now + self.interval.saturating_sub(guard(self.interval)))
     }
 
+    /// When the socket last gave a packet.
+    pub fn last_read(&self) -> Option<Instant> {
+        self.last
+    }
+
     /// Notes a read that found several datagrams (or a failed one): the
     /// stream is not keeping its rhythm now.
     pub fn disturbed(&mut self, now: Instant) {

@@ -41,6 +41,13 @@ pub struct Token {
     id: u32,
 }
 
+impl Token {
+    /// The set the registration is in.
+    pub fn cadence(self) -> Cadence {
+        self.cadence
+    }
+}
+
 /// Who an entry belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
@@ -320,6 +327,25 @@ impl Poller {
         }
     }
 
+    /// Moves a registration to the other set, keeping its descriptor and
+    /// owner; returns the new token (the old one is spent), or `None`,
+    /// with nothing changed, when the other set is full.
+    pub fn move_to(&mut self, token: Token, cadence: Cadence) -> Option<Token> {
+        if token.cadence == cadence {
+            return Some(token);
+        }
+        if self.set(cadence).fds.len() >= self.limit {
+            return None;
+        }
+        let from = self.set_mut(token.cadence);
+        let slot = from.slot(token.id)?;
+        from.wake(slot);
+        let (fd, owner) = (from.fds[slot].fd, from.entries[slot].owner);
+        from.deregister(token.id);
+        let id = self.set_mut(cadence).register(fd, owner);
+        Some(Token { cadence, id })
+    }
+
     /// Leaves a registration out of the polls until `until` (it is still
     /// registered, and the first poll after `until` includes it again).
     /// A place without a descriptor, or one resting already, is left as
@@ -499,6 +525,42 @@ mod tests {
         assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 1);
         assert_eq!(p.events(Cadence::EveryPass)[0].token, tok_b);
         drop(tb);
+    }
+
+    #[test]
+    fn a_registration_moved_to_the_other_set_keeps_its_socket_and_owner() {
+        let mut p = Poller::with_limit(2);
+        let (a, _ta) = ready_socket();
+        let (b, _tb) = ready_socket();
+        let tok_a = p
+            .register(a.as_raw_fd(), media(1), Cadence::EveryPass)
+            .unwrap();
+        let tok_b = p
+            .register(b.as_raw_fd(), media(2), Cadence::EveryPass)
+            .unwrap();
+        p.rest(
+            tok_a,
+            std::time::Instant::now() + std::time::Duration::from_secs(9),
+        );
+        let moved = p.move_to(tok_a, Cadence::Slow).unwrap();
+        assert_eq!(moved.cadence(), Cadence::Slow);
+        // The rest does not travel: the slow set polls it at once.
+        assert_eq!(p.resting(Cadence::EveryPass), 0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(p.poll(Cadence::Slow, 0).unwrap(), 1);
+        assert_eq!(p.events(Cadence::Slow)[0].owner, media(1));
+        assert_eq!(p.events(Cadence::Slow)[0].token, moved);
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 1);
+        assert_eq!(p.events(Cadence::EveryPass)[0].token, tok_b);
+        // Back again; a full set refuses and leaves it where it was.
+        let (c, _tc) = ready_socket();
+        p.register(c.as_raw_fd(), media(3), Cadence::Slow).unwrap();
+        assert_eq!(p.move_to(tok_b, Cadence::Slow), None);
+        assert_eq!(p.len(Cadence::EveryPass), 1);
+        let back = p.move_to(moved, Cadence::EveryPass).unwrap();
+        assert_eq!(back.cadence(), Cadence::EveryPass);
+        assert_eq!(p.len(Cadence::Slow), 1);
+        assert_eq!(p.poll(Cadence::EveryPass, 0).unwrap(), 2);
     }
 
     #[test]

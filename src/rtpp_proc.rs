@@ -22,15 +22,51 @@ use crate::rtpp_hep::HepSender;
 use crate::rtpp_log;
 use crate::rtpp_network::RecvBatch;
 use crate::rtpp_notify::Notifier;
-use crate::rtpp_poll::{Event, Owner, Token};
+use crate::rtpp_poll::{Cadence, Event, Owner, Poller, Token};
 use crate::rtpp_quality;
 use crate::rtpp_session::{Session, Sessions, Verdict};
 
+/// What a pass of relaying changes in the poll sets, applied once the
+/// pass's events are no longer borrowed: sockets whose stream keeps a
+/// steady rhythm rest until their next packet is near (`rtpp_pacing`),
+/// and idle RTP sockets polled on the slow cadence that received again
+/// go back to every pass.
+#[derive(Debug, Default)]
+pub struct PollChanges {
+    rests: Vec<(Token, Instant)>,
+    warm: Vec<(SessionId, Party)>,
+}
+
+impl PollChanges {
+    /// Room for a busy pass up front, so that the packet path does not
+    /// allocate.
+    pub fn with_capacity(n: usize) -> PollChanges {
+        PollChanges {
+            rests: Vec::with_capacity(n),
+            warm: Vec::with_capacity(n),
+        }
+    }
+
+    /// Drops what was collected (at shutdown, where nothing may rest).
+    pub fn clear(&mut self) {
+        self.rests.clear();
+        self.warm.clear();
+    }
+
+    pub fn apply(&mut self, sessions: &mut Sessions, poller: &mut Poller) {
+        for (token, until) in self.rests.drain(..) {
+            poller.rest(token, until);
+        }
+        for (id, party) in self.warm.drain(..) {
+            sessions.warm(id, party, poller);
+        }
+    }
+}
+
 /// Relays from every ready media socket of one poll; returns whether any
 /// media socket was ready. Caught DTMF digits go to `notifier`, RTCP to
-/// `hep` when it mirrors RTCP (`--hep-rtcp`). The sockets whose stream
-/// keeps a steady rhythm are added to `rests` with the time until which
-/// they need no polling (`rtpp_pacing`).
+/// `hep` when it mirrors RTCP (`--hep-rtcp`); what the poll sets should
+/// change goes to `changes`.
 #[allow(clippy::too_many_arguments)]
 pub fn relay_ready(
     sessions: &mut Sessions,
@@ -40,7 +76,7 @@ pub fn relay_ready(
     batch: &mut RecvBatch,
     notifier: &mut Option<Notifier>,
     hep: &mut Option<HepSender>,
-    rests: &mut Vec<(Token, Instant)>,
+    changes: &mut PollChanges,
 ) -> bool {
     let mut media = false;
     for event in events {
@@ -66,8 +102,12 @@ pub fn relay_ready(
             // that is not the rhythm, and more may be queued behind it.
             let lone = drain_socket(sessions, from, event.busy, batch, pass) && !event.early;
             if stream == Stream::Rtp {
-                if let Some(until) = pace(sessions, from, lone, now) {
-                    rests.push((event.token, until));
+                if event.token.cadence() == Cadence::Slow {
+                    // The first packet after a silence: no rhythm yet.
+                    pace(sessions, from, false, now);
+                    changes.warm.push((session, party));
+                } else if let Some(until) = pace(sessions, from, lone, now) {
+                    changes.rests.push((event.token, until));
                 }
             }
         }

@@ -25,14 +25,14 @@ use crate::rtp_server::Player;
 use crate::rtpp_account::{CallRecord, EndReason, Sent};
 use crate::rtpp_analyzer::{RtpAnalyzer, RtpaStats};
 use crate::rtpp_copy::RemoteCopy;
-use crate::rtpp_defines::{ByParty, ByStream, Config, Party, SessionId, Stream};
+use crate::rtpp_defines::{ByParty, ByStream, Config, Party, SessionId, Stream, RTP_IDLE_AFTER};
 use crate::rtpp_dtmf::{DtmfCatcher, SUFFIX_MAX};
 use crate::rtpp_hep::{quality_report_json, HepSender, StreamReport};
 use crate::rtpp_log;
 use crate::rtpp_log::show;
 use crate::rtpp_notify::{Notifier, TargetId};
 use crate::rtpp_pacing::Pacing;
-use crate::rtpp_poll::{Cadence, Owner, Token};
+use crate::rtpp_poll::{Cadence, Owner, Poller, Token};
 use crate::rtpp_quality::{QualityMeter, QualityReport};
 use crate::rtpp_record::{record_file_name, RecordFile, RecordFormat};
 use crate::rtpp_state::{Counters, Daemon, PacketCounts};
@@ -98,9 +98,31 @@ pub struct Leg {
     /// The rhythm of the packets on the RTP socket, which decides when it
     /// may rest out of the poll.
     pub pacing: Pacing,
+    opened: Instant,
 }
 
 impl Leg {
+    /// Moves the RTP socket to the slow cadence when it has read nothing
+    /// for [`RTP_IDLE_AFTER`].
+    fn cool_if_idle(&mut self, now: Instant, poller: &mut Poller) {
+        let token = self.tokens[Stream::Rtp];
+        let quiet_since = self.pacing.last_read().unwrap_or(self.opened);
+        if token.cadence() == Cadence::EveryPass
+            && now.saturating_duration_since(quiet_since) >= RTP_IDLE_AFTER
+        {
+            if let Some(moved) = poller.move_to(token, Cadence::Slow) {
+                self.tokens[Stream::Rtp] = moved;
+            }
+        }
+    }
+
+    /// Puts the RTP socket back on every pass: its stream sends again.
+    pub fn warm(&mut self, poller: &mut Poller) {
+        if let Some(moved) = poller.move_to(self.tokens[Stream::Rtp], Cadence::EveryPass) {
+            self.tokens[Stream::Rtp] = moved;
+        }
+    }
+
     /// The local port of one of the leg's streams.
     pub fn port_of(&self, stream: Stream) -> u16 {
         self.port + stream.port_offset()
@@ -794,6 +816,23 @@ impl Sessions {
 
     /// The once-a-second timer: recordings reach the disk, and sessions
     /// idle for `-T` end (and are announced).
+    /// Moves the RTP sockets silent for [`RTP_IDLE_AFTER`] to the slow
+    /// cadence (run once a tick).
+    pub fn cool_idle(&mut self, now: Instant, poller: &mut Poller) {
+        for s in self.slab.iter_mut().flatten() {
+            for leg in s.legs.iter_mut().flatten() {
+                leg.cool_if_idle(now, poller);
+            }
+        }
+    }
+
+    /// Puts party's RTP socket of a session back on every pass.
+    pub fn warm(&mut self, id: SessionId, party: Party, poller: &mut Poller) {
+        if let Some(leg) = self.get_mut(id).and_then(|s| s.legs[party].as_mut()) {
+            leg.warm(poller);
+        }
+    }
+
     pub fn expire(&mut self, cfg: &Config, now: Instant, daemon: &mut Daemon) {
         for id in self.ids() {
             let Some(s) = self.get_mut(id) else { continue };
@@ -990,6 +1029,7 @@ fn bind_leg(
         sockets,
         tokens: ByStream::new(rtp_token, rtcp_token),
         pacing: Pacing::default(),
+        opened: Instant::now(),
     })
 }
 

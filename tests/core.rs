@@ -845,3 +845,33 @@ fn a_socket_resting_between_packets_holds_none_past_its_rhythm() {
     // Nothing was lost or doubled on the way.
     assert_eq!(call.callee.drain(50), 0);
 }
+
+#[test]
+fn a_stream_silent_for_seconds_is_relayed_again_at_once() {
+    // After 2 s without a packet an RTP socket is polled on the slow
+    // cadence; the packet that ends the silence and those after it must
+    // still arrive promptly, both ways.
+    let rp = udp(port(), ports(8).range(), &["-d", "WARN"]);
+    let call = setup_call(&rp, "silent");
+    assert_relays(&call, 1);
+    std::thread::sleep(Duration::from_millis(3500));
+    for (i, seq) in (100..120u16).enumerate() {
+        let sent = Instant::now();
+        let took = relayed_after(&call, seq, sent);
+        assert!(took < Duration::from_millis(60), "packet {i} took {took:?}");
+        let q = rtp_packet(seq + 1000, 0);
+        call.callee.send(call.to_callee_leg, &q);
+        let (got, _) = call.caller.recv_within(500).expect("caller got nothing");
+        assert_eq!(got, q);
+        assert!(
+            sent.elapsed() < Duration::from_millis(120),
+            "packet {i} back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        rp.command("I").contains("stats = 21/21/42/0"),
+        "{}",
+        rp.command("I")
+    );
+}
