@@ -117,6 +117,7 @@ fn flood_sender(
                 stream: FLOOD_STREAM,
                 seq: (seq + i as u64) as u32,
                 sent_ns: now,
+                burst: packet::Burst::None,
             };
             packet::stamp(buf, &probe);
         }
@@ -181,7 +182,7 @@ fn count_flood_packet(
     window: Window,
     arrived: u64,
 ) {
-    let probe = match packet::decode(datagram, window.run) {
+    let probe = match packet::decode(datagram, window.run, PACKET_LEN) {
         Ok(p) if p.stream == FLOOD_STREAM => p,
         _ => {
             flow.foreign += 1;
@@ -209,6 +210,7 @@ fn prime_callee(receiver: &UdpSocket, relay_out: SocketAddr, run: u32) {
             stream: PRIMING_STREAM,
             seq,
             sent_ns: now_ns(),
+            burst: packet::Burst::None,
         };
         packet::stamp(&mut buf, &probe);
         // A lost priming packet only matters to relays that need it, and
@@ -890,6 +892,7 @@ mod tests {
                     stream: FLOOD_STREAM,
                     seq,
                     sent_ns: sent,
+                    burst: packet::Burst::None,
                 },
             );
             count_flood_packet(&mut flow, &mut tracker, &buf, w, 300);

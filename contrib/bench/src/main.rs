@@ -12,6 +12,7 @@ mod packet;
 mod procfs;
 mod report;
 mod runctl;
+mod scenario;
 mod session;
 mod stats;
 mod sweep;
@@ -81,6 +82,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         Mode::Baseline => flood::run_baseline(cfg, run)?.emit(json),
         Mode::Control => control::run_control(cfg, relay_pid, run)?.emit(json),
         Mode::Sweep => sweep::run_sweep(cfg, relay_pid, run),
+        Mode::Compare => Ok(()),
         Mode::BaselineRelay => Ok(()),
     }
 }

@@ -1,6 +1,8 @@
 //! The command line: every option, its default, its bounds, and `--help`.
 
 use crate::ctrl::{parse_host, parse_host_port, require_loopback, CtrlSpec, CtrlTiming};
+use crate::packet::{MAX_PTIME_MS, MIN_PTIME_MS};
+use crate::scenario::{self, CompareConfig};
 use getopts::Options;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,6 +21,8 @@ pub enum Mode {
     Control,
     /// `calls` over several call counts, to CSV and PNG.
     Sweep,
+    /// Several relays, several scenarios, alternating rounds, medians.
+    Compare,
     /// The minimal relay itself (started by `baseline`, not by people).
     BaselineRelay,
 }
@@ -31,9 +35,10 @@ impl Mode {
             "baseline" => Ok(Mode::Baseline),
             "control" => Ok(Mode::Control),
             "sweep" => Ok(Mode::Sweep),
+            "compare" => Ok(Mode::Compare),
             "baseline-relay" => Ok(Mode::BaselineRelay),
             other => Err(format!(
-                "unknown mode {other:?}: expected calls, flood, baseline, control or sweep"
+                "unknown mode {other:?}: expected calls, flood, baseline, control, sweep or compare"
             )),
         }
     }
@@ -46,6 +51,41 @@ pub enum Cycle {
     UpdateLookupDelete,
     /// `U`, `D`: an offer that was never answered.
     UpdateDelete,
+}
+
+/// Periodic silences, each followed by a burst of the packets it held
+/// back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Silence {
+    /// A silence starts once per this many milliseconds of each stream.
+    pub every_ms: u64,
+    /// How long each silence lasts, milliseconds.
+    pub length_ms: u64,
+}
+
+impl Silence {
+    /// Parses `EVERY_MS:LENGTH_MS`; both must be whole multiples of the
+    /// packet time, and the silence shorter than its period.
+    pub fn parse(text: &str, ptime_ms: u64) -> Result<Silence, String> {
+        let bad = || format!("--silence {text}: expected EVERY_MS:LENGTH_MS, e.g. 2000:200");
+        let (every, length) = text.split_once(':').ok_or_else(bad)?;
+        let every_ms = parse_num::<u64>("silence", every, 1, 3_600_000)?;
+        let length_ms = parse_num::<u64>("silence", length, 1, 3_600_000)?;
+        if every_ms % ptime_ms != 0 || length_ms % ptime_ms != 0 {
+            return Err(format!(
+                "--silence {text}: both must be multiples of the packet time ({ptime_ms} ms)"
+            ));
+        }
+        if length_ms >= every_ms {
+            return Err(format!(
+                "--silence {text}: the silence must be shorter than its period"
+            ));
+        }
+        Ok(Silence {
+            every_ms,
+            length_ms,
+        })
+    }
 }
 
 /// Everything a run needs to know.
@@ -63,6 +103,12 @@ pub struct Config {
     pub pidfile: Option<PathBuf>,
     /// Concurrent calls in `calls`.
     pub calls: usize,
+    /// Sessions set up beside the calls that never send a packet.
+    pub idle_calls: usize,
+    /// Packet time of `calls`, milliseconds per packet per direction.
+    pub ptime_ms: u64,
+    /// Silences and bursts in `calls`; `None`: steady sending.
+    pub silence: Option<Silence>,
     /// Measured seconds.
     pub duration_s: u64,
     /// Seconds of traffic before measuring.
@@ -108,6 +154,8 @@ pub struct Config {
     pub png: PathBuf,
     /// Where the minimal relay forwards (internal).
     pub forward_to: Option<SocketAddr>,
+    /// What `compare` runs and against which relays.
+    pub compare: CompareConfig,
 }
 
 const USAGE_HEAD: &str = "\
@@ -136,6 +184,13 @@ Modes:
   sweep     calls for each count in --sweep-calls; writes --csv and, when
             gnuplot is installed, --png (relay CPU per packet and p99
             latency against the number of calls)
+  compare   several relays side by side: starts each relay (--rtpproxy,
+            rtpengine when installed) fresh for every run, pinned to
+            --relay-cpu, or uses relays given by address (--relay); runs
+            every scenario of --scenarios on every relay in each of
+            --rounds rounds, rotating the relays' order between rounds;
+            prints each run, then a Markdown table of medians; needs no
+            --ctrl
   baseline-relay
             internal: the minimal relay that baseline starts as a child
 
@@ -305,6 +360,8 @@ fn build_options() -> Options {
         "sweep: plot output (default rtpp-bench-sweep.png)",
         "PATH",
     );
+    add_traffic_options(&mut o);
+    scenario::add_options(&mut o);
     o.optopt(
         "",
         "forward-to",
@@ -313,6 +370,33 @@ fn build_options() -> Options {
     );
     o.optflag("h", "help", "print this help");
     o
+}
+
+fn add_traffic_options(o: &mut Options) {
+    o.optopt(
+        "",
+        "ptime",
+        "calls: packet time, ms per packet per direction (default 20; 10 = 100 packets a \
+         second each way); the payload is 8 bytes per ms (G.711) after the 12-byte header",
+        "MS",
+    );
+    o.optopt(
+        "",
+        "silence",
+        "calls: every EVERY ms each stream falls silent for LENGTH ms, then sends the \
+         packets due during the silence back to back, followed by the one due as it ends \
+         (a burst of LENGTH/ptime + 1 packets, as after a stall upstream); streams are \
+         staggered so their silences spread over the period. Burst packets get their own \
+         latency rows. Both multiples of --ptime, e.g. 2000:200",
+        "EVERY:LENGTH",
+    );
+    o.optopt(
+        "",
+        "idle-calls",
+        "calls: also set up N sessions (Us + Ls, with their ports) that never send, \
+         deleted at the end like the others (default 0)",
+        "N",
+    );
 }
 
 /// The full `--help` text.
@@ -341,9 +425,15 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         more => return Err(format!("one mode expected, got {}", more.join(" "))),
     };
     let ctrl = m.opt_str("ctrl").map(|s| CtrlSpec::parse(&s)).transpose()?;
-    if ctrl.is_none() && !matches!(mode, Mode::Baseline | Mode::BaselineRelay) {
+    let needs_ctrl = !matches!(mode, Mode::Baseline | Mode::BaselineRelay | Mode::Compare);
+    if ctrl.is_none() && needs_ctrl {
         return Err("--ctrl is required (udp:HOST:PORT or unix:PATH)".into());
     }
+    let ptime_ms = opt_num(&m, "ptime", 20, MIN_PTIME_MS, MAX_PTIME_MS)?;
+    let silence = m
+        .opt_str("silence")
+        .map(|s| Silence::parse(&s, ptime_ms))
+        .transpose()?;
     let relay_addr = match m.opt_str("relay-addr") {
         Some(s) => {
             let ip =
@@ -373,8 +463,11 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         .flatten()
         .unwrap_or(1);
     let default_baseline_cpu = (online >= 2).then_some(1);
+    let compare = scenario::parse_compare(&m, args, online)?;
     let baseline_cpu = match m.opt_str("baseline-cpu") {
         Some(s) => Some(parse_num::<usize>("baseline-cpu", &s, 0, 1023)?),
+        // Compared with the relays, the minimal relay runs where they do.
+        None if mode == Mode::Compare => Some(compare.relay_cpu),
         None => default_baseline_cpu,
     };
     let cycle = match m.opt_str("cycle").as_deref() {
@@ -397,6 +490,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         pid,
         pidfile: m.opt_str("pidfile").map(PathBuf::from),
         calls: opt_num(&m, "calls", 100, 1, MAX_CALLS)?,
+        idle_calls: opt_num(&m, "idle-calls", 0, 0, MAX_CALLS)?,
+        ptime_ms,
+        silence,
         duration_s: opt_num(&m, "duration", 20, 1, 3600)?,
         warmup_s: opt_num(&m, "warmup", 3, 0, 600)?,
         senders: opt_num(&m, "senders", 2, 1, 64)?,
@@ -425,6 +521,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
                 .unwrap_or_else(|| "rtpp-bench-sweep.png".into()),
         ),
         forward_to,
+        compare,
     })))
 }
 
@@ -432,7 +529,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
 /// needs four ports each.
 pub const MAX_CALLS: usize = 20_000;
 
-fn opt_num<T>(m: &getopts::Matches, name: &str, default: T, min: T, max: T) -> Result<T, String>
+pub fn opt_num<T>(m: &getopts::Matches, name: &str, default: T, min: T, max: T) -> Result<T, String>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
@@ -442,7 +539,7 @@ where
     }
 }
 
-fn parse_num<T>(name: &str, text: &str, min: T, max: T) -> Result<T, String>
+pub fn parse_num<T>(name: &str, text: &str, min: T, max: T) -> Result<T, String>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
@@ -530,6 +627,43 @@ mod tests {
             "1,,2"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn odd_traffic_options_parse() {
+        let c = config(&["--ctrl", "udp:127.0.0.1:1"]).unwrap();
+        assert_eq!((c.ptime_ms, c.silence, c.idle_calls), (20, None, 0));
+        let c = config(&[
+            "--ctrl",
+            "udp:127.0.0.1:1",
+            "--ptime",
+            "10",
+            "--silence",
+            "1000:100",
+            "--idle-calls",
+            "2000",
+        ])
+        .unwrap();
+        assert_eq!(c.ptime_ms, 10);
+        assert_eq!(
+            c.silence,
+            Some(Silence {
+                every_ms: 1000,
+                length_ms: 100
+            })
+        );
+        assert_eq!(c.idle_calls, 2000);
+        for bad in ["100", "100:100", "1000:15", "x:1", "1000:0"] {
+            assert!(config(&["--ctrl", "udp:127.0.0.1:1", "--silence", bad]).is_err());
+        }
+        assert!(config(&["--ctrl", "udp:127.0.0.1:1", "--ptime", "1"]).is_err());
+    }
+
+    #[test]
+    fn compare_needs_no_ctrl() {
+        let c = config(&["compare"]).unwrap();
+        assert_eq!(c.mode, Mode::Compare);
+        assert_eq!(c.baseline_cpu, Some(c.compare.relay_cpu));
     }
 
     #[test]
