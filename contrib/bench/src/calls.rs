@@ -591,31 +591,7 @@ fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option
     report.text("label", "relay under test", &cfg.label);
     report.text("ctrl", "control socket", &spec.to_string());
     report.int("calls", "calls", run.calls as u64, "");
-    report.int(
-        "idle_calls",
-        "idle sessions (never send)",
-        cfg.idle_calls as u64,
-        "",
-    );
-    report.int("ptime_ms", "packet time", cfg.ptime_ms, "ms");
-    report.int(
-        "packet_bytes",
-        "packet size (RTP header + payload)",
-        packet::packet_len(cfg.ptime_ms) as u64,
-        "B",
-    );
-    report.int(
-        "silence_every_ms",
-        "silence period (0: none)",
-        cfg.silence.map_or(0, |s| s.every_ms),
-        "ms",
-    );
-    report.int(
-        "silence_ms",
-        "silence length",
-        cfg.silence.map_or(0, |s| s.length_ms),
-        "ms",
-    );
+    add_shape_rows(&mut report, cfg);
     report.int("duration_s", "measured seconds", cfg.duration_s, "s");
     report.int("warmup_s", "warm-up seconds", cfg.warmup_s, "s");
     report.int(
@@ -677,6 +653,35 @@ fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option
         ));
     }
     report
+}
+
+/// The rows that say what the traffic looked like beyond the call count.
+fn add_shape_rows(report: &mut Report, cfg: &Config) {
+    report.int(
+        "idle_calls",
+        "idle sessions (never send)",
+        cfg.idle_calls as u64,
+        "",
+    );
+    report.int("ptime_ms", "packet time", cfg.ptime_ms, "ms");
+    report.int(
+        "packet_bytes",
+        "packet size (RTP header + payload)",
+        packet::packet_len(cfg.ptime_ms) as u64,
+        "B",
+    );
+    report.int(
+        "silence_every_ms",
+        "silence period (0: none)",
+        cfg.silence.map_or(0, |s| s.every_ms),
+        "ms",
+    );
+    report.int(
+        "silence_ms",
+        "silence length",
+        cfg.silence.map_or(0, |s| s.length_ms),
+        "ms",
+    );
 }
 
 fn idle_suffix(idle: usize) -> String {
@@ -928,6 +933,11 @@ fn add_traffic_rows(report: &mut Report, t: &Traffic, calls: usize, ptime_ms: u6
         1,
         "us",
     );
+    add_lag_rows(report, t);
+}
+
+/// How far the senders fell behind their schedule.
+fn add_lag_rows(report: &mut Report, t: &Traffic) {
     report.float(
         "send_lag_p99_us",
         "sender lag behind schedule, p99",
@@ -942,7 +952,12 @@ fn add_traffic_rows(report: &mut Report, t: &Traffic, calls: usize, ptime_ms: u6
         1,
         "us",
     );
-    report.int("late_sends", "packets sent >10 ms late", t.late, "pkts");
+    report.int(
+        "late_sends",
+        "packets sent over half a period late",
+        t.late,
+        "pkts",
+    );
 }
 
 #[cfg(test)]

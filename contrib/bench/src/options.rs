@@ -249,6 +249,22 @@ fn build_options() -> Options {
         "seconds of traffic before measuring (default 3)",
         "W",
     );
+    add_generator_options(&mut o);
+    add_mode_options(&mut o);
+    add_traffic_options(&mut o);
+    scenario::add_options(&mut o);
+    o.optopt(
+        "",
+        "forward-to",
+        "internal (baseline-relay): where to forward",
+        "HOST:PORT",
+    );
+    o.optflag("h", "help", "print this help");
+    o
+}
+
+/// How the generator sends, receives and signals.
+fn add_generator_options(o: &mut Options) {
     o.optopt(
         "",
         "senders",
@@ -301,6 +317,10 @@ fn build_options() -> Options {
         "UDP control resends after a timeout (default 2)",
         "N",
     );
+}
+
+/// The options of flood, baseline, control and sweep.
+fn add_mode_options(o: &mut Options) {
     o.optopt(
         "",
         "rate",
@@ -360,16 +380,6 @@ fn build_options() -> Options {
         "sweep: plot output (default rtpp-bench-sweep.png)",
         "PATH",
     );
-    add_traffic_options(&mut o);
-    scenario::add_options(&mut o);
-    o.optopt(
-        "",
-        "forward-to",
-        "internal (baseline-relay): where to forward",
-        "HOST:PORT",
-    );
-    o.optflag("h", "help", "print this help");
-    o
 }
 
 fn add_traffic_options(o: &mut Options) {
@@ -429,29 +439,8 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     if ctrl.is_none() && needs_ctrl {
         return Err("--ctrl is required (udp:HOST:PORT or unix:PATH)".into());
     }
-    let ptime_ms = opt_num(&m, "ptime", 20, MIN_PTIME_MS, MAX_PTIME_MS)?;
-    let silence = m
-        .opt_str("silence")
-        .map(|s| Silence::parse(&s, ptime_ms))
-        .transpose()?;
-    let relay_addr = match m.opt_str("relay-addr") {
-        Some(s) => {
-            let ip =
-                parse_host(&s).ok_or_else(|| format!("--relay-addr {s}: not an IP address"))?;
-            require_loopback(ip, "--relay-addr")?;
-            Some(ip)
-        }
-        None => None,
-    };
-    let forward_to = match m.opt_str("forward-to") {
-        Some(s) => {
-            let addr = parse_host_port(&s)
-                .ok_or_else(|| format!("--forward-to {s}: expected HOST:PORT"))?;
-            require_loopback(addr.ip(), "--forward-to")?;
-            Some(addr)
-        }
-        None => None,
-    };
+    let (ptime_ms, silence) = parse_traffic(&m, mode)?;
+    let (relay_addr, forward_to) = parse_addresses(&m)?;
     let pid = m
         .opt_str("pid")
         .map(|s| parse_num::<i32>("pid", &s, 1, i32::MAX))
@@ -462,19 +451,14 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         .ok()
         .flatten()
         .unwrap_or(1);
-    let default_baseline_cpu = (online >= 2).then_some(1);
     let compare = scenario::parse_compare(&m, args, online)?;
     let baseline_cpu = match m.opt_str("baseline-cpu") {
         Some(s) => Some(parse_num::<usize>("baseline-cpu", &s, 0, 1023)?),
         // Compared with the relays, the minimal relay runs where they do.
         None if mode == Mode::Compare => Some(compare.relay_cpu),
-        None => default_baseline_cpu,
+        None => (online >= 2).then_some(1),
     };
-    let cycle = match m.opt_str("cycle").as_deref() {
-        None | Some("uld") => Cycle::UpdateLookupDelete,
-        Some("ud") => Cycle::UpdateDelete,
-        Some(other) => return Err(format!("--cycle {other}: expected uld or ud")),
-    };
+    let cycle = parse_cycle(m.opt_str("cycle").as_deref())?;
     let sweep_calls = match m.opt_str("sweep-calls") {
         Some(s) => parse_list(&s)?,
         None => vec![100, 500, 1000, 2000],
@@ -512,17 +496,58 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         cycle,
         sweep_calls,
         sweep_pause_s: opt_num(&m, "sweep-pause", 2, 0, 600)?,
-        csv: PathBuf::from(
-            m.opt_str("csv")
-                .unwrap_or_else(|| "rtpp-bench-sweep.csv".into()),
-        ),
-        png: PathBuf::from(
-            m.opt_str("png")
-                .unwrap_or_else(|| "rtpp-bench-sweep.png".into()),
-        ),
+        csv: path_or(&m, "csv", "rtpp-bench-sweep.csv"),
+        png: path_or(&m, "png", "rtpp-bench-sweep.png"),
         forward_to,
         compare,
     })))
+}
+
+/// `--relay-addr` and `--forward-to`, both on loopback.
+fn parse_addresses(m: &getopts::Matches) -> Result<(Option<IpAddr>, Option<SocketAddr>), String> {
+    let relay_addr = match m.opt_str("relay-addr") {
+        Some(s) => {
+            let ip =
+                parse_host(&s).ok_or_else(|| format!("--relay-addr {s}: not an IP address"))?;
+            require_loopback(ip, "--relay-addr")?;
+            Some(ip)
+        }
+        None => None,
+    };
+    let forward_to = match m.opt_str("forward-to") {
+        Some(s) => {
+            let addr = parse_host_port(&s)
+                .ok_or_else(|| format!("--forward-to {s}: expected HOST:PORT"))?;
+            require_loopback(addr.ip(), "--forward-to")?;
+            Some(addr)
+        }
+        None => None,
+    };
+    Ok((relay_addr, forward_to))
+}
+
+fn path_or(m: &getopts::Matches, name: &str, default: &str) -> PathBuf {
+    PathBuf::from(m.opt_str(name).unwrap_or_else(|| default.into()))
+}
+
+/// `--ptime` and `--silence`.
+fn parse_traffic(m: &getopts::Matches, mode: Mode) -> Result<(u64, Option<Silence>), String> {
+    let ptime_ms = opt_num(m, "ptime", 20, MIN_PTIME_MS, MAX_PTIME_MS)?;
+    // compare's burst scenario sends at 20 ms whatever --ptime says.
+    let silence_ptime = if mode == Mode::Compare { 20 } else { ptime_ms };
+    let silence = m
+        .opt_str("silence")
+        .map(|s| Silence::parse(&s, silence_ptime))
+        .transpose()?;
+    Ok((ptime_ms, silence))
+}
+
+fn parse_cycle(text: Option<&str>) -> Result<Cycle, String> {
+    match text {
+        None | Some("uld") => Ok(Cycle::UpdateLookupDelete),
+        Some("ud") => Ok(Cycle::UpdateDelete),
+        Some(other) => Err(format!("--cycle {other}: expected uld or ud")),
+    }
 }
 
 /// The most calls one run may set up: two sockets each, and the relay

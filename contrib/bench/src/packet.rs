@@ -24,8 +24,6 @@ pub const PROBE_LEN: usize = 37;
 pub const MAX_PTIME_MS: u64 = 100;
 /// Shortest packet time: its payload must still hold the probe's fields.
 pub const MIN_PTIME_MS: u64 = 5;
-/// Length of the longest probe packet.
-pub const MAX_PACKET_LEN: usize = RTP_HEADER_LEN + BYTES_PER_MS * MAX_PTIME_MS as usize;
 const MAGIC: [u8; 4] = *b"RtpB";
 /// PCMU encodes silence as 0xFF.
 const PCMU_SILENCE: u8 = 0xFF;
@@ -172,7 +170,7 @@ mod tests {
     fn packet_size_follows_the_packet_time() {
         assert_eq!(packet_len(20), PACKET_LEN);
         assert_eq!(packet_len(10), 92);
-        assert_eq!(packet_len(1000), MAX_PACKET_LEN);
+        assert_eq!(packet_len(1000), packet_len(MAX_PTIME_MS));
         assert!(packet_len(MIN_PTIME_MS) >= PROBE_LEN);
         let mut buf = vec![0u8; packet_len(10)];
         write_template(&mut buf, 3, 1);
