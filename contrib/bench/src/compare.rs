@@ -228,6 +228,11 @@ pub fn run_compare(cfg: &Config) -> Result<(), String> {
                 if let Err(e) = &result {
                     eprintln!("rtpp_bench compare: {} failed: {e}", who.label());
                 }
+                // A window cut short is printed, but not a figure to take
+                // a median of.
+                if stop_requested() {
+                    break 'rounds;
+                }
                 outcomes.push(RunOutcome {
                     scenario: index,
                     relay: who.label().to_string(),
