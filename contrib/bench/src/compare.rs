@@ -77,6 +77,21 @@ fn resolve_relays(cmp: &CompareConfig) -> (Vec<RelaySpec>, Vec<String>) {
             None => notes.push("rtpengine is not in PATH: left out".into()),
         }
     }
+    for relay in &cmp.addressed {
+        if let RelayKind::Addressed {
+            ctrl,
+            pid: Some(pid),
+        } = &relay.kind
+        {
+            // A shell's or wrapper's pid would report the relay as idle.
+            if crate::ctrl::pid_holds_control_socket(*pid, ctrl) == Some(false) {
+                notes.push(format!(
+                    "{}: process {pid} does not hold {ctrl}; its CPU figures are not the relay's",
+                    relay.label
+                ));
+            }
+        }
+    }
     relays.extend(cmp.addressed.iter().cloned());
     (relays, notes)
 }

@@ -334,8 +334,9 @@ mod tests {
 
     #[test]
     fn a_missing_program_fails_to_start() {
+        let label = format!("missing-{}", std::process::id());
         let spec = RelaySpec {
-            label: "missing".into(),
+            label: label.clone(),
             kind: RelayKind::Rtpproxy("/nonexistent/rtpproxy".into()),
         };
         let timing = CtrlTiming {
@@ -343,5 +344,6 @@ mod tests {
             retries: 0,
         };
         assert!(StartedRelay::start(&spec, &cmp(), timing).is_err());
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("rtpp_bench-{label}.log")));
     }
 }
