@@ -1024,6 +1024,50 @@ mod tests {
     }
 
     #[test]
+    fn owed_packets_go_out_in_a_burst_after_each_silence() {
+        let tx = crate::runctl::bind_loopback_udp().unwrap();
+        let rx = crate::runctl::bind_loopback_udp().unwrap();
+        let mut sched = test_schedule(Some(SilenceCycles {
+            every: 10,
+            silent: 3,
+        }));
+        sched.t0 = now_ns();
+        sched.period_ns = NS_PER_MS;
+        sched.warmup_cycles = 0;
+        sched.total_cycles = 20;
+        sched.streams = 1;
+        let mut buf = vec![0u8; sched.packet_len];
+        packet::write_template(&mut buf, sched.run, 0);
+        let slot = SendSlot {
+            phase: 0,
+            stream: 0,
+            sock: &tx,
+            dest: rx.local_addr().unwrap(),
+            buf,
+            held_from: None,
+        };
+        let stats = run_sender(vec![slot], sched, 20_000);
+        assert_eq!((stats.sent_measured, stats.expected_measured), (20, 20));
+        // Only the packets sent when due count in the lag figures.
+        assert_eq!(stats.lag.count(), 14);
+        rx.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut datagram = [0u8; 2048];
+        while let Ok(n) = rx.recv(&mut datagram) {
+            let p = packet::decode(&datagram[..n], sched.run, sched.packet_len).unwrap();
+            got.push((p.seq, p.burst));
+        }
+        let seqs: Vec<u32> = got.iter().map(|g| g.0).collect();
+        assert_eq!(seqs, (0..20).collect::<Vec<u32>>());
+        let marks = |range: std::ops::Range<usize>| -> Vec<Burst> {
+            got[range].iter().map(|g| g.1).collect()
+        };
+        use Burst::{First, Rest};
+        assert_eq!(marks(6..11), [Burst::None, First, Rest, Rest, Rest]);
+        assert_eq!(marks(16..20), [Burst::None, First, Rest, Rest]);
+    }
+
+    #[test]
     fn the_schedule_follows_ptime_and_silence_options() {
         let mut cfg = crate::options::parse(&[
             "--ctrl".to_string(),
