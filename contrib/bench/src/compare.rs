@@ -232,17 +232,7 @@ pub fn run_compare(cfg: &Config) -> Result<(), String> {
                 if stop_requested() {
                     break 'rounds;
                 }
-                eprintln!(
-                    "rtpp_bench compare: round {}/{}, {}, {}",
-                    round + 1,
-                    cmp.rounds,
-                    scenario.name,
-                    who.label()
-                );
-                let result = run_one(cfg, who, index, round);
-                if let Err(e) = &result {
-                    eprintln!("rtpp_bench compare: {} failed: {e}", who.label());
-                }
+                let result = run_logged(cfg, who, index, round);
                 // A window cut short is printed, but not a figure to take
                 // a median of.
                 if stop_requested() {
@@ -258,14 +248,50 @@ pub fn run_compare(cfg: &Config) -> Result<(), String> {
         }
     }
     let labels: Vec<String> = relays.iter().map(|r| r.label.clone()).collect();
-    println!("\n{header}");
-    print!("{}", summary::table(cmp, &labels, &outcomes));
+    let mut text = format!("{header}{}", summary::table(cmp, &labels, &outcomes));
     if stop_requested() {
-        println!(
-            "\nINTERRUPTED: the comparison was stopped early; the medians cover the runs done."
+        text.push_str(
+            "\nINTERRUPTED: the comparison was stopped early; the medians cover the runs done.\n",
         );
     }
+    println!("\n{text}");
+    if let Some(path) = &cmp.summary {
+        std::fs::write(path, &text).map_err(|e| format!("--summary {}: {e}", path.display()))?;
+    }
     Ok(())
+}
+
+/// Runs one scenario for one participant, saying so on stderr; a failure
+/// is also a JSON line, so that `--json` holds every run of the comparison.
+fn run_logged(
+    cfg: &Config,
+    who: Participant,
+    index: usize,
+    round: usize,
+) -> Result<Report, String> {
+    let scenario = &cfg.compare.scenarios[index];
+    eprintln!(
+        "rtpp_bench compare: round {}/{}, {}, {}",
+        round + 1,
+        cfg.compare.rounds,
+        scenario.name,
+        who.label()
+    );
+    let result = run_one(cfg, who, index, round);
+    if let Err(e) = &result {
+        eprintln!("rtpp_bench compare: {} failed: {e}", who.label());
+        let mut failure = Report::new("failed", format!("{} failed", who.label()));
+        failure.text("relay", "relay", who.label());
+        failure.text("scenario", "scenario", &scenario.name);
+        failure.int("round", "round (from 1)", round as u64 + 1, "");
+        failure.text("error", "error", e);
+        if let Some(path) = cfg.json.as_deref() {
+            // The failure is already on stderr; a JSON file that cannot
+            // be written fails the next successful run loudly anyway.
+            let _ = failure.append_json(path);
+        }
+    }
+    result
 }
 
 #[cfg(test)]

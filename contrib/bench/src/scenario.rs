@@ -150,11 +150,13 @@ pub struct CompareConfig {
     pub settle_s: u64,
     /// The command line, for the summary.
     pub command_line: String,
+    /// Where to write the summary too.
+    pub summary: Option<PathBuf>,
 }
 
 /// Registers the options of `compare`.
 pub fn add_options(o: &mut Options) {
-    let opts: [(&str, &str, &str); 16] = [
+    let opts: [(&str, &str, &str); 17] = [
         ("rtpproxy", "compare: [LABEL=]PATH of an rtpproxy to start for each run; repeatable for before/after builds (default: rtpproxy beside this program)", "[LABEL=]PATH"),
         ("relay", "compare: a relay started by hand, LABEL=udp:HOST:PORT[@PID] (PID for its CPU); repeatable; not pinned nor restarted by the bench", "SPEC"),
         ("rtpengine", "compare: rtpengine program (default: rtpengine in PATH, if any)", "PATH"),
@@ -171,6 +173,7 @@ pub fn add_options(o: &mut Options) {
         ("control-duration", "compare: measured seconds of control (default 10)", "S"),
         ("control-warmup", "compare: warm-up seconds of control (default 2)", "S"),
         ("settle", "compare: seconds of rest after a relay starts and after it stops (default 1)", "S"),
+        ("summary", "compare: also write the header and the table of medians to this file", "PATH"),
     ];
     for (name, help, hint) in opts {
         match name {
@@ -230,6 +233,7 @@ pub fn parse_compare(m: &Matches, args: &[String], online: i64) -> Result<Compar
         control_timing: timing("control", 10, 2)?,
         settle_s: opt_num(m, "settle", 1, 0, 60)?,
         command_line: command_line(args),
+        summary: m.opt_str("summary").map(PathBuf::from),
     };
     check_labels(&config)?;
     Ok(config)

@@ -121,6 +121,8 @@ struct Flags {
     saturated: usize,
     died: usize,
     first_error: Option<String>,
+    /// What the flood's verdict named as the limit, with counts.
+    limits: Vec<(String, usize)>,
 }
 
 impl Flags {
@@ -133,6 +135,12 @@ impl Flags {
                     f.disturbed += usize::from(is(r, "disturbed", true));
                     f.saturated += usize::from(is(r, "generator_saturated", true));
                     f.died += usize::from(is(r, "relay_alive", false));
+                    if let Some(Value::Text(limit)) = r.value("limited_by") {
+                        match f.limits.iter_mut().find(|(l, _)| l == limit) {
+                            Some((_, n)) => *n += 1,
+                            None => f.limits.push((limit.clone(), 1)),
+                        }
+                    }
                 }
                 Err(e) => {
                     f.failed += 1;
@@ -164,6 +172,9 @@ impl Flags {
             if count > 0 {
                 notes.push(format!("{what} {count}/{all}"));
             }
+        }
+        for (limit, count) in &self.limits {
+            notes.push(format!("limited by {limit} {count}/{all}"));
         }
         if let Some(e) = &self.first_error {
             let short: String = e.chars().take(80).collect();
