@@ -1,12 +1,19 @@
 //! `calls`: many concurrent G.711-shaped calls through the relay.
 //!
 //! Each call has two streams (caller to callee, callee to caller), stream
-//! `2 * call + direction`. Stream `k` of `2N` sends at phase `k * 20 ms / 2N`
-//! of every 20 ms period, so the load is smooth rather than a burst every
-//! 20 ms. Senders own streams round-robin and sleep to absolute deadlines;
-//! receivers own calls round-robin and wait on epoll. Arrival times are the
-//! kernel's receive timestamps, so the latency is what the relay added, not
-//! how long a busy generator took to get round to reading.
+//! `2 * call + direction`. Stream `k` of `2N` sends at phase `k * P / 2N`
+//! of every packet period P (`--ptime`, 20 ms by default), so the load is
+//! smooth rather than a burst every period. Senders own streams
+//! round-robin and sleep to absolute deadlines; receivers own calls
+//! round-robin and wait on epoll. Arrival times are the kernel's receive
+//! timestamps, so the latency is what the relay added, not how long a busy
+//! generator took to get round to reading.
+//!
+//! With `--silence EVERY:LENGTH` each stream holds back the packets due
+//! during a silence of LENGTH ms once every EVERY ms and sends them back to
+//! back when the silence ends, just before the packet due then; stream `k`'s
+//! silences are shifted by `k * EVERY / 2N`, so the bursts of different
+//! streams spread over the period.
 
 use crate::clock::{
     arrival_ns, now_ns, realtime_ns, sleep_until_ns, sleep_until_or_stop, tighten_timer_slack,
@@ -14,7 +21,7 @@ use crate::clock::{
 };
 use crate::ctrl::CtrlSpec;
 use crate::options::Config;
-use crate::packet::{self, Probe, PACKET_LEN};
+use crate::packet::{self, Burst, Probe};
 use crate::procfs;
 use crate::report::{flag_saturation, GeneratorLoad, Report};
 use crate::runctl::{ensure_fd_limit, stop_requested, Watchdog};
@@ -29,27 +36,38 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// G.711 at 20 ms per packet.
-const PERIOD_NS: u64 = 20 * NS_PER_MS;
-const PACKETS_PER_SEC: u64 = NS_PER_SEC / PERIOD_NS;
-/// A packet this far behind its deadline shows the sender is not keeping
-/// up (half a period: it is about to collide with the next one).
-const LATE_NS: u64 = 10 * NS_PER_MS;
 /// Senders give up on packets still unsent this long after the last one
 /// was due.
 const SENDER_GRACE_NS: u64 = NS_PER_SEC;
 /// The bitmaps of all streams must fit in this much memory.
 const MAX_TRACKER_BYTES: u64 = 512 << 20;
 
+/// The silences of every stream, in packet periods.
+#[derive(Debug, Clone, Copy)]
+struct SilenceCycles {
+    /// Length of one silence-and-speech cycle.
+    every: u64,
+    /// Periods of silence at the end of each cycle.
+    silent: u64,
+}
+
 /// The schedule every thread agrees on.
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
     /// When cycle 0 starts.
     t0: u64,
+    /// Time between two packets of a stream.
+    period_ns: u64,
     /// Cycles sent before measuring.
     warmup_cycles: u64,
     /// Cycles sent in total.
     total_cycles: u64,
+    /// Streams in the run (two per active call).
+    streams: u64,
+    /// Silences and bursts, if any.
+    silence: Option<SilenceCycles>,
+    /// Length of every packet.
+    packet_len: usize,
     /// Run identifier in every probe.
     run: u32,
 }
@@ -60,25 +78,41 @@ impl Schedule {
     }
 
     fn measure_start(&self) -> u64 {
-        self.t0 + self.warmup_cycles * PERIOD_NS
+        self.t0 + self.warmup_cycles * self.period_ns
     }
 
     fn measure_end(&self) -> u64 {
-        self.t0 + self.total_cycles * PERIOD_NS
+        self.t0 + self.total_cycles * self.period_ns
     }
 
     fn measured_cycles(&self) -> u64 {
         self.total_cycles - self.warmup_cycles
     }
+
+    /// Whether stream `stream` holds back its packet of `cycle`.
+    fn silent(&self, stream: u64, cycle: u64) -> bool {
+        let Some(s) = self.silence else {
+            return false;
+        };
+        // Shifted per stream so the bursts of all streams do not coincide.
+        let offset = stream * s.every / self.streams.max(1);
+        (cycle + offset) % s.every >= s.every - s.silent
+    }
+
+    /// A packet this far behind its deadline shows the sender is not
+    /// keeping up: half a period, about to collide with the next one.
+    fn late_ns(&self) -> u64 {
+        self.period_ns / 2
+    }
 }
 
 /// Offset of stream `stream` within the period, spreading `streams`
 /// streams evenly.
-fn phase_ns(stream: u64, streams: u64) -> u64 {
+fn phase_ns(stream: u64, streams: u64, period_ns: u64) -> u64 {
     if streams == 0 {
         return 0;
     }
-    stream * PERIOD_NS / streams
+    stream * period_ns / streams
 }
 
 /// The socket stream `stream` is sent from, and where to.
@@ -106,7 +140,9 @@ struct SendSlot<'a> {
     stream: u32,
     sock: &'a UdpSocket,
     dest: SocketAddr,
-    buf: [u8; PACKET_LEN],
+    buf: Vec<u8>,
+    /// The first cycle of a silence in progress: its packets are owed.
+    held_from: Option<u64>,
 }
 
 #[derive(Default, Clone)]
@@ -122,24 +158,113 @@ fn plan_sender<'a>(
     calls: &'a [Call],
     sender: usize,
     senders: usize,
-    run: u32,
+    sched: &Schedule,
 ) -> Vec<SendSlot<'a>> {
     let streams = calls.len() * 2;
     (sender..streams)
         .step_by(senders)
         .map(|stream| {
             let (sock, dest) = stream_route(calls, stream);
-            let mut buf = [0u8; PACKET_LEN];
-            packet::write_template(&mut buf, run, stream as u32);
+            let mut buf = vec![0u8; sched.packet_len];
+            packet::write_template(&mut buf, sched.run, stream as u32);
             SendSlot {
-                phase: phase_ns(stream as u64, streams as u64),
+                phase: phase_ns(stream as u64, streams as u64, sched.period_ns),
                 stream: stream as u32,
                 sock,
                 dest,
                 buf,
+                held_from: None,
             }
         })
         .collect()
+}
+
+/// Sends packet `seq` of `slot` now; `due` is its deadline when it goes
+/// out on schedule, `None` for the owed packets of a burst, which are late
+/// on purpose and would only blur the sender's lag figures.
+fn send_packet(
+    slot: &mut SendSlot,
+    seq: u64,
+    burst: Burst,
+    due: Option<u64>,
+    sched: &Schedule,
+    stats: &mut SenderStats,
+) {
+    let now = now_ns();
+    let probe = Probe {
+        stream: slot.stream,
+        seq: seq as u32,
+        sent_ns: now,
+        burst,
+    };
+    packet::stamp(&mut slot.buf, &probe);
+    let ok = slot.sock.send_to(&slot.buf, slot.dest).is_ok();
+    if !ok {
+        stats.send_errors += 1;
+    }
+    if !sched.measured(seq) {
+        return;
+    }
+    if ok {
+        stats.sent_measured += 1;
+    }
+    if let Some(due) = due {
+        let lag = now.saturating_sub(due);
+        stats.lag.record(lag);
+        if lag > sched.late_ns() {
+            stats.late += 1;
+        }
+    }
+}
+
+/// Sends the packets owed since `from`, up to (not including) `until`,
+/// back to back.
+fn send_owed(
+    slot: &mut SendSlot,
+    from: u64,
+    until: u64,
+    sched: &Schedule,
+    stats: &mut SenderStats,
+) {
+    for seq in from..until {
+        let mark = if seq == from {
+            Burst::First
+        } else {
+            Burst::Rest
+        };
+        send_packet(slot, seq, mark, None, sched, stats);
+    }
+}
+
+/// When to wake, and when to look for a stop request.
+struct Pacer {
+    tick_ns: u64,
+    last_wake: u64,
+    now: u64,
+    since_check: u32,
+}
+
+impl Pacer {
+    /// Whether the run is being stopped; asked at most every 256 packets
+    /// and before every sleep, since the atomic costs little but not nothing.
+    fn stop(&mut self, due: u64) -> bool {
+        self.since_check += 1;
+        if due > self.now || self.since_check >= 256 {
+            self.since_check = 0;
+            return stop_requested();
+        }
+        false
+    }
+
+    /// Sleeps until `due`, but never wakes more often than once a tick.
+    fn wait_for(&mut self, due: u64) {
+        if due > self.now {
+            let wake = due.max(self.last_wake + self.tick_ns);
+            sleep_until_ns(wake);
+            self.last_wake = wake;
+            self.now = now_ns();
+        }
+    }
 }
 
 /// Sends every packet of `slots` on schedule; wakes at most once per
@@ -152,50 +277,44 @@ fn run_sender(mut slots: Vec<SendSlot>, sched: Schedule, tick_ns: u64) -> Sender
         ..Default::default()
     };
     let give_up_at = sched.measure_end() + SENDER_GRACE_NS;
-    let mut last_wake = 0u64;
-    let mut now = now_ns();
-    let mut since_check = 0u32;
+    let mut pacer = Pacer {
+        tick_ns,
+        last_wake: 0,
+        now: now_ns(),
+        since_check: 0,
+    };
     'cycles: for cycle in 0..sched.total_cycles {
-        let cycle_start = sched.t0 + cycle * PERIOD_NS;
+        let cycle_start = sched.t0 + cycle * sched.period_ns;
         for slot in slots.iter_mut() {
             let due = cycle_start + slot.phase;
-            since_check += 1;
-            if due > now || since_check >= 256 {
-                since_check = 0;
-                if stop_requested() {
-                    break 'cycles;
-                }
-            }
-            if due > now {
-                let wake = due.max(last_wake + tick_ns);
-                sleep_until_ns(wake);
-                last_wake = wake;
-                now = now_ns();
-            }
-            if now >= give_up_at {
+            if pacer.stop(due) {
                 break 'cycles;
             }
-            let probe = Probe {
-                stream: slot.stream,
-                seq: cycle as u32,
-                sent_ns: now,
+            if sched.silent(u64::from(slot.stream), cycle) {
+                slot.held_from.get_or_insert(cycle);
+                continue;
+            }
+            pacer.wait_for(due);
+            if pacer.now >= give_up_at {
+                break 'cycles;
+            }
+            let mark = match slot.held_from.take() {
+                Some(from) => {
+                    send_owed(slot, from, cycle, &sched, &mut stats);
+                    Burst::Rest
+                }
+                None => Burst::None,
             };
-            packet::stamp(&mut slot.buf, &probe);
-            let ok = slot.sock.send_to(&slot.buf, slot.dest).is_ok();
-            if !ok {
-                stats.send_errors += 1;
+            send_packet(slot, cycle, mark, Some(due), &sched, &mut stats);
+            pacer.now = now_ns();
+        }
+    }
+    // A silence still running at the end owes its packets too.
+    if !stop_requested() && now_ns() < give_up_at {
+        for slot in slots.iter_mut() {
+            if let Some(from) = slot.held_from.take() {
+                send_owed(slot, from, sched.total_cycles, &sched, &mut stats);
             }
-            if sched.measured(cycle) {
-                if ok {
-                    stats.sent_measured += 1;
-                }
-                let lag = now.saturating_sub(due);
-                stats.lag.record(lag);
-                if lag > LATE_NS {
-                    stats.late += 1;
-                }
-            }
-            now = now_ns();
         }
     }
     stats
@@ -208,6 +327,10 @@ struct ReceiverStats {
     misrouted: u64,
     foreign: u64,
     latency: LatencyHistogram,
+    /// Latency of the first packet of each burst.
+    burst_first: LatencyHistogram,
+    /// Latency of every packet sent in a burst, the first included.
+    burst_all: LatencyHistogram,
 }
 
 impl ReceiverStats {
@@ -220,7 +343,7 @@ impl ReceiverStats {
         sched: Schedule,
         arrived: u64,
     ) {
-        let Ok(probe) = packet::decode(datagram, sched.run) else {
+        let Ok(probe) = packet::decode(datagram, sched.run, sched.packet_len) else {
             self.foreign += 1;
             return;
         };
@@ -232,7 +355,14 @@ impl ReceiverStats {
         match tracker.mark(seq) {
             SeqMark::New if sched.measured(seq) => {
                 self.received_measured += 1;
-                self.latency.record(arrived.saturating_sub(probe.sent_ns));
+                let latency = arrived.saturating_sub(probe.sent_ns);
+                self.latency.record(latency);
+                if probe.burst != Burst::None {
+                    self.burst_all.record(latency);
+                }
+                if probe.burst == Burst::First {
+                    self.burst_first.record(latency);
+                }
             }
             SeqMark::Duplicate if sched.measured(seq) => self.duplicates += 1,
             SeqMark::OutOfRange => self.foreign += 1,
@@ -341,16 +471,35 @@ fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, u64)> {
     Some((msg.bytes, arrived))
 }
 
-fn check_memory(calls: usize, total_cycles: u64) -> Result<(), String> {
+fn check_memory(calls: usize, total_cycles: u64, seconds: u64) -> Result<(), String> {
     let bytes = calls as u64 * 2 * total_cycles.div_ceil(8);
     if bytes > MAX_TRACKER_BYTES {
         return Err(format!(
-            "{calls} calls over {} s need {} MiB of sequence bitmaps; shorten the run or use fewer calls",
-            total_cycles / PACKETS_PER_SEC,
+            "{calls} calls over {seconds} s need {} MiB of sequence bitmaps; shorten the run or use fewer calls",
             bytes >> 20
         ));
     }
     Ok(())
+}
+
+/// The schedule of a run of `streams` streams starting shortly from now.
+fn schedule(cfg: &Config, streams: u64, run: u32) -> Schedule {
+    let period_ns = cfg.ptime_ms * NS_PER_MS;
+    let cycles = |s: u64| s * NS_PER_SEC / period_ns;
+    Schedule {
+        // A short lead so every thread is waiting before the first packet.
+        t0: now_ns() + 100 * NS_PER_MS,
+        period_ns,
+        warmup_cycles: cycles(cfg.warmup_s),
+        total_cycles: cycles(cfg.warmup_s + cfg.duration_s),
+        streams,
+        silence: cfg.silence.map(|s| SilenceCycles {
+            every: (s.every_ms / cfg.ptime_ms).max(1),
+            silent: s.length_ms / cfg.ptime_ms,
+        }),
+        packet_len: packet::packet_len(cfg.ptime_ms),
+        run,
+    }
 }
 
 /// Runs `calls` with `n` calls and returns its report.
@@ -364,11 +513,12 @@ pub fn run_calls(
         .ctrl
         .as_ref()
         .ok_or_else(|| "--ctrl is required".to_string())?;
-    let total_cycles = (cfg.warmup_s + cfg.duration_s) * PACKETS_PER_SEC;
-    check_memory(n, total_cycles)?;
-    ensure_fd_limit(n as u64 * 2 + 256)?;
+    let seconds = cfg.warmup_s + cfg.duration_s;
+    check_memory(n, schedule(cfg, 0, run).total_cycles, seconds)?;
+    let sessions = n + cfg.idle_calls;
+    ensure_fd_limit(sessions as u64 * 2 + 256)?;
     let timeout_s = cfg.timing.timeout.as_secs() + 1;
-    let setup_bound_s = (n as u64 * 2 / cfg.setup_window as u64 + 1)
+    let setup_bound_s = (sessions as u64 * 2 / cfg.setup_window as u64 + 1)
         * timeout_s
         * (u64::from(cfg.timing.retries) + 1);
     let _watchdog = Watchdog::arm(
@@ -384,25 +534,24 @@ pub fn run_calls(
     };
     let background = usage::background_load();
     let setup_start = now_ns();
-    let calls = set_up_calls(&sig, n)?;
+    // The active calls come first; the idle ones keep their sockets open
+    // (and so their ports) until the end.
+    let mut calls = set_up_calls(&sig, sessions)?;
+    let idle = calls.split_off(n);
     let setup_s = (now_ns() - setup_start) as f64 / 1e9;
 
-    let sched = Schedule {
-        // A short lead so every thread is waiting before the first packet.
-        t0: now_ns() + 100 * NS_PER_MS,
-        warmup_cycles: cfg.warmup_s * PACKETS_PER_SEC,
-        total_cycles,
-        run,
-    };
+    let sched = schedule(cfg, calls.len() as u64 * 2, run);
     let traffic = drive_traffic(cfg, &calls, sched, relay_pid);
     // Read before tear-down: the counters vanish with the sockets.
     let (relay_ports, generator_ports) = ports_of(&calls);
     let relay_drops = procfs::read_udp_drops(&relay_ports);
     let generator_drops = procfs::read_udp_drops(&generator_ports);
+    calls.extend(idle);
     let teardown = tear_down_calls(&sig, calls);
     let outcome = CallsRun {
         background,
         calls: n,
+        window_s: sched.measured_cycles() as f64 * sched.period_ns as f64 / 1e9,
         setup_s,
         traffic: traffic?,
         relay_drops,
@@ -416,6 +565,8 @@ pub fn run_calls(
 struct CallsRun {
     background: Option<f64>,
     calls: usize,
+    /// The measured window's length by the schedule.
+    window_s: f64,
     setup_s: f64,
     traffic: Traffic,
     relay_drops: u64,
@@ -428,8 +579,10 @@ fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option
     let mut report = Report::new(
         "calls",
         format!(
-            "calls: {} calls via {spec}, {} s measured after {} s warm-up{}",
+            "calls: {} calls{}{} via {spec}, {} s measured after {} s warm-up{}",
             run.calls,
+            idle_suffix(cfg.idle_calls),
+            traffic_suffix(cfg),
             cfg.duration_s,
             cfg.warmup_s,
             label_suffix(&cfg.label)
@@ -438,6 +591,7 @@ fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option
     report.text("label", "relay under test", &cfg.label);
     report.text("ctrl", "control socket", &spec.to_string());
     report.int("calls", "calls", run.calls as u64, "");
+    add_shape_rows(&mut report, cfg);
     report.int("duration_s", "measured seconds", cfg.duration_s, "s");
     report.int("warmup_s", "warm-up seconds", cfg.warmup_s, "s");
     report.int(
@@ -453,7 +607,10 @@ fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option
         3,
         "s",
     );
-    add_traffic_rows(&mut report, traffic, run.calls, cfg.duration_s);
+    add_traffic_rows(&mut report, traffic, run.calls, cfg.ptime_ms, run.window_s);
+    if cfg.silence.is_some() {
+        add_burst_rows(&mut report, traffic);
+    }
     report.int(
         "relay_queue_drops",
         "dropped by relay socket queues (whole run)",
@@ -498,6 +655,57 @@ fn calls_report(cfg: &Config, spec: &CtrlSpec, run: &CallsRun, relay_pid: Option
     report
 }
 
+/// The rows that say what the traffic looked like beyond the call count.
+fn add_shape_rows(report: &mut Report, cfg: &Config) {
+    report.int(
+        "idle_calls",
+        "idle sessions (never send)",
+        cfg.idle_calls as u64,
+        "",
+    );
+    report.int("ptime_ms", "packet time", cfg.ptime_ms, "ms");
+    report.int(
+        "packet_bytes",
+        "packet size (RTP header + payload)",
+        packet::packet_len(cfg.ptime_ms) as u64,
+        "B",
+    );
+    report.int(
+        "silence_every_ms",
+        "silence period (0: none)",
+        cfg.silence.map_or(0, |s| s.every_ms),
+        "ms",
+    );
+    report.int(
+        "silence_ms",
+        "silence length",
+        cfg.silence.map_or(0, |s| s.length_ms),
+        "ms",
+    );
+}
+
+fn idle_suffix(idle: usize) -> String {
+    if idle == 0 {
+        String::new()
+    } else {
+        format!(" (+{idle} idle)")
+    }
+}
+
+fn traffic_suffix(cfg: &Config) -> String {
+    let mut out = String::new();
+    if cfg.ptime_ms != 20 {
+        out.push_str(&format!(", ptime {} ms", cfg.ptime_ms));
+    }
+    if let Some(s) = cfg.silence {
+        out.push_str(&format!(
+            ", {} ms silent every {} ms then a burst",
+            s.length_ms, s.every_ms
+        ));
+    }
+    out
+}
+
 /// A label for titles: empty, or " [label]".
 pub fn label_suffix(label: &str) -> String {
     if label.is_empty() {
@@ -533,6 +741,8 @@ struct Traffic {
     lag: LatencyHistogram,
     send_errors: u64,
     latency: LatencyHistogram,
+    burst_first: LatencyHistogram,
+    burst_all: LatencyHistogram,
     cpu: CpuUse,
     interrupted: bool,
 }
@@ -562,7 +772,7 @@ fn drive_traffic(
             .collect();
         let tx: Vec<_> = (0..senders)
             .map(|s| {
-                let slots = plan_sender(calls, s, senders, sched.run);
+                let slots = plan_sender(calls, s, senders, &sched);
                 scope.spawn(move || run_sender(slots, sched, tick_ns))
             })
             .collect();
@@ -595,6 +805,8 @@ fn drive_traffic(
             got.misrouted += r.misrouted;
             got.foreign += r.foreign;
             got.latency.merge(&r.latency);
+            got.burst_first.merge(&r.burst_first);
+            got.burst_all.merge(&r.burst_all);
         }
         Ok(Traffic {
             expected: sent.expected_measured,
@@ -607,6 +819,8 @@ fn drive_traffic(
             lag: sent.lag,
             send_errors: sent.send_errors,
             latency: got.latency,
+            burst_first: got.burst_first,
+            burst_all: got.burst_all,
             cpu: usage::between(&start, &end),
             interrupted: interrupted || stop_requested(),
         })
@@ -617,7 +831,44 @@ fn us(ns: Option<u64>) -> Option<f64> {
     ns.map(|v| v as f64 / 1_000.0)
 }
 
-fn add_traffic_rows(report: &mut Report, t: &Traffic, calls: usize, duration_s: u64) {
+fn add_burst_rows(report: &mut Report, t: &Traffic) {
+    let rows = [
+        (
+            &t.burst_first,
+            [
+                "burst_first_count",
+                "bursts (first packets received)",
+                "burst_first_p50_us",
+                "first packet after silence, latency p50",
+                "burst_first_p99_us",
+                "first packet after silence, latency p99",
+                "burst_first_max_us",
+                "first packet after silence, latency max",
+            ],
+        ),
+        (
+            &t.burst_all,
+            [
+                "burst_count",
+                "packets received from bursts",
+                "burst_p50_us",
+                "burst packets, latency p50",
+                "burst_p99_us",
+                "burst packets, latency p99",
+                "burst_max_us",
+                "burst packets, latency max",
+            ],
+        ),
+    ];
+    for (h, [count, count_label, p50, p50_label, p99, p99_label, max, max_label]) in rows {
+        report.int(count, count_label, h.count(), "pkts");
+        report.float(p50, p50_label, us(h.percentile(50.0)), 1, "us");
+        report.float(p99, p99_label, us(h.percentile(99.0)), 1, "us");
+        report.float(max, max_label, us(h.max()), 1, "us");
+    }
+}
+
+fn add_traffic_rows(report: &mut Report, t: &Traffic, calls: usize, ptime_ms: u64, window_s: f64) {
     report.int(
         "expected",
         "packets due (both directions)",
@@ -639,18 +890,18 @@ fn add_traffic_rows(report: &mut Report, t: &Traffic, calls: usize, duration_s: 
     );
     report.int("foreign", "unrecognised datagrams", t.foreign, "pkts");
     report.int("send_errors", "send errors", t.send_errors, "");
-    let relayed_pps = t.received as f64 / duration_s.max(1) as f64;
+    let relayed_pps = (window_s > 0.0).then(|| t.received as f64 / window_s);
     report.float(
         "relayed_pps",
         "relayed packets per second",
-        Some(relayed_pps),
+        relayed_pps,
         0,
         "pps",
     );
     report.float(
         "offered_pps",
         "offered packets per second (nominal)",
-        Some((calls as u64 * 2 * PACKETS_PER_SEC) as f64),
+        Some(calls as f64 * 2.0 * 1000.0 / ptime_ms.max(1) as f64),
         0,
         "pps",
     );
@@ -682,6 +933,11 @@ fn add_traffic_rows(report: &mut Report, t: &Traffic, calls: usize, duration_s: 
         1,
         "us",
     );
+    add_lag_rows(report, t);
+}
+
+/// How far the senders fell behind their schedule.
+fn add_lag_rows(report: &mut Report, t: &Traffic) {
     report.float(
         "send_lag_p99_us",
         "sender lag behind schedule, p99",
@@ -696,7 +952,12 @@ fn add_traffic_rows(report: &mut Report, t: &Traffic, calls: usize, duration_s: 
         1,
         "us",
     );
-    report.int("late_sends", "packets sent >10 ms late", t.late, "pkts");
+    report.int(
+        "late_sends",
+        "packets sent over half a period late",
+        t.late,
+        "pkts",
+    );
 }
 
 #[cfg(test)]
@@ -705,21 +966,17 @@ mod tests {
 
     #[test]
     fn phases_spread_over_the_period() {
-        assert_eq!(phase_ns(0, 4), 0);
-        assert_eq!(phase_ns(1, 4), 5 * NS_PER_MS);
-        assert_eq!(phase_ns(3, 4), 15 * NS_PER_MS);
-        assert!(phase_ns(1999, 2000) < PERIOD_NS);
-        assert_eq!(phase_ns(0, 0), 0);
+        let period = 20 * NS_PER_MS;
+        assert_eq!(phase_ns(0, 4, period), 0);
+        assert_eq!(phase_ns(1, 4, period), 5 * NS_PER_MS);
+        assert_eq!(phase_ns(3, 4, period), 15 * NS_PER_MS);
+        assert!(phase_ns(1999, 2000, period) < period);
+        assert_eq!(phase_ns(0, 0, period), 0);
     }
 
     #[test]
     fn measured_window_excludes_warmup() {
-        let s = Schedule {
-            t0: 1_000,
-            warmup_cycles: 150,
-            total_cycles: 1150,
-            run: 1,
-        };
+        let s = test_schedule(None);
         assert!(!s.measured(149));
         assert!(s.measured(150));
         assert!(s.measured(1149));
@@ -730,7 +987,114 @@ mod tests {
 
     #[test]
     fn huge_runs_are_refused_up_front() {
-        assert!(check_memory(500, 1150).is_ok());
-        assert!(check_memory(20_000, 3_600 * 50 * 4).is_err());
+        assert!(check_memory(500, 1150, 23).is_ok());
+        assert!(check_memory(20_000, 3_600 * 50 * 4, 3600).is_err());
+    }
+
+    fn test_schedule(silence: Option<SilenceCycles>) -> Schedule {
+        Schedule {
+            t0: 1_000,
+            period_ns: 20 * NS_PER_MS,
+            warmup_cycles: 150,
+            total_cycles: 1150,
+            streams: 4,
+            silence,
+            packet_len: packet::PACKET_LEN,
+            run: 1,
+        }
+    }
+
+    #[test]
+    fn silences_are_staggered_and_as_long_as_asked() {
+        let s = test_schedule(Some(SilenceCycles {
+            every: 100,
+            silent: 10,
+        }));
+        for stream in 0..4 {
+            let silent: Vec<u64> = (0..200).filter(|&c| s.silent(stream, c)).collect();
+            assert_eq!(silent.len(), 20, "stream {stream}");
+            // Two silences of 10 consecutive periods each.
+            assert_eq!(silent[9] - silent[0], 9);
+            assert_eq!(silent[10] - silent[0], 100);
+        }
+        let first = |stream| (0..200).find(|&c| s.silent(stream, c));
+        assert_eq!(first(0), Some(90));
+        assert_eq!(first(1), Some(65));
+        assert!(!test_schedule(None).silent(0, 99));
+    }
+
+    #[test]
+    fn owed_packets_go_out_in_a_burst_after_each_silence() {
+        let tx = crate::runctl::bind_loopback_udp().unwrap();
+        let rx = crate::runctl::bind_loopback_udp().unwrap();
+        let mut sched = test_schedule(Some(SilenceCycles {
+            every: 10,
+            silent: 3,
+        }));
+        sched.t0 = now_ns();
+        sched.period_ns = NS_PER_MS;
+        sched.warmup_cycles = 0;
+        sched.total_cycles = 20;
+        sched.streams = 1;
+        let mut buf = vec![0u8; sched.packet_len];
+        packet::write_template(&mut buf, sched.run, 0);
+        let slot = SendSlot {
+            phase: 0,
+            stream: 0,
+            sock: &tx,
+            dest: rx.local_addr().unwrap(),
+            buf,
+            held_from: None,
+        };
+        let stats = run_sender(vec![slot], sched, 20_000);
+        assert_eq!((stats.sent_measured, stats.expected_measured), (20, 20));
+        // Only the packets sent when due count in the lag figures.
+        assert_eq!(stats.lag.count(), 14);
+        rx.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut datagram = [0u8; 2048];
+        while let Ok(n) = rx.recv(&mut datagram) {
+            let p = packet::decode(&datagram[..n], sched.run, sched.packet_len).unwrap();
+            got.push((p.seq, p.burst));
+        }
+        let seqs: Vec<u32> = got.iter().map(|g| g.0).collect();
+        assert_eq!(seqs, (0..20).collect::<Vec<u32>>());
+        let marks = |range: std::ops::Range<usize>| -> Vec<Burst> {
+            got[range].iter().map(|g| g.1).collect()
+        };
+        use Burst::{First, Rest};
+        assert_eq!(marks(6..11), [Burst::None, First, Rest, Rest, Rest]);
+        assert_eq!(marks(16..20), [Burst::None, First, Rest, Rest]);
+    }
+
+    #[test]
+    fn the_schedule_follows_ptime_and_silence_options() {
+        let mut cfg = crate::options::parse(&[
+            "--ctrl".to_string(),
+            "udp:127.0.0.1:1".to_string(),
+            "--ptime".to_string(),
+            "10".to_string(),
+            "--silence".to_string(),
+            "1000:100".to_string(),
+        ])
+        .map(|p| match p {
+            crate::options::Parsed::Run(c) => *c,
+            crate::options::Parsed::Help => unreachable!(),
+        })
+        .unwrap();
+        cfg.warmup_s = 3;
+        cfg.duration_s = 15;
+        let s = schedule(&cfg, 10, 7);
+        assert_eq!(s.period_ns, 10 * NS_PER_MS);
+        assert_eq!((s.warmup_cycles, s.total_cycles), (300, 1800));
+        assert_eq!(s.packet_len, 92);
+        assert_eq!(s.late_ns(), 5 * NS_PER_MS);
+        assert!(matches!(
+            s.silence,
+            Some(SilenceCycles {
+                every: 100,
+                silent: 10
+            })
+        ));
     }
 }

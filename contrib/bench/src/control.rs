@@ -307,7 +307,42 @@ fn control_report(
         "",
     );
     report.int("duration_s", "measured seconds", cfg.duration_s, "s");
-    let secs = cfg.duration_s.max(1) as f64;
+    add_rate_rows(&mut report, all, cfg.duration_s);
+    usage::add_rows(&mut report, cpu, None, relay_pid);
+    let load = GeneratorLoad {
+        cpu_cores: cpu.generator_cores,
+        cpus_busy: cpu.generator_cpus_busy,
+        allowed_cpus: procfs::allowed_cpus(),
+        ..Default::default()
+    };
+    // A cut-short window says nothing about saturation.
+    if !interrupted {
+        flag_saturation(&mut report, &load);
+    }
+    usage::check_relay_alive(&mut report, relay_pid);
+    if let Some(e) = &all.first_error {
+        report.text("first_error", "first error", e);
+    }
+    add_survival_rows(&mut report, all, relay_pid);
+    if all.gave_up {
+        report.warn(format!(
+            "workers stopped after {GIVE_UP_AFTER_UNANSWERED} unanswered requests in a row: the relay stopped answering"
+        ));
+    }
+    if not_cleaned > 0 {
+        report.warn(format!("{not_cleaned} sessions could not be deleted"));
+    }
+    if interrupted {
+        report.warn(
+            "INTERRUPTED: the run was stopped early; the figures cover a partial window".into(),
+        );
+    }
+    report
+}
+
+/// How many cycles and commands went through, how fast, and what failed.
+fn add_rate_rows(report: &mut Report, all: &WorkerStats, duration_s: u64) {
+    let secs = duration_s.max(1) as f64;
     report.int("cycles_ok", "cycles completed", all.cycles_ok, "");
     report.int(
         "cycles_failed",
@@ -330,7 +365,7 @@ fn control_report(
         1,
         "/s",
     );
-    add_kind_rows(&mut report, &all.kinds);
+    add_kind_rows(report, &all.kinds);
     let errors: u64 = all
         .kinds
         .iter()
@@ -339,21 +374,10 @@ fn control_report(
     let timeouts: u64 = all.kinds.iter().map(|k| k.timeouts).sum();
     report.int("errors", "error replies", errors, "");
     report.int("timeouts", "timeouts", timeouts, "");
-    usage::add_rows(&mut report, cpu, None, relay_pid);
-    let load = GeneratorLoad {
-        cpu_cores: cpu.generator_cores,
-        cpus_busy: cpu.generator_cpus_busy,
-        allowed_cpus: procfs::allowed_cpus(),
-        ..Default::default()
-    };
-    // A cut-short window says nothing about saturation.
-    if !interrupted {
-        flag_saturation(&mut report, &load);
-    }
-    usage::check_relay_alive(&mut report, relay_pid);
-    if let Some(e) = &all.first_error {
-        report.text("first_error", "first error", e);
-    }
+}
+
+/// When the relay stopped answering or died: how far it got.
+fn add_survival_rows(report: &mut Report, all: &WorkerStats, relay_pid: Option<i32>) {
     let relay_gone = relay_pid.is_some_and(|pid| !procfs::is_alive(pid));
     if all.gave_up || relay_gone {
         report.int(
@@ -378,20 +402,6 @@ fn control_report(
             "/s",
         );
     }
-    if all.gave_up {
-        report.warn(format!(
-            "workers stopped after {GIVE_UP_AFTER_UNANSWERED} unanswered requests in a row: the relay stopped answering"
-        ));
-    }
-    if not_cleaned > 0 {
-        report.warn(format!("{not_cleaned} sessions could not be deleted"));
-    }
-    if interrupted {
-        report.warn(
-            "INTERRUPTED: the run was stopped early; the figures cover a partial window".into(),
-        );
-    }
-    report
 }
 
 fn add_kind_rows(report: &mut Report, kinds: &[KindStats; 3]) {

@@ -117,6 +117,7 @@ fn flood_sender(
                 stream: FLOOD_STREAM,
                 seq: (seq + i as u64) as u32,
                 sent_ns: now,
+                burst: packet::Burst::None,
             };
             packet::stamp(buf, &probe);
         }
@@ -181,7 +182,7 @@ fn count_flood_packet(
     window: Window,
     arrived: u64,
 ) {
-    let probe = match packet::decode(datagram, window.run) {
+    let probe = match packet::decode(datagram, window.run, PACKET_LEN) {
         Ok(p) if p.stream == FLOOD_STREAM => p,
         _ => {
             flow.foreign += 1;
@@ -209,6 +210,7 @@ fn prime_callee(receiver: &UdpSocket, relay_out: SocketAddr, run: u32) {
             stream: PRIMING_STREAM,
             seq,
             sent_ns: now_ns(),
+            burst: packet::Burst::None,
         };
         packet::stamp(&mut buf, &probe);
         // A lost priming packet only matters to relays that need it, and
@@ -294,6 +296,60 @@ fn flood_report(
         "pps",
     );
     let secs = cfg.duration_s.max(1) as f64;
+    add_flow_rows(&mut report, flow, secs);
+    report.int(
+        "relay_queue_drops",
+        "dropped by the relay's input queue",
+        drops.relay,
+        "pkts",
+    );
+    report.int(
+        "generator_queue_drops",
+        "dropped by the generator's receive queue",
+        drops.generator,
+        "pkts",
+    );
+    usage::add_rows(
+        &mut report,
+        &flow.cpu,
+        Some(flow.received_measured),
+        relay_pid,
+    );
+    let relayed_pps = flow.received_measured as f64 / secs;
+    let (capacity, basis) = capacity_estimate(flow, relayed_pps);
+    report.float(
+        "relay_capacity_pps_est",
+        "relay capacity at a full core (estimate)",
+        capacity,
+        0,
+        "pps",
+    );
+    report.text("relay_capacity_basis", "capacity estimated from", basis);
+    add_limit_row(&mut report, flow, drops);
+    usage::add_background_row(&mut report, flow.background);
+    usage::add_disturbance_rows(&mut report, &flow.cpu);
+    // A flood saturates the sender by design; what must not saturate is
+    // the generator's receive side, or the relayed rate is understated.
+    let load = GeneratorLoad {
+        allowed_cpus: procfs::allowed_cpus(),
+        receive_drops: drops.generator,
+        ..Default::default()
+    };
+    // A cut-short window says nothing about saturation.
+    if !flow.interrupted {
+        flag_saturation(&mut report, &load);
+    }
+    usage::check_relay_alive(&mut report, relay_pid);
+    if flow.interrupted {
+        report.warn(
+            "INTERRUPTED: the run was stopped early; the figures cover a partial window".into(),
+        );
+    }
+    report
+}
+
+/// What was sent, what came back, and how long it took.
+fn add_flow_rows(report: &mut Report, flow: &Flow, secs: f64) {
     report.int("sent", "packets sent", flow.sent_measured, "pkts");
     report.int(
         "received",
@@ -345,55 +401,6 @@ fn flood_report(
         1,
         "us",
     );
-    report.int(
-        "relay_queue_drops",
-        "dropped by the relay's input queue",
-        drops.relay,
-        "pkts",
-    );
-    report.int(
-        "generator_queue_drops",
-        "dropped by the generator's receive queue",
-        drops.generator,
-        "pkts",
-    );
-    usage::add_rows(
-        &mut report,
-        &flow.cpu,
-        Some(flow.received_measured),
-        relay_pid,
-    );
-    let relayed_pps = flow.received_measured as f64 / secs;
-    let (capacity, basis) = capacity_estimate(flow, relayed_pps);
-    report.float(
-        "relay_capacity_pps_est",
-        "relay capacity at a full core (estimate)",
-        capacity,
-        0,
-        "pps",
-    );
-    report.text("relay_capacity_basis", "capacity estimated from", basis);
-    add_limit_row(&mut report, flow, drops);
-    usage::add_background_row(&mut report, flow.background);
-    usage::add_disturbance_rows(&mut report, &flow.cpu);
-    // A flood saturates the sender by design; what must not saturate is
-    // the generator's receive side, or the relayed rate is understated.
-    let load = GeneratorLoad {
-        allowed_cpus: procfs::allowed_cpus(),
-        receive_drops: drops.generator,
-        ..Default::default()
-    };
-    // A cut-short window says nothing about saturation.
-    if !flow.interrupted {
-        flag_saturation(&mut report, &load);
-    }
-    usage::check_relay_alive(&mut report, relay_pid);
-    if flow.interrupted {
-        report.warn(
-            "INTERRUPTED: the run was stopped early; the figures cover a partial window".into(),
-        );
-    }
-    report
 }
 
 /// The relay's rate scaled to a full core. When the relay has a CPU of
@@ -890,6 +897,7 @@ mod tests {
                     stream: FLOOD_STREAM,
                     seq,
                     sent_ns: sent,
+                    burst: packet::Burst::None,
                 },
             );
             count_flood_packet(&mut flow, &mut tracker, &buf, w, 300);

@@ -4,16 +4,20 @@
 
 mod calls;
 mod clock;
+mod compare;
 mod control;
 mod ctrl;
 mod flood;
 mod options;
 mod packet;
 mod procfs;
+mod relayproc;
 mod report;
 mod runctl;
+mod scenario;
 mod session;
 mod stats;
+mod summary;
 mod sweep;
 mod usage;
 
@@ -81,6 +85,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         Mode::Baseline => flood::run_baseline(cfg, run)?.emit(json),
         Mode::Control => control::run_control(cfg, relay_pid, run)?.emit(json),
         Mode::Sweep => sweep::run_sweep(cfg, relay_pid, run),
+        Mode::Compare => compare::run_compare(cfg),
         Mode::BaselineRelay => Ok(()),
     }
 }

@@ -1,6 +1,8 @@
 //! The command line: every option, its default, its bounds, and `--help`.
 
 use crate::ctrl::{parse_host, parse_host_port, require_loopback, CtrlSpec, CtrlTiming};
+use crate::packet::{MAX_PTIME_MS, MIN_PTIME_MS};
+use crate::scenario::{self, CompareConfig};
 use getopts::Options;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,6 +21,8 @@ pub enum Mode {
     Control,
     /// `calls` over several call counts, to CSV and PNG.
     Sweep,
+    /// Several relays, several scenarios, alternating rounds, medians.
+    Compare,
     /// The minimal relay itself (started by `baseline`, not by people).
     BaselineRelay,
 }
@@ -31,9 +35,10 @@ impl Mode {
             "baseline" => Ok(Mode::Baseline),
             "control" => Ok(Mode::Control),
             "sweep" => Ok(Mode::Sweep),
+            "compare" => Ok(Mode::Compare),
             "baseline-relay" => Ok(Mode::BaselineRelay),
             other => Err(format!(
-                "unknown mode {other:?}: expected calls, flood, baseline, control or sweep"
+                "unknown mode {other:?}: expected calls, flood, baseline, control, sweep or compare"
             )),
         }
     }
@@ -46,6 +51,41 @@ pub enum Cycle {
     UpdateLookupDelete,
     /// `U`, `D`: an offer that was never answered.
     UpdateDelete,
+}
+
+/// Periodic silences, each followed by a burst of the packets it held
+/// back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Silence {
+    /// A silence starts once per this many milliseconds of each stream.
+    pub every_ms: u64,
+    /// How long each silence lasts, milliseconds.
+    pub length_ms: u64,
+}
+
+impl Silence {
+    /// Parses `EVERY_MS:LENGTH_MS`; both must be whole multiples of the
+    /// packet time, and the silence shorter than its period.
+    pub fn parse(text: &str, ptime_ms: u64) -> Result<Silence, String> {
+        let bad = || format!("--silence {text}: expected EVERY_MS:LENGTH_MS, e.g. 2000:200");
+        let (every, length) = text.split_once(':').ok_or_else(bad)?;
+        let every_ms = parse_num::<u64>("silence", every, 1, 3_600_000)?;
+        let length_ms = parse_num::<u64>("silence", length, 1, 3_600_000)?;
+        if every_ms % ptime_ms != 0 || length_ms % ptime_ms != 0 {
+            return Err(format!(
+                "--silence {text}: both must be multiples of the packet time ({ptime_ms} ms)"
+            ));
+        }
+        if length_ms >= every_ms {
+            return Err(format!(
+                "--silence {text}: the silence must be shorter than its period"
+            ));
+        }
+        Ok(Silence {
+            every_ms,
+            length_ms,
+        })
+    }
 }
 
 /// Everything a run needs to know.
@@ -63,6 +103,12 @@ pub struct Config {
     pub pidfile: Option<PathBuf>,
     /// Concurrent calls in `calls`.
     pub calls: usize,
+    /// Sessions set up beside the calls that never send a packet.
+    pub idle_calls: usize,
+    /// Packet time of `calls`, milliseconds per packet per direction.
+    pub ptime_ms: u64,
+    /// Silences and bursts in `calls`; `None`: steady sending.
+    pub silence: Option<Silence>,
     /// Measured seconds.
     pub duration_s: u64,
     /// Seconds of traffic before measuring.
@@ -108,6 +154,8 @@ pub struct Config {
     pub png: PathBuf,
     /// Where the minimal relay forwards (internal).
     pub forward_to: Option<SocketAddr>,
+    /// What `compare` runs and against which relays.
+    pub compare: CompareConfig,
 }
 
 const USAGE_HEAD: &str = "\
@@ -136,6 +184,13 @@ Modes:
   sweep     calls for each count in --sweep-calls; writes --csv and, when
             gnuplot is installed, --png (relay CPU per packet and p99
             latency against the number of calls)
+  compare   several relays side by side: starts each relay (--rtpproxy,
+            rtpengine when installed) fresh for every run, pinned to
+            --relay-cpu, or uses relays given by address (--relay); runs
+            every scenario of --scenarios on every relay in each of
+            --rounds rounds, rotating the relays' order between rounds;
+            prints each run, then a Markdown table of medians; needs no
+            --ctrl
   baseline-relay
             internal: the minimal relay that baseline starts as a child
 
@@ -194,6 +249,22 @@ fn build_options() -> Options {
         "seconds of traffic before measuring (default 3)",
         "W",
     );
+    add_generator_options(&mut o);
+    add_mode_options(&mut o);
+    add_traffic_options(&mut o);
+    scenario::add_options(&mut o);
+    o.optopt(
+        "",
+        "forward-to",
+        "internal (baseline-relay): where to forward",
+        "HOST:PORT",
+    );
+    o.optflag("h", "help", "print this help");
+    o
+}
+
+/// How the generator sends, receives and signals.
+fn add_generator_options(o: &mut Options) {
     o.optopt(
         "",
         "senders",
@@ -246,6 +317,10 @@ fn build_options() -> Options {
         "UDP control resends after a timeout (default 2)",
         "N",
     );
+}
+
+/// The options of flood, baseline, control and sweep.
+fn add_mode_options(o: &mut Options) {
     o.optopt(
         "",
         "rate",
@@ -305,14 +380,33 @@ fn build_options() -> Options {
         "sweep: plot output (default rtpp-bench-sweep.png)",
         "PATH",
     );
+}
+
+fn add_traffic_options(o: &mut Options) {
     o.optopt(
         "",
-        "forward-to",
-        "internal (baseline-relay): where to forward",
-        "HOST:PORT",
+        "ptime",
+        "calls: packet time, ms per packet per direction (default 20; 10 = 100 packets a \
+         second each way); the payload is 8 bytes per ms (G.711) after the 12-byte header",
+        "MS",
     );
-    o.optflag("h", "help", "print this help");
-    o
+    o.optopt(
+        "",
+        "silence",
+        "calls: every EVERY ms each stream falls silent for LENGTH ms, then sends the \
+         packets due during the silence back to back, followed by the one due as it ends \
+         (a burst of LENGTH/ptime + 1 packets, as after a stall upstream); streams are \
+         staggered so their silences spread over the period. Burst packets get their own \
+         latency rows. Both multiples of --ptime, e.g. 2000:200",
+        "EVERY:LENGTH",
+    );
+    o.optopt(
+        "",
+        "idle-calls",
+        "calls: also set up N sessions (Us + Ls, with their ports) that never send, \
+         deleted at the end like the others (default 0)",
+        "N",
+    );
 }
 
 /// The full `--help` text.
@@ -341,27 +435,12 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         more => return Err(format!("one mode expected, got {}", more.join(" "))),
     };
     let ctrl = m.opt_str("ctrl").map(|s| CtrlSpec::parse(&s)).transpose()?;
-    if ctrl.is_none() && !matches!(mode, Mode::Baseline | Mode::BaselineRelay) {
+    let needs_ctrl = !matches!(mode, Mode::Baseline | Mode::BaselineRelay | Mode::Compare);
+    if ctrl.is_none() && needs_ctrl {
         return Err("--ctrl is required (udp:HOST:PORT or unix:PATH)".into());
     }
-    let relay_addr = match m.opt_str("relay-addr") {
-        Some(s) => {
-            let ip =
-                parse_host(&s).ok_or_else(|| format!("--relay-addr {s}: not an IP address"))?;
-            require_loopback(ip, "--relay-addr")?;
-            Some(ip)
-        }
-        None => None,
-    };
-    let forward_to = match m.opt_str("forward-to") {
-        Some(s) => {
-            let addr = parse_host_port(&s)
-                .ok_or_else(|| format!("--forward-to {s}: expected HOST:PORT"))?;
-            require_loopback(addr.ip(), "--forward-to")?;
-            Some(addr)
-        }
-        None => None,
-    };
+    let (ptime_ms, silence) = parse_traffic(&m, mode)?;
+    let (relay_addr, forward_to) = parse_addresses(&m)?;
     let pid = m
         .opt_str("pid")
         .map(|s| parse_num::<i32>("pid", &s, 1, i32::MAX))
@@ -372,16 +451,14 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         .ok()
         .flatten()
         .unwrap_or(1);
-    let default_baseline_cpu = (online >= 2).then_some(1);
+    let compare = scenario::parse_compare(&m, args, online)?;
     let baseline_cpu = match m.opt_str("baseline-cpu") {
         Some(s) => Some(parse_num::<usize>("baseline-cpu", &s, 0, 1023)?),
-        None => default_baseline_cpu,
+        // Compared with the relays, the minimal relay runs where they do.
+        None if mode == Mode::Compare => Some(compare.relay_cpu),
+        None => (online >= 2).then_some(1),
     };
-    let cycle = match m.opt_str("cycle").as_deref() {
-        None | Some("uld") => Cycle::UpdateLookupDelete,
-        Some("ud") => Cycle::UpdateDelete,
-        Some(other) => return Err(format!("--cycle {other}: expected uld or ud")),
-    };
+    let cycle = parse_cycle(m.opt_str("cycle").as_deref())?;
     let sweep_calls = match m.opt_str("sweep-calls") {
         Some(s) => parse_list(&s)?,
         None => vec![100, 500, 1000, 2000],
@@ -397,6 +474,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         pid,
         pidfile: m.opt_str("pidfile").map(PathBuf::from),
         calls: opt_num(&m, "calls", 100, 1, MAX_CALLS)?,
+        idle_calls: opt_num(&m, "idle-calls", 0, 0, MAX_CALLS)?,
+        ptime_ms,
+        silence,
         duration_s: opt_num(&m, "duration", 20, 1, 3600)?,
         warmup_s: opt_num(&m, "warmup", 3, 0, 600)?,
         senders: opt_num(&m, "senders", 2, 1, 64)?,
@@ -416,23 +496,65 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         cycle,
         sweep_calls,
         sweep_pause_s: opt_num(&m, "sweep-pause", 2, 0, 600)?,
-        csv: PathBuf::from(
-            m.opt_str("csv")
-                .unwrap_or_else(|| "rtpp-bench-sweep.csv".into()),
-        ),
-        png: PathBuf::from(
-            m.opt_str("png")
-                .unwrap_or_else(|| "rtpp-bench-sweep.png".into()),
-        ),
+        csv: path_or(&m, "csv", "rtpp-bench-sweep.csv"),
+        png: path_or(&m, "png", "rtpp-bench-sweep.png"),
         forward_to,
+        compare,
     })))
+}
+
+/// `--relay-addr` and `--forward-to`, both on loopback.
+fn parse_addresses(m: &getopts::Matches) -> Result<(Option<IpAddr>, Option<SocketAddr>), String> {
+    let relay_addr = match m.opt_str("relay-addr") {
+        Some(s) => {
+            let ip =
+                parse_host(&s).ok_or_else(|| format!("--relay-addr {s}: not an IP address"))?;
+            require_loopback(ip, "--relay-addr")?;
+            Some(ip)
+        }
+        None => None,
+    };
+    let forward_to = match m.opt_str("forward-to") {
+        Some(s) => {
+            let addr = parse_host_port(&s)
+                .ok_or_else(|| format!("--forward-to {s}: expected HOST:PORT"))?;
+            require_loopback(addr.ip(), "--forward-to")?;
+            Some(addr)
+        }
+        None => None,
+    };
+    Ok((relay_addr, forward_to))
+}
+
+fn path_or(m: &getopts::Matches, name: &str, default: &str) -> PathBuf {
+    PathBuf::from(m.opt_str(name).unwrap_or_else(|| default.into()))
+}
+
+/// `--ptime` and `--silence`.
+fn parse_traffic(m: &getopts::Matches, mode: Mode) -> Result<(u64, Option<Silence>), String> {
+    let ptime_ms = opt_num(m, "ptime", 20, MIN_PTIME_MS, MAX_PTIME_MS)?;
+    // compare's burst scenario sends at 20 ms whatever --ptime says.
+    let silence_ptime = if mode == Mode::Compare { 20 } else { ptime_ms };
+    let silence = m
+        .opt_str("silence")
+        .map(|s| Silence::parse(&s, silence_ptime))
+        .transpose()?;
+    Ok((ptime_ms, silence))
+}
+
+fn parse_cycle(text: Option<&str>) -> Result<Cycle, String> {
+    match text {
+        None | Some("uld") => Ok(Cycle::UpdateLookupDelete),
+        Some("ud") => Ok(Cycle::UpdateDelete),
+        Some(other) => Err(format!("--cycle {other}: expected uld or ud")),
+    }
 }
 
 /// The most calls one run may set up: two sockets each, and the relay
 /// needs four ports each.
 pub const MAX_CALLS: usize = 20_000;
 
-fn opt_num<T>(m: &getopts::Matches, name: &str, default: T, min: T, max: T) -> Result<T, String>
+pub fn opt_num<T>(m: &getopts::Matches, name: &str, default: T, min: T, max: T) -> Result<T, String>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
@@ -442,7 +564,7 @@ where
     }
 }
 
-fn parse_num<T>(name: &str, text: &str, min: T, max: T) -> Result<T, String>
+pub fn parse_num<T>(name: &str, text: &str, min: T, max: T) -> Result<T, String>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
@@ -530,6 +652,43 @@ mod tests {
             "1,,2"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn odd_traffic_options_parse() {
+        let c = config(&["--ctrl", "udp:127.0.0.1:1"]).unwrap();
+        assert_eq!((c.ptime_ms, c.silence, c.idle_calls), (20, None, 0));
+        let c = config(&[
+            "--ctrl",
+            "udp:127.0.0.1:1",
+            "--ptime",
+            "10",
+            "--silence",
+            "1000:100",
+            "--idle-calls",
+            "2000",
+        ])
+        .unwrap();
+        assert_eq!(c.ptime_ms, 10);
+        assert_eq!(
+            c.silence,
+            Some(Silence {
+                every_ms: 1000,
+                length_ms: 100
+            })
+        );
+        assert_eq!(c.idle_calls, 2000);
+        for bad in ["100", "100:100", "1000:15", "x:1", "1000:0"] {
+            assert!(config(&["--ctrl", "udp:127.0.0.1:1", "--silence", bad]).is_err());
+        }
+        assert!(config(&["--ctrl", "udp:127.0.0.1:1", "--ptime", "1"]).is_err());
+    }
+
+    #[test]
+    fn compare_needs_no_ctrl() {
+        let c = config(&["compare"]).unwrap();
+        assert_eq!(c.mode, Mode::Compare);
+        assert_eq!(c.baseline_cpu, Some(c.compare.relay_cpu));
     }
 
     #[test]

@@ -257,6 +257,35 @@ pub fn parse_udp_drops(text: &str, ports: &HashSet<u16>) -> u64 {
         .sum()
 }
 
+/// The machine in one line: CPU model, CPUs online, kernel release.
+pub fn machine_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| parse_cpu_model(&text))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = sysconf(SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{model}, {cpus} CPUs online, Linux {kernel}")
+}
+
+/// The first `model name` of `/proc/cpuinfo` (some architectures call it
+/// `Processor` or `cpu model`).
+fn parse_cpu_model(text: &str) -> Option<String> {
+    ["model name", "Processor", "cpu model"]
+        .iter()
+        .find_map(|key| {
+            text.lines().find_map(|line| {
+                let (k, v) = line.split_once(':')?;
+                (k.trim() == *key && !v.trim().is_empty()).then(|| v.trim().to_string())
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +388,14 @@ mod tests {
         let inodes = parse_udp_inodes(&text, port);
         assert_eq!(holds_socket(std::process::id() as i32, &inodes), Some(true));
         assert_eq!(holds_socket(std::process::id() as i32, &[0]), Some(false));
+    }
+
+    #[test]
+    fn cpu_model_is_found() {
+        let text = "processor\t: 0\nvendor_id\t: X\nmodel name\t: Some CPU @ 2.80GHz\n";
+        assert_eq!(parse_cpu_model(text), Some("Some CPU @ 2.80GHz".into()));
+        assert_eq!(parse_cpu_model("nothing\n"), None);
+        assert!(machine_description().contains("Linux"));
     }
 
     #[test]

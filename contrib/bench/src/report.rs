@@ -156,15 +156,21 @@ impl Report {
         let _ = write!(stdout, "{}", self.table());
         let _ = writeln!(stdout, "{line}");
         let _ = stdout.flush();
-        if let Some(path) = json_file {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("--json {}: {e}", path.display()))?;
-            writeln!(file, "{line}").map_err(|e| format!("--json {}: {e}", path.display()))?;
+        match json_file {
+            Some(path) => self.append_json(path),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Appends the JSON line to `path`.
+    pub fn append_json(&self, path: &Path) -> Result<(), String> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("--json {}: {e}", path.display()))?;
+        writeln!(file, "{}", self.json_line())
+            .map_err(|e| format!("--json {}: {e}", path.display()))
     }
 }
 

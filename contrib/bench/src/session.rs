@@ -106,43 +106,8 @@ pub fn set_up_calls(sig: &Signalling, n: usize) -> Result<Vec<Call>, String> {
     let tag = format!("{:x}", sig.run);
     let localhost: IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
 
-    let mut updates = Vec::with_capacity(n);
-    for ((call_id, from_tag, _), p) in ids.iter().zip(&parties) {
-        updates.push(update_command(
-            call_id,
-            localhost,
-            local_port(&p.caller)?,
-            from_tag,
-        ));
-    }
-    let update_replies = run_pipelined(
-        sig.spec,
-        &format!("{tag}u"),
-        &updates,
-        sig.window,
-        sig.timing,
-    )?;
-    let mut callee_dests = Vec::with_capacity(n);
+    let callee_dests = signal_updates(sig, &ids, &parties)?;
     let mut failure = None;
-    for (i, reply) in update_replies.iter().enumerate() {
-        let dest = reply
-            .as_ref()
-            .map_err(|e| describe_failure("Us", i, e))
-            .and_then(|body| parse_port_reply(body).map_err(|e| describe_failure("Us", i, &e)))
-            .and_then(|r| media_destination(&r, sig.relay_addr));
-        match dest {
-            Ok(d) => callee_dests.push(Some(d)),
-            Err(e) => {
-                failure.get_or_insert(e);
-                callee_dests.push(None);
-            }
-        }
-    }
-    if let Some(e) = failure {
-        // A timed-out U may still have created a session: delete them all.
-        delete_by_ids(sig, &ids);
-        return Err(e);
-    }
 
     let mut lookups = Vec::with_capacity(n);
     for ((call_id, from_tag, to_tag), p) in ids.iter().zip(&parties) {
@@ -196,6 +161,56 @@ pub fn set_up_calls(sig: &Signalling, n: usize) -> Result<Vec<Call>, String> {
         return Err(e);
     }
     Ok(calls)
+}
+
+/// Sends `Us` for every call: where each callee must send, or the first
+/// error after deleting whatever was created.
+fn signal_updates(
+    sig: &Signalling,
+    ids: &[(String, String, String)],
+    parties: &[Parties],
+) -> Result<Vec<Option<SocketAddr>>, String> {
+    let n = ids.len();
+    let tag = format!("{:x}", sig.run);
+    let localhost: IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+    let mut updates = Vec::with_capacity(n);
+    for ((call_id, from_tag, _), p) in ids.iter().zip(parties) {
+        updates.push(update_command(
+            call_id,
+            localhost,
+            local_port(&p.caller)?,
+            from_tag,
+        ));
+    }
+    let update_replies = run_pipelined(
+        sig.spec,
+        &format!("{tag}u"),
+        &updates,
+        sig.window,
+        sig.timing,
+    )?;
+    let mut callee_dests = Vec::with_capacity(n);
+    let mut failure = None;
+    for (i, reply) in update_replies.iter().enumerate() {
+        let dest = reply
+            .as_ref()
+            .map_err(|e| describe_failure("Us", i, e))
+            .and_then(|body| parse_port_reply(body).map_err(|e| describe_failure("Us", i, &e)))
+            .and_then(|r| media_destination(&r, sig.relay_addr));
+        match dest {
+            Ok(d) => callee_dests.push(Some(d)),
+            Err(e) => {
+                failure.get_or_insert(e);
+                callee_dests.push(None);
+            }
+        }
+    }
+    if let Some(e) = failure {
+        // A timed-out U may still have created a session: delete them all.
+        delete_by_ids(sig, ids);
+        return Err(e);
+    }
+    Ok(callee_dests)
 }
 
 fn delete_by_ids(sig: &Signalling, ids: &[(String, String, String)]) {

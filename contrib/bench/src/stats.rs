@@ -71,6 +71,11 @@ impl LatencyHistogram {
         self.max = self.max.max(other.max);
     }
 
+    /// How many samples were recorded.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
     /// The largest sample, exactly.
     pub fn max(&self) -> Option<u64> {
         (self.total > 0).then_some(self.max)
