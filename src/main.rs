@@ -17,8 +17,8 @@ use rtpproxy::rtpp_daemon::{
     start_line, Shutdown,
 };
 use rtpproxy::rtpp_defines::{
-    Config, NotifyTarget, BATCH_MIN_SOCKETS, BATCH_WINDOW, CPROTOVER, NOTIFY_CAP, PROTO_CAPS,
-    RTCP_POLL_INTERVAL, TIMETICK,
+    Config, NotifyTarget, BATCH_MIN_SOCKETS, BATCH_WINDOW, CPROTOVER, IDLE_POLL_INTERVAL,
+    NOTIFY_CAP, PROTO_CAPS, RTCP_POLL_INTERVAL, TIMETICK,
 };
 use rtpproxy::rtpp_log::Level;
 use rtpproxy::rtpp_log::{escape, show};
@@ -237,22 +237,17 @@ fn run_loop(
                 &mut changes,
             );
         changes.apply(sessions, &mut daemon.poller);
-        if clock.rtcp_due(now, &daemon.poller) {
-            if let Ok(n) = daemon.poller.poll(Cadence::Slow, 0) {
-                if n > 0 {
-                    let events = daemon.poller.events(Cadence::Slow);
-                    relay_ready(
-                        sessions,
-                        events,
-                        cfg.double_small,
-                        now,
-                        &mut batch,
-                        &mut daemon.notifier,
-                        &mut daemon.hep,
-                        &mut changes,
-                    );
-                    changes.apply(sessions, &mut daemon.poller);
-                }
+        for cadence in [Cadence::Slow, Cadence::Idle] {
+            if clock.slow_due(cadence, now, &daemon.poller) {
+                relay_slow_set(
+                    cfg,
+                    cadence,
+                    sessions,
+                    daemon,
+                    now,
+                    &mut batch,
+                    &mut changes,
+                );
             }
         }
         run_timers(sessions, now, cfg.double_small);
@@ -277,11 +272,46 @@ fn run_loop(
     }
 }
 
-/// The loop's clock: the once-a-second tick, the RTCP poll's cadence, and
-/// the window in which packets gather between polls under load.
+/// Polls a set on a slower clock than every pass (`rtpp_poll`), without
+/// waiting, and relays what it holds.
+fn relay_slow_set(
+    cfg: &Config,
+    cadence: Cadence,
+    sessions: &mut Sessions,
+    daemon: &mut Daemon,
+    now: Instant,
+    batch: &mut RecvBatch,
+    changes: &mut PollChanges,
+) {
+    if !matches!(daemon.poller.poll(cadence, 0), Ok(n) if n > 0) {
+        return;
+    }
+    relay_ready(
+        sessions,
+        daemon.poller.events(cadence),
+        cfg.double_small,
+        now,
+        batch,
+        &mut daemon.notifier,
+        &mut daemon.hep,
+        changes,
+    );
+    changes.apply(sessions, &mut daemon.poller);
+}
+
+/// The sets polled on a clock of their own, and how often.
+const SLOW_SETS: [(Cadence, Duration); 2] = [
+    (Cadence::Slow, RTCP_POLL_INTERVAL),
+    (Cadence::Idle, IDLE_POLL_INTERVAL),
+];
+
+/// The loop's clock: the once-a-second tick, the cadences of the slower
+/// poll sets, and the window in which packets gather between polls under
+/// load.
 struct Clock {
     next_tick: Instant,
-    next_rtcp: Instant,
+    /// When the Slow and the Idle sets are due.
+    next_slow: [Instant; 2],
     last_poll: Instant,
     /// The last pass found media ready.
     busy: bool,
@@ -292,21 +322,21 @@ impl Clock {
         let now = Instant::now();
         Clock {
             next_tick: now + TIMETICK,
-            next_rtcp: now,
+            next_slow: [now; 2],
             last_poll: now,
             busy: false,
         }
     }
 
-    /// The latest the next poll may sleep until: the tick, or the RTCP
-    /// poll while there are RTCP sockets, so an idle daemon sleeps in
+    /// The latest the next poll may sleep until: the tick, or a slower
+    /// set's poll while it has sockets, so an idle daemon sleeps in
     /// poll's 1 s timeout.
     fn next_wake(&self, poller: &Poller) -> Instant {
-        if poller.is_empty(Cadence::Slow) {
-            self.next_tick
-        } else {
-            self.next_tick.min(self.next_rtcp)
-        }
+        SLOW_SETS
+            .iter()
+            .zip(self.next_slow)
+            .filter(|((cadence, _), _)| !poller.is_empty(*cadence))
+            .fold(self.next_tick, |wake, (_, due)| wake.min(due))
     }
 
     /// Polls the every-pass set until `wake` at the latest; `None` when the
@@ -340,12 +370,15 @@ impl Clock {
         }
     }
 
-    /// True (once per interval) when the RTCP set is due for a poll.
-    fn rtcp_due(&mut self, now: Instant, poller: &Poller) -> bool {
-        if poller.is_empty(Cadence::Slow) || now < self.next_rtcp {
+    /// True (once per its interval) when a slower set is due for a poll.
+    fn slow_due(&mut self, cadence: Cadence, now: Instant, poller: &Poller) -> bool {
+        let Some(i) = SLOW_SETS.iter().position(|(c, _)| *c == cadence) else {
+            return false;
+        };
+        if poller.is_empty(cadence) || now < self.next_slow[i] {
             return false;
         }
-        self.next_rtcp = now + RTCP_POLL_INTERVAL;
+        self.next_slow[i] = now + SLOW_SETS[i].1;
         true
     }
 
@@ -376,7 +409,7 @@ fn relay_queued_media(cfg: &Config, sessions: &mut Sessions, daemon: &mut Daemon
     let mut changes = PollChanges::default();
     while Instant::now() < deadline {
         let mut media = false;
-        for cadence in [Cadence::EveryPass, Cadence::Slow] {
+        for cadence in [Cadence::EveryPass, Cadence::Slow, Cadence::Idle] {
             if let Ok(n) = poller.poll(cadence, 0) {
                 if n > 0 {
                     let events = poller.events(cadence);

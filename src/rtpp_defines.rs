@@ -54,15 +54,27 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(1);
 /// Below this many polled sockets polling is cheap; no batching window.
 pub const BATCH_MIN_SOCKETS: usize = 64;
 /// RTCP sockets are polled this often (RTCP is a packet every few seconds),
-/// and so are RTP sockets silent for [`RTP_IDLE_AFTER`].
+/// and so are RTP sockets silent for [`RTP_QUIET_AFTER`].
 pub const RTCP_POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// An RTP socket that has read nothing this long (a call ringing or on
-/// hold, a one-way stream's silent side) moves to the RTCP cadence: a
-/// poll(2) over thousands of idle sockets on every pass would cost more
-/// than relaying the calls that do send. Its next packet, the first after
-/// the silence, waits up to [`RTCP_POLL_INTERVAL`]; then the socket is
-/// polled every pass again. Talk spurts are shorter than this apart.
-pub const RTP_IDLE_AFTER: Duration = Duration::from_secs(2);
+/// A poll(2) over thousands of sockets that have nothing, on every pass,
+/// would cost more than relaying the calls that do send (calls ringing or
+/// on hold, the silent side of a one-way stream, endpoints that send no
+/// RTCP on its own port). So a socket that has read nothing for a while,
+/// and that no command has touched meanwhile, is polled less often until
+/// its next packet (or a `U`/`L` for its session) puts it back: an RTP
+/// socket silent for this long moves to the RTCP clock, so the first
+/// packet after the silence waits up to [`RTCP_POLL_INTERVAL`]. Talk
+/// spurts are closer together than this.
+pub const RTP_QUIET_AFTER: Duration = Duration::from_secs(2);
+/// An RTP socket silent this long moves to the idle clock
+/// ([`IDLE_POLL_INTERVAL`]): a call ringing or on hold, whose media starts
+/// again after a command (which puts the socket back at once).
+pub const RTP_IDLE_AFTER: Duration = Duration::from_secs(30);
+/// An RTCP socket silent this long moves to the idle clock: RTCP comes
+/// every few seconds when it comes at all.
+pub const RTCP_IDLE_AFTER: Duration = Duration::from_secs(10);
+/// How often the sockets that have long had nothing are polled.
+pub const IDLE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Commands read from the UDP control socket per loop pass.
 pub const COMMAND_BATCH: usize = 64;
 

@@ -4,9 +4,11 @@
 //! last one, and the poller fixes that entry's record itself), and after a
 //! poll it lists the ready entries by owner. Nobody else sees a slot index.
 //!
-//! Two sets: one polled every pass (control and metrics sockets, RTP), one polled on
-//! a slower clock (RTCP, a packet every few seconds per call), which keeps
-//! the hot poll short. An entry may also rest ([`Poller::rest`]): it stays
+//! Three sets: one polled every pass (control and metrics sockets, RTP),
+//! one polled on a slower clock (RTCP, a packet every few seconds per
+//! call, and RTP sockets silent for seconds), which keeps the hot poll
+//! short, and one on a slower one still (RTCP sockets that have long had
+//! nothing: many endpoints never send RTCP on its own port). An entry may also rest ([`Poller::rest`]): it stays
 //! in its set, with its descriptor negated so that poll(2) passes over it
 //! at almost no cost, until its time comes (see `rtpp_pacing` for who
 //! rests and for how long).
@@ -19,13 +21,15 @@ use nix::libc;
 
 use crate::rtpp_defines::{Party, SessionId, Stream};
 
-/// Which set an entry is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which set an entry is in, from the most often polled to the least.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Cadence {
     /// Polled every pass of the loop.
     EveryPass,
     /// Polled on the RTCP clock.
     Slow,
+    /// Polled on the idle clock: sockets that have long had nothing.
+    Idle,
 }
 
 impl Cadence {
@@ -261,7 +265,7 @@ fn is_ready(p: &libc::pollfd) -> bool {
 
 /// The poll sets of the daemon.
 pub struct Poller {
-    sets: [PollSet; 2],
+    sets: [PollSet; 3],
     /// Most entries one set may have: poll(2) fails with EINVAL when
     /// asked for more than the open-files limit, even for entries whose
     /// descriptor is -1. A set past it would leave the daemon deaf and
@@ -282,6 +286,7 @@ impl Poller {
             sets: [
                 PollSet::new(Cadence::EveryPass),
                 PollSet::new(Cadence::Slow),
+                PollSet::new(Cadence::Idle),
             ],
             limit,
         }

@@ -22,19 +22,19 @@ use crate::rtpp_hep::HepSender;
 use crate::rtpp_log;
 use crate::rtpp_network::RecvBatch;
 use crate::rtpp_notify::Notifier;
-use crate::rtpp_poll::{Cadence, Event, Owner, Poller, Token};
+use crate::rtpp_poll::{Event, Owner, Poller, Token};
 use crate::rtpp_quality;
-use crate::rtpp_session::{Session, Sessions, Verdict};
+use crate::rtpp_session::{home, Session, Sessions, Verdict};
 
 /// What a pass of relaying changes in the poll sets, applied once the
 /// pass's events are no longer borrowed: sockets whose stream keeps a
 /// steady rhythm rest until their next packet is near (`rtpp_pacing`),
-/// and idle RTP sockets polled on the slow cadence that received again
-/// go back to every pass.
+/// and sockets moved to a slower cadence for their silence that received
+/// again go back to their own.
 #[derive(Debug, Default)]
 pub struct PollChanges {
     rests: Vec<(Token, Instant)>,
-    warm: Vec<(SessionId, Party)>,
+    warm: Vec<(SessionId, Party, Stream)>,
 }
 
 impl PollChanges {
@@ -57,8 +57,8 @@ impl PollChanges {
         for (token, until) in self.rests.drain(..) {
             poller.rest(token, until);
         }
-        for (id, party) in self.warm.drain(..) {
-            sessions.warm(id, party, poller);
+        for (id, party, stream) in self.warm.drain(..) {
+            sessions.warm(id, party, stream, poller);
         }
     }
 }
@@ -101,13 +101,27 @@ pub fn relay_ready(
             // What a socket holds the moment its rest ends came early:
             // that is not the rhythm, and more may be queued behind it.
             let lone = drain_socket(sessions, from, event.busy, batch, pass) && !event.early;
-            if stream == Stream::Rtp {
-                if event.token.cadence() == Cadence::Slow {
-                    // The first packet after a silence: no rhythm yet.
+            let silent = event.token.cadence() != home(stream);
+            if silent {
+                changes.warm.push((session, party, stream));
+            }
+            match stream {
+                // The first packet after a silence: no rhythm yet.
+                Stream::Rtp if silent => {
                     pace(sessions, from, false, now);
-                    changes.warm.push((session, party));
-                } else if let Some(until) = pace(sessions, from, lone, now) {
-                    changes.rests.push((event.token, until));
+                }
+                Stream::Rtp => {
+                    if let Some(until) = pace(sessions, from, lone, now) {
+                        changes.rests.push((event.token, until));
+                    }
+                }
+                Stream::Rtcp => {
+                    if let Some(leg) = sessions
+                        .get_mut(session)
+                        .and_then(|s| s.legs[party].as_mut())
+                    {
+                        leg.rtcp_read = Some(now);
+                    }
                 }
             }
         }

@@ -25,7 +25,10 @@ use crate::rtp_server::Player;
 use crate::rtpp_account::{CallRecord, EndReason, Sent};
 use crate::rtpp_analyzer::{RtpAnalyzer, RtpaStats};
 use crate::rtpp_copy::RemoteCopy;
-use crate::rtpp_defines::{ByParty, ByStream, Config, Party, SessionId, Stream, RTP_IDLE_AFTER};
+use crate::rtpp_defines::{
+    ByParty, ByStream, Config, Party, SessionId, Stream, RTCP_IDLE_AFTER, RTP_IDLE_AFTER,
+    RTP_QUIET_AFTER,
+};
 use crate::rtpp_dtmf::{DtmfCatcher, SUFFIX_MAX};
 use crate::rtpp_hep::{quality_report_json, HepSender, StreamReport};
 use crate::rtpp_log;
@@ -98,34 +101,67 @@ pub struct Leg {
     /// The rhythm of the packets on the RTP socket, which decides when it
     /// may rest out of the poll.
     pub pacing: Pacing,
-    opened: Instant,
+    /// When the RTCP socket last gave a packet.
+    pub rtcp_read: Option<Instant>,
+    /// When a command last touched the session (or the leg was opened).
+    touched: Instant,
 }
 
 impl Leg {
-    /// Moves the RTP socket to the slow cadence when it has read nothing
-    /// for [`RTP_IDLE_AFTER`].
+    /// The local port of one of the leg's streams.
+    pub fn port_of(&self, stream: Stream) -> u16 {
+        self.port + stream.port_offset()
+    }
+
+    /// Moves a socket that has read nothing for a while, and that no
+    /// command touched meanwhile, to a slower cadence (see
+    /// [`RTP_QUIET_AFTER`] and what follows it).
     fn cool_if_idle(&mut self, now: Instant, poller: &mut Poller) {
-        let token = self.tokens[Stream::Rtp];
-        let quiet_since = self.pacing.last_read().unwrap_or(self.opened);
-        if token.cadence() == Cadence::EveryPass
-            && now.saturating_duration_since(quiet_since) >= RTP_IDLE_AFTER
-        {
-            if let Some(moved) = poller.move_to(token, Cadence::Slow) {
-                self.tokens[Stream::Rtp] = moved;
+        for stream in Stream::BOTH {
+            let read = match stream {
+                Stream::Rtp => self.pacing.last_read(),
+                Stream::Rtcp => self.rtcp_read,
+            };
+            let quiet =
+                now.saturating_duration_since(read.map_or(self.touched, |r| r.max(self.touched)));
+            let cold = match stream {
+                Stream::Rtp if quiet >= RTP_IDLE_AFTER => Cadence::Idle,
+                Stream::Rtp if quiet >= RTP_QUIET_AFTER => Cadence::Slow,
+                Stream::Rtcp if quiet >= RTCP_IDLE_AFTER => Cadence::Idle,
+                _ => continue,
+            };
+            if cold > self.tokens[stream].cadence() {
+                if let Some(moved) = poller.move_to(self.tokens[stream], cold) {
+                    self.tokens[stream] = moved;
+                }
             }
         }
     }
 
-    /// Puts the RTP socket back on every pass: its stream sends again.
-    pub fn warm(&mut self, poller: &mut Poller) {
-        if let Some(moved) = poller.move_to(self.tokens[Stream::Rtp], Cadence::EveryPass) {
-            self.tokens[Stream::Rtp] = moved;
+    /// Puts a socket moved to a slower cadence back on its own: its
+    /// stream sends again.
+    pub fn warm(&mut self, stream: Stream, poller: &mut Poller) {
+        if let Some(moved) = poller.move_to(self.tokens[stream], home(stream)) {
+            self.tokens[stream] = moved;
         }
     }
 
-    /// The local port of one of the leg's streams.
-    pub fn port_of(&self, stream: Stream) -> u16 {
-        self.port + stream.port_offset()
+    /// A command touched the leg's session: media is likely to start or
+    /// change now (an answer, a re-INVITE taking a call off hold), so both
+    /// sockets are polled on their own cadence again.
+    pub fn touch(&mut self, now: Instant, poller: &mut Poller) {
+        self.touched = now;
+        for stream in Stream::BOTH {
+            self.warm(stream, poller);
+        }
+    }
+}
+
+/// Where a stream's socket is polled while its stream sends.
+pub fn home(stream: Stream) -> Cadence {
+    match stream {
+        Stream::Rtp => Cadence::EveryPass,
+        Stream::Rtcp => Cadence::Slow,
     }
 }
 
@@ -816,8 +852,8 @@ impl Sessions {
 
     /// The once-a-second timer: recordings reach the disk, and sessions
     /// idle for `-T` end (and are announced).
-    /// Moves the RTP sockets silent for [`RTP_IDLE_AFTER`] to the slow
-    /// cadence (run once a tick).
+    /// Moves the sockets that have long read nothing to a slower cadence
+    /// (run once a tick).
     pub fn cool_idle(&mut self, now: Instant, poller: &mut Poller) {
         for s in self.slab.iter_mut().flatten() {
             for leg in s.legs.iter_mut().flatten() {
@@ -826,10 +862,21 @@ impl Sessions {
         }
     }
 
-    /// Puts party's RTP socket of a session back on every pass.
-    pub fn warm(&mut self, id: SessionId, party: Party, poller: &mut Poller) {
+    /// Puts a socket of a session moved to a slower cadence back on its
+    /// own.
+    pub fn warm(&mut self, id: SessionId, party: Party, stream: Stream, poller: &mut Poller) {
         if let Some(leg) = self.get_mut(id).and_then(|s| s.legs[party].as_mut()) {
-            leg.warm(poller);
+            leg.warm(stream, poller);
+        }
+    }
+
+    /// A command named the session: its sockets go back to their own
+    /// cadences (see [`Leg::touch`]).
+    pub fn touch(&mut self, id: SessionId, now: Instant, poller: &mut Poller) {
+        if let Some(s) = self.get_mut(id) {
+            for leg in s.legs.iter_mut().flatten() {
+                leg.touch(now, poller);
+            }
         }
     }
 
@@ -1013,8 +1060,8 @@ fn bind_leg(
             .poller
             .register(sockets[stream].as_raw_fd(), owner, cadence)
     };
-    let rtp_token = register(Stream::Rtp, Cadence::EveryPass);
-    let rtcp_token = register(Stream::Rtcp, Cadence::Slow);
+    let rtp_token = register(Stream::Rtp, home(Stream::Rtp));
+    let rtcp_token = register(Stream::Rtcp, home(Stream::Rtcp));
     let (Some(rtp_token), Some(rtcp_token)) = (rtp_token, rtcp_token) else {
         // Not reached while has_room held; undone all the same.
         for token in [rtp_token, rtcp_token].into_iter().flatten() {
@@ -1029,7 +1076,8 @@ fn bind_leg(
         sockets,
         tokens: ByStream::new(rtp_token, rtcp_token),
         pacing: Pacing::default(),
-        opened: Instant::now(),
+        rtcp_read: None,
+        touched: Instant::now(),
     })
 }
 
@@ -1092,6 +1140,50 @@ mod tests {
         assert!(d.poller.is_empty(Cadence::Slow));
         assert_eq!(d.ports.free_pairs(), d.ports.total_pairs());
         assert_eq!(d.counters.sessions_destroyed, 8);
+    }
+
+    #[test]
+    fn silent_sockets_move_to_slower_cadences_and_back() {
+        let start = Instant::now();
+        let mut d = daemon(40200, 40210, 100);
+        let mut t = Sessions::new();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let id = t.create(&ids(b"quiet"), ByParty::both(ip), start, &mut d);
+        t.open_leg(id, Party::Caller, None, &mut d).unwrap();
+        let counts = |d: &Daemon| {
+            [Cadence::EveryPass, Cadence::Slow, Cadence::Idle].map(|c| d.poller.len(c))
+        };
+        assert_eq!(counts(&d), [1, 1, 0]);
+        t.cool_idle(start + Duration::from_secs(1), &mut d.poller);
+        assert_eq!(counts(&d), [1, 1, 0], "not silent long enough yet");
+        t.cool_idle(start + Duration::from_secs(3), &mut d.poller);
+        assert_eq!(counts(&d), [0, 2, 0], "RTP on the RTCP clock");
+        t.cool_idle(start + Duration::from_secs(11), &mut d.poller);
+        assert_eq!(counts(&d), [0, 1, 1], "RTCP on the idle clock");
+        t.cool_idle(start + Duration::from_secs(31), &mut d.poller);
+        assert_eq!(counts(&d), [0, 0, 2], "RTP on the idle clock too");
+        t.warm(id, Party::Caller, Stream::Rtp, &mut d.poller);
+        t.warm(id, Party::Caller, Stream::Rtcp, &mut d.poller);
+        assert_eq!(counts(&d), [1, 1, 0]);
+        // A command touching the session puts its sockets back at once,
+        // and they stay there as long as after a packet.
+        t.cool_idle(start + Duration::from_secs(41), &mut d.poller);
+        assert_eq!(counts(&d), [0, 0, 2]);
+        t.touch(id, start + Duration::from_secs(41), &mut d.poller);
+        assert_eq!(counts(&d), [1, 1, 0]);
+        t.cool_idle(start + Duration::from_secs(42), &mut d.poller);
+        assert_eq!(counts(&d), [1, 1, 0]);
+        // A packet read just now keeps a socket where it is.
+        let leg = t.get_mut(id).unwrap().legs[Party::Caller].as_mut().unwrap();
+        let later = start + Duration::from_secs(60);
+        leg.pacing.disturbed(later);
+        leg.rtcp_read = Some(later);
+        t.cool_idle(later + Duration::from_secs(1), &mut d.poller);
+        assert_eq!(counts(&d), [1, 1, 0]);
+        // Ending the session takes its sockets out of whatever set.
+        t.cool_idle(later + Duration::from_secs(30), &mut d.poller);
+        t.end_all(EndReason::DeletedAll, &mut d);
+        assert_eq!(counts(&d), [0, 0, 0]);
     }
 
     #[test]

@@ -875,3 +875,37 @@ fn a_stream_silent_for_seconds_is_relayed_again_at_once() {
         rp.command("I")
     );
 }
+
+#[test]
+fn rtcp_and_rtp_after_a_long_silence_are_relayed() {
+    // Ten seconds without RTCP puts an RTCP socket on the idle clock
+    // (polled every 100 ms); the RTP sockets are on the RTCP clock by then.
+    // Both must still relay, the RTP packet promptly.
+    let rp = udp(port(), ports(8).range(), &["-d", "WARN"]);
+    let call = setup_call(&rp, "long-silence");
+    assert_relays(&call, 1);
+    let caller_rtcp = Peer::at(&format!("127.0.0.1:{}", call.caller.port() + 1));
+    let callee_rtcp = Peer::at(&format!("127.0.0.1:{}", call.callee.port() + 1));
+    let (Some(caller_rtcp), Some(callee_rtcp)) = (caller_rtcp, callee_rtcp) else {
+        // Port+1 taken by something else on this machine: nothing to test.
+        return;
+    };
+    let rtcp_of = |a: SocketAddr| SocketAddr::new(a.ip(), a.port() + 1);
+    std::thread::sleep(Duration::from_millis(11_500));
+    let sent = Instant::now();
+    caller_rtcp.send(rtcp_of(call.to_caller_leg), b"\x81\xc9\x00\x01late-rr");
+    let (got, _) = callee_rtcp.recv_within(2000).expect("RTCP after silence");
+    assert_eq!(got, b"\x81\xc9\x00\x01late-rr");
+    assert!(
+        sent.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        sent.elapsed()
+    );
+    let took = relayed_after(&call, 7, Instant::now());
+    assert!(
+        took < Duration::from_millis(60),
+        "RTP after silence took {took:?}"
+    );
+    callee_rtcp.send(rtcp_of(call.to_callee_leg), b"back");
+    assert_eq!(caller_rtcp.recv_within(2000).expect("RTCP back").0, b"back");
+}

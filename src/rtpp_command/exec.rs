@@ -455,6 +455,10 @@ fn answer_sign_up(
     leg_ip: Option<IpAddr>,
 ) -> Reply {
     let (mods, ids) = (req.mods, req.ids);
+    // Signalling comes before media (an answer, a call taken off hold):
+    // sockets polled less often for their silence are polled as usual.
+    ctx.sessions
+        .touch(sign_up.id, ctx.now, &mut ctx.daemon.poller);
     // The leg answered is always the other party's.
     let answered = sign_up.who.other();
     if let (Some(ip), false) = (leg_ip, sign_up.created) {
