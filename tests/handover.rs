@@ -1,0 +1,237 @@
+//! Hand-over (SIGUSR2, doc/PROTOCOL.md "Hand-over"): the running daemon
+//! starts its binary again and gives it every socket, file and session;
+//! calls go on without losing or repeating a packet.
+//!
+//! The tests keep RTP flowing both ways through real calls while they
+//! signal the daemon, and count at the receiving sockets, by sequence
+//! number, what arrived. They check that the new process answers `I` and
+//! `Q` as the old one did, still protects latched parties from strangers,
+//! ends calls by `D` and by timeout with the notification and accounting
+//! record of the whole call, continues recordings, remote copies and
+//! prompts where they were, and that a binary that cannot take over
+//! leaves the old daemon serving with one log line saying why.
+//!
+//! Every daemon a test starts (and every process that took over from it)
+//! is killed by `common::Rtpproxy`'s drop, by pid.
+
+mod common;
+
+use common::{
+    port, ports, reply_addr, rtp_packet, udp, Call, LineListener, Peer, Rtpproxy, TempDir,
+};
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What one receiving socket got: packets by sequence number, and the
+/// longest silence between two arrivals.
+#[derive(Default, Clone)]
+struct Received {
+    seen: HashMap<u16, u32>,
+    max_gap: Duration,
+    last: Option<Instant>,
+}
+
+impl Received {
+    fn count(&mut self, seq: u16, at: Instant) {
+        *self.seen.entry(seq).or_default() += 1;
+        if let Some(last) = self.last {
+            self.max_gap = self.max_gap.max(at - last);
+        }
+        self.last = Some(at);
+    }
+}
+
+/// Media of `calls` in both directions: one packet per call and direction
+/// every `interval`, `packets` in all, with sequence numbers 0, 1, ...
+/// `during` runs on this thread while the media flows.
+struct Media {
+    calls: Vec<Call>,
+}
+
+/// What arrived at every receiving socket, callers' first.
+struct Outcome {
+    got: Vec<Received>,
+    elapsed: Duration,
+}
+
+impl Media {
+    fn run<T>(&self, packets: u16, interval: Duration, during: impl FnOnce() -> T) -> (Outcome, T) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut socks: Vec<UdpSocket> = Vec::new();
+        for c in &self.calls {
+            socks.push(c.caller.sock.try_clone().expect("clone"));
+        }
+        for c in &self.calls {
+            socks.push(c.callee.sock.try_clone().expect("clone"));
+        }
+        let receiver = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || receive_all(&socks, &stop))
+        };
+        let mut sends = Vec::new();
+        for c in &self.calls {
+            let a = c.caller.sock.try_clone().expect("clone");
+            let b = c.callee.sock.try_clone().expect("clone");
+            sends.push((a, c.to_caller_leg, b, c.to_callee_leg));
+        }
+        let started = Instant::now();
+        let sender = thread::spawn(move || {
+            for seq in 0..packets {
+                let due = started + interval * u32::from(seq);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                let p = rtp_packet(seq, 0);
+                for (a, to_a, b, to_b) in &sends {
+                    let _ = a.send_to(&p, to_a);
+                    let _ = b.send_to(&p, to_b);
+                }
+            }
+        });
+        let result = during();
+        sender.join().expect("sender");
+        let elapsed = started.elapsed();
+        thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::SeqCst);
+        let got = receiver.join().expect("receiver");
+        // The clones share the sockets' flags: give the tests back
+        // blocking sockets with their read timeouts.
+        for c in &self.calls {
+            for p in [&c.caller, &c.callee] {
+                p.sock.set_nonblocking(false).expect("blocking");
+            }
+        }
+        (Outcome { got, elapsed }, result)
+    }
+}
+
+/// Reads every socket until `stop`, counting by sequence number.
+fn receive_all(socks: &[UdpSocket], stop: &AtomicBool) -> Vec<Received> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use std::os::fd::BorrowedFd;
+    let mut got = vec![Received::default(); socks.len()];
+    for s in socks {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::SeqCst) {
+        let mut fds: Vec<PollFd> = socks
+            .iter()
+            // SAFETY: the sockets outlive the poll.
+            .map(|s| PollFd::new(unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }, PollFlags::POLLIN))
+            .collect();
+        if poll(&mut fds, 50u16).unwrap_or(0) == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        for (i, s) in socks.iter().enumerate() {
+            while let Ok(n) = s.recv(&mut buf) {
+                if n >= 4 {
+                    got[i].count(u16::from_be_bytes([buf[2], buf[3]]), now);
+                }
+            }
+        }
+    }
+    got
+}
+
+impl Outcome {
+    /// Every socket got packets 0..n exactly once.
+    fn assert_whole(&self, n: u16, what: &str) {
+        for (i, r) in self.got.iter().enumerate() {
+            let missing: Vec<u16> = (0..n).filter(|s| !r.seen.contains_key(s)).collect();
+            let twice: Vec<u16> = r.seen.iter().filter(|(_, &c)| c > 1).map(|(&s, _)| s).collect();
+            assert!(
+                missing.is_empty() && twice.is_empty() && r.seen.len() == usize::from(n),
+                "{what}: socket {i}: {} of {n} packets, missing {missing:?}, twice {twice:?}",
+                r.seen.len()
+            );
+        }
+    }
+
+    fn max_gap(&self) -> Duration {
+        self.got.iter().map(|r| r.max_gap).max().unwrap_or_default()
+    }
+}
+
+/// `n` calls on `rp`, named `{prefix}{i}`.
+fn calls(rp: &Rtpproxy, prefix: &str, n: usize) -> Vec<Call> {
+    (0..n)
+        .map(|i| Call::setup(rp, &format!("{prefix}{i}"), "", "", ("ftag", "ttag")))
+        .collect()
+}
+
+/// `I`'s answer without the idle timers, which count down.
+fn info_without_ttls(rp: &Rtpproxy) -> String {
+    rp.command("I")
+        .lines()
+        .map(|l| l.split(", ttl =").next().unwrap_or(l).to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `Q`'s answer without its first figure, the idle time left.
+fn query_without_ttl(rp: &Rtpproxy, call: &str) -> String {
+    let q = rp.command(&format!("Q {call} ftag ttag"));
+    q.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn calls_go_on_through_a_hand_over_without_losing_a_packet() {
+    let dir = TempDir::new("whole");
+    let acct = dir.join("acct.json");
+    let acct_arg = acct.display().to_string();
+    let rp = udp(port(), ports(200).range(), &["-A", &acct_arg]);
+    let media = Media {
+        calls: calls(&rp, "whole", 20),
+    };
+    let old = rp.live_pid().expect("pidfile");
+    let (out, new) = media.run(150, Duration::from_millis(10), || {
+        thread::sleep(Duration::from_millis(500));
+        rp.hand_over()
+    });
+    let new = new.unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
+    assert_ne!(new, old);
+    out.assert_whole(150, "across the hand-over");
+    assert!(rp.log().contains("took over 20 sessions"), "log:\n{}", rp.log());
+
+    // The same answers from the new process as from the old one.
+    let (info, q) = (info_without_ttls(&rp), query_without_ttl(&rp, "whole3"));
+    let again = rp.hand_over().unwrap_or_else(|| panic!("second hand-over; log:\n{}", rp.log()));
+    assert_ne!(again, new);
+    assert_eq!(info_without_ttls(&rp), info);
+    assert_eq!(query_without_ttl(&rp, "whole3"), q);
+    assert!(info.contains("active sessions: 20"), "{info}");
+
+    // Latched parties are still protected from a stranger.
+    let stranger = Peer::new("127.0.0.1");
+    let c = &media.calls[0];
+    stranger.send(c.to_caller_leg, &rtp_packet(9999, 0));
+    assert!(c.callee.recv_within(300).is_none(), "a stranger's packet was relayed");
+    c.caller.send(c.to_caller_leg, &rtp_packet(150, 0));
+    let (p, from) = c.callee.recv().expect("the caller's packet");
+    assert_eq!((&p[2..4], from), (&150u16.to_be_bytes()[..], c.to_callee_leg));
+
+    // D works, and the accounting record covers the whole call.
+    assert_eq!(rp.command("D whole0 ftag ttag"), "0");
+    c.caller.send(c.to_caller_leg, &rtp_packet(151, 0));
+    assert!(c.callee.recv_within(300).is_none(), "relayed after D");
+    let text = std::fs::read_to_string(&acct).expect("accounting file");
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"whole0\""))
+        .unwrap_or_else(|| panic!("no record: {text}"));
+    let rec = common::parse_flat_json(line).expect("json");
+    for (field, want) in [("rtp_caller_packets", 151.0), ("rtp_callee_packets", 150.0)] {
+        assert!(
+            matches!(rec.get(field), Some(common::Json::Num(n)) if *n == want),
+            "{field} in {line}"
+        );
+    }
+}
