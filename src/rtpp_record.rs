@@ -777,7 +777,11 @@ impl crate::rtpp_handover::wire::Carry for RecordFile {
             1 => RecordFormat::Pcap,
             v => return refuse(format!("bad recording format {v}")),
         };
-        let capacity = r.len(CARRIED_BUFFER_MAX, 0)?.max(MAX_HEADER_LEN + 2048);
+        let capacity = r.u32()? as usize;
+        if capacity > CARRIED_BUFFER_MAX {
+            return refuse(format!("recording buffer of {capacity} bytes"));
+        }
+        let capacity = capacity.max(MAX_HEADER_LEN + 2048);
         let held = r.bytes(capacity)?;
         let mut buf = Vec::with_capacity(capacity);
         buf.extend_from_slice(held);

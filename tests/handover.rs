@@ -124,7 +124,12 @@ fn receive_all(socks: &[UdpSocket], stop: &AtomicBool) -> Vec<Received> {
         let mut fds: Vec<PollFd> = socks
             .iter()
             // SAFETY: the sockets outlive the poll.
-            .map(|s| PollFd::new(unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }, PollFlags::POLLIN))
+            .map(|s| {
+                PollFd::new(
+                    unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) },
+                    PollFlags::POLLIN,
+                )
+            })
             .collect();
         if poll(&mut fds, 50u16).unwrap_or(0) == 0 {
             continue;
@@ -146,7 +151,12 @@ impl Outcome {
     fn assert_whole(&self, n: u16, what: &str) {
         for (i, r) in self.got.iter().enumerate() {
             let missing: Vec<u16> = (0..n).filter(|s| !r.seen.contains_key(s)).collect();
-            let twice: Vec<u16> = r.seen.iter().filter(|(_, &c)| c > 1).map(|(&s, _)| s).collect();
+            let twice: Vec<u16> = r
+                .seen
+                .iter()
+                .filter(|(_, &c)| c > 1)
+                .map(|(&s, _)| s)
+                .collect();
             assert!(
                 missing.is_empty() && twice.is_empty() && r.seen.len() == usize::from(n),
                 "{what}: socket {i}: {} of {n} packets, missing {missing:?}, twice {twice:?}",
@@ -199,11 +209,17 @@ fn calls_go_on_through_a_hand_over_without_losing_a_packet() {
     let new = new.unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
     assert_ne!(new, old);
     out.assert_whole(150, "across the hand-over");
-    assert!(rp.log().contains("took over 20 sessions"), "log:\n{}", rp.log());
+    assert!(
+        rp.log().contains("took over 20 sessions"),
+        "log:\n{}",
+        rp.log()
+    );
 
     // The same answers from the new process as from the old one.
     let (info, q) = (info_without_ttls(&rp), query_without_ttl(&rp, "whole3"));
-    let again = rp.hand_over().unwrap_or_else(|| panic!("second hand-over; log:\n{}", rp.log()));
+    let again = rp
+        .hand_over()
+        .unwrap_or_else(|| panic!("second hand-over; log:\n{}", rp.log()));
     assert_ne!(again, new);
     assert_eq!(info_without_ttls(&rp), info);
     assert_eq!(query_without_ttl(&rp, "whole3"), q);
@@ -213,10 +229,16 @@ fn calls_go_on_through_a_hand_over_without_losing_a_packet() {
     let stranger = Peer::new("127.0.0.1");
     let c = &media.calls[0];
     stranger.send(c.to_caller_leg, &rtp_packet(9999, 0));
-    assert!(c.callee.recv_within(300).is_none(), "a stranger's packet was relayed");
+    assert!(
+        c.callee.recv_within(300).is_none(),
+        "a stranger's packet was relayed"
+    );
     c.caller.send(c.to_caller_leg, &rtp_packet(150, 0));
     let (p, from) = c.callee.recv().expect("the caller's packet");
-    assert_eq!((&p[2..4], from), (&150u16.to_be_bytes()[..], c.to_callee_leg));
+    assert_eq!(
+        (&p[2..4], from),
+        (&150u16.to_be_bytes()[..], c.to_callee_leg)
+    );
 
     // D works, and the accounting record covers the whole call.
     assert_eq!(rp.command("D whole0 ftag ttag"), "0");
@@ -234,4 +256,239 @@ fn calls_go_on_through_a_hand_over_without_losing_a_packet() {
             "{field} in {line}"
         );
     }
+}
+
+/// Waits (bounded) until `what` holds.
+fn eventually(limit: Duration, mut what: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if what() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    what()
+}
+
+#[test]
+fn timeouts_notify_and_drains_work_in_the_new_process() {
+    let dir = TempDir::new("timeout");
+    let path = dir.join("notify.sock");
+    let arg = format!("unix:{}", path.display());
+    let mut listener = LineListener::unix(&path);
+    let rp = udp(port(), ports(20).range(), &["-T", "3", "-n", &arg]);
+    let u = rp.command(&format!("U idle 127.0.0.1 4000 ftag ttag {arg} idle%20one"));
+    common::port_of(&u);
+    rp.hand_over()
+        .unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
+    let line = listener
+        .line_within(Duration::from_secs(6))
+        .unwrap_or_else(|| panic!("no timeout notification; log:\n{}", rp.log()));
+    assert_eq!(line, "idle one\n");
+    assert!(rp.command("I").contains("active sessions: 0"));
+
+    // A drain started before a hand-over goes on in the new process.
+    let rp = udp(port(), ports(20).range(), &[]);
+    let call = Call::setup(&rp, "drained", "", "", ("ftag", "ttag"));
+    let old = rp.live_pid().expect("pid");
+    common::signal(old, "USR1");
+    assert!(eventually(Duration::from_secs(3), || rp.command("V") == "E15"));
+    let new = rp
+        .hand_over()
+        .unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
+    assert_eq!(rp.command("V"), "E15", "the new process is not draining");
+    call.caller.send(call.to_caller_leg, &rtp_packet(1, 0));
+    assert!(
+        call.callee.recv().is_some(),
+        "the drained call's media stopped"
+    );
+    assert_eq!(rp.command("D drained ftag ttag"), "0");
+    assert!(
+        common::wait_pid_gone(new, Duration::from_secs(5)),
+        "the new process did not exit when the last call ended"
+    );
+}
+
+#[test]
+fn recordings_and_copies_go_on_in_the_same_file_and_stream() {
+    let rec = TempDir::new("rec");
+    let rec_dir = rec.path().display().to_string();
+    let rp = udp(port(), ports(20).range(), &["-r", &rec_dir, "-R"]);
+    let call = Call::setup(&rp, "rec", "", "", ("ftag", "ttag"));
+    let copy = Peer::new("127.0.0.1");
+    assert_eq!(rp.command("R rec ftag ttag"), "0");
+    assert_eq!(
+        rp.command(&format!("C rec udp:127.0.0.1:{} ftag ttag", copy.port())),
+        "0"
+    );
+    let media = Media { calls: vec![call] };
+    let (out, new) = media.run(200, Duration::from_millis(10), || {
+        thread::sleep(Duration::from_millis(800));
+        rp.hand_over()
+    });
+    new.unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
+    out.assert_whole(200, "recorded call");
+    let mut copied = Received::default();
+    while let Some((p, _)) = copy.recv_within(300) {
+        copied.count(u16::from_be_bytes([p[2], p[3]]), Instant::now());
+    }
+    Outcome {
+        got: vec![copied],
+        elapsed: Duration::ZERO,
+    }
+    .assert_whole(200, "remote copy");
+    assert_eq!(rp.command("D rec ftag ttag"), "0");
+    // Each direction: 200 records of a 40-byte header and the packet.
+    for side in ["o", "a"] {
+        let file = rec.join(format!("rec=ftag.{side}.rtp"));
+        let len = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}; log:\n{}", file.display(), rp.log()))
+            .len();
+        assert_eq!(len, 200 * (40 + 172), "{}", file.display());
+    }
+    let wav = rec.join("rec.wav");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_extractaudio"))
+        .arg(rec.join("rec=ftag"))
+        .arg(&wav)
+        .status()
+        .expect("run extractaudio");
+    assert!(status.success(), "extractaudio failed");
+    let samples = (std::fs::metadata(&wav).expect("wav").len() - 44) / 2;
+    assert!(samples >= 200 * 160, "{samples} samples: the call was 2 s");
+}
+
+#[test]
+fn a_prompt_plays_on_from_where_it_was() {
+    let dir = TempDir::new("prompt");
+    // 300 frames of 10 ms, each frame's bytes telling its number.
+    let frames: Vec<u8> = (0..300u32)
+        .flat_map(|f| (0..80u32).map(move |i| (f * 7 + i) as u8))
+        .collect();
+    std::fs::write(dir.join("hold.0"), &frames).expect("prompt");
+    let prompt = dir.join("hold").display().to_string();
+    let rp = udp(port(), ports(20).range(), &[]);
+    let call = Call::setup(&rp, "play", "", "", ("ftag", "ttag"));
+    assert_eq!(rp.command(&format!("P1 play {prompt} 0 ttag ftag")), "0");
+    let handed = thread::scope(|s| {
+        let h = s.spawn(|| {
+            thread::sleep(Duration::from_millis(1000));
+            rp.hand_over()
+        });
+        let mut got = Vec::new();
+        while let Some((p, _)) = call.callee.recv_within(500) {
+            got.push(p);
+            if got.len() > 400 {
+                break;
+            }
+        }
+        (h.join().expect("hand-over thread"), got)
+    });
+    let (new, got) = handed;
+    new.unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
+    assert_eq!(got.len(), 300, "packets of the prompt; log:\n{}", rp.log());
+    let first = u16::from_be_bytes([got[0][2], got[0][3]]);
+    for (k, p) in got.iter().enumerate() {
+        let seq = u16::from_be_bytes([p[2], p[3]]);
+        assert_eq!(seq, first.wrapping_add(k as u16), "packet {k}: sequence");
+        assert_eq!(&p[12..], &frames[k * 80..(k + 1) * 80], "packet {k}: audio");
+    }
+}
+
+/// Starts a daemon from a copy of the binary in `dir` (which a test then
+/// replaces), with UDP control and the given media range.
+fn daemon_from_copy(dir: &TempDir, range: (u16, u16)) -> (Rtpproxy, std::path::PathBuf) {
+    let bin = dir.join("rtpproxy");
+    std::fs::copy(common::bin_path(), &bin).expect("copy the binary");
+    let (m, mm) = (range.0.to_string(), range.1.to_string());
+    let ctl = format!("udp:127.0.0.1:{}", port());
+    let args = [
+        "-s",
+        &ctl,
+        "-l",
+        "127.0.0.1",
+        "-m",
+        &m,
+        "-M",
+        &mm,
+        "-d",
+        "INFO",
+    ];
+    (Rtpproxy::start_from(&bin, &args), bin)
+}
+
+/// Installs `script` at `bin` the way a package does: beside it, then
+/// renamed over the running file.
+fn install_script(bin: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let aside = bin.with_extension("new");
+    std::fs::write(&aside, script).expect("write script");
+    std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&aside, bin).expect("install script");
+}
+
+/// The old daemon still serves after a failed hand-over: same pid, media
+/// relayed, commands answered, and one log line saying why.
+fn assert_still_serving(rp: &Rtpproxy, call: &Call, pid: u32, why: &str) {
+    assert!(
+        eventually(Duration::from_secs(10), || rp
+            .log()
+            .contains("failed, serving on")),
+        "no failure line; log:\n{}",
+        rp.log()
+    );
+    let log = rp.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("failed, serving on"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(why),
+        "the failure line {line:?} does not say {why:?}"
+    );
+    assert_eq!(
+        rp.live_pid(),
+        Some(pid),
+        "the pidfile no longer names the old daemon"
+    );
+    assert_eq!(rp.command("V"), "20040107");
+    for seq in 0..5 {
+        call.caller.send(call.to_caller_leg, &rtp_packet(seq, 0));
+        let (p, _) = call
+            .callee
+            .recv()
+            .unwrap_or_else(|| panic!("packet {seq} not relayed"));
+        assert_eq!(&p[2..4], &seq.to_be_bytes());
+    }
+    assert!(rp.command("I").contains("active sessions: 1"));
+}
+
+#[test]
+fn a_binary_that_exits_at_once_leaves_the_old_daemon_serving() {
+    let dir = TempDir::new("exits");
+    let (rp, bin) = daemon_from_copy(&dir, ports(20).range());
+    let call = Call::setup(&rp, "stays", "", "", ("ftag", "ttag"));
+    let pid = rp.live_pid().expect("pid");
+    install_script(&bin, "#!/bin/sh\nexit 3\n");
+    common::signal(pid, "USR2");
+    assert_still_serving(&rp, &call, pid, "exited (exit status: 3)");
+}
+
+#[test]
+fn a_binary_of_another_state_version_leaves_the_old_daemon_serving() {
+    let dir = TempDir::new("version");
+    let (rp, bin) = daemon_from_copy(&dir, ports(20).range());
+    let call = Call::setup(&rp, "stays", "", "", ("ftag", "ttag"));
+    let pid = rp.live_pid().expect("pid");
+    install_script(
+        &bin,
+        "#!/usr/bin/env python3\n\
+         import socket, struct, sys\n\
+         fd = [int(a.split('=')[1]) for a in sys.argv if a.startswith('--handover-fd=')][0]\n\
+         s = socket.socket(fileno=fd)\n\
+         s.send(b'H' + struct.pack('<I', 999))\n\
+         s.settimeout(10)\n\
+         s.recv(100)\n",
+    );
+    common::signal(pid, "USR2");
+    assert_still_serving(&rp, &call, pid, "state version 999");
 }

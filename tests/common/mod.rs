@@ -511,7 +511,9 @@ impl Rtpproxy {
         while Instant::now() < deadline {
             if let Some(new) = self.live_pid().filter(|&p| p != old) {
                 if wait_pid_gone(old, Duration::from_secs(5))
-                    && self.try_command_within(b"V", Duration::from_secs(1)).is_some()
+                    && self
+                        .try_command_within(b"V", Duration::from_secs(1))
+                        .is_some()
                 {
                     return Some(new);
                 }
