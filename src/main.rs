@@ -22,7 +22,7 @@ use rtpproxy::rtpp_defines::{
 };
 use rtpproxy::rtpp_handover::wire::Writer;
 use rtpproxy::rtpp_handover::{
-    log_failure, state, Hello, Pending, Relaunch, Successor, STATE_VERSION,
+    cpu_used, log_failure, state, Hello, Pending, Relaunch, Successor, STATE_VERSION,
 };
 use rtpproxy::rtpp_log::Level;
 use rtpproxy::rtpp_log::{escape, show};
@@ -226,12 +226,13 @@ fn run_successor(cfg: &Config, relaunch: &Relaunch, fd: i32) -> Result<(), Strin
     drop(link);
     rtpp_log!(
         Info,
-        "rtpproxy {} took over {} sessions from pid {} (pid {}, {} ms)",
+        "rtpproxy {} took over {} sessions from pid {} (pid {}, {:.1} ms, cpu {:.1} ms since exec)",
         env!("CARGO_PKG_VERSION"),
         taken.sessions.active(),
         taken.old_pid,
         std::process::id(),
-        started.elapsed().as_millis()
+        started.elapsed().as_secs_f64() * 1000.0,
+        cpu_used().as_secs_f64() * 1000.0
     );
     let servers = Servers {
         control: taken.control,
@@ -463,11 +464,13 @@ fn hand_over(
     };
     let pid = p.pid();
     match outcome {
-        Ok(ms) => {
+        Ok((wall, cpu)) => {
             rtpp_log!(
                 Info,
-                "handed over {} sessions to pid {pid} in {ms} ms, exiting",
-                sessions.active()
+                "handed over {} sessions to pid {pid} in {:.1} ms (cpu {:.1} ms), exiting",
+                sessions.active(),
+                wall.as_secs_f64() * 1000.0,
+                cpu.as_secs_f64() * 1000.0
             );
             // Without unwinding: every socket, file and the pidfile now
             // belong to the new process.
@@ -483,14 +486,16 @@ fn hand_over(
     }
 }
 
-/// Encodes and sends the state; the milliseconds the transfer took.
+/// Encodes and sends the state; how long media waited, and the CPU time
+/// this process spent on it.
 fn transfer(
     servers: &Servers,
     sessions: &Sessions,
     daemon: &Daemon,
     p: &mut Pending,
-) -> Result<u128, String> {
+) -> Result<(Duration, Duration), String> {
     let frozen = Instant::now();
+    let cpu = cpu_used();
     let mut w = Writer::new(frozen);
     let given = state::Given {
         control: &servers.control,
@@ -500,7 +505,7 @@ fn transfer(
     };
     state::encode(&given, &mut w);
     p.transfer(&w.bytes, &w.fds)?;
-    Ok(frozen.elapsed().as_millis())
+    Ok((frozen.elapsed(), cpu_used().saturating_sub(cpu)))
 }
 
 /// The loop's clock: the once-a-second tick, the RTCP poll's cadence, and

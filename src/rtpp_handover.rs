@@ -396,6 +396,18 @@ impl Successor {
     }
 }
 
+/// CPU time (user and system) this process has used so far.
+pub fn cpu_used() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return Duration::ZERO;
+    };
+    let of = |t: nix::sys::time::TimeVal| {
+        Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+    };
+    of(u.user_time()) + of(u.system_time())
+}
+
 /// Logs a hand-over that failed; the daemon serves on.
 pub fn log_failure(pid: Option<u32>, why: &str) {
     match pid {

@@ -492,3 +492,101 @@ fn a_binary_of_another_state_version_leaves_the_old_daemon_serving() {
     common::signal(pid, "USR2");
     assert_still_serving(&rp, &call, pid, "state version 999");
 }
+
+/// Raises this test process's open-files limit: hundreds of calls hold
+/// thousands of sockets, counting the clones of the media threads.
+fn raise_nofile(want: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < want {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, want.min(hard).max(soft), hard);
+    }
+}
+
+/// A daemon for `n` calls: unix control (no port), `-L` raised.
+fn big_daemon(range: (u16, u16), extra: &[&str]) -> Rtpproxy {
+    let (m, mm) = (range.0.to_string(), range.1.to_string());
+    let mut args = vec![
+        "-l",
+        "127.0.0.1",
+        "-m",
+        &m,
+        "-M",
+        &mm,
+        "-d",
+        "INFO",
+        "-L",
+        "16384",
+    ];
+    args.extend_from_slice(extra);
+    Rtpproxy::start(&args)
+}
+
+#[test]
+fn twenty_hand_overs_under_500_calls_lose_nothing() {
+    raise_nofile(16384);
+    let block = ports(2000);
+    let rp = big_daemon(block.range(), &[]);
+    let media = Media {
+        calls: calls(&rp, "load", 500),
+    };
+    let (out, pids) = media.run(200, Duration::from_millis(150), || {
+        let mut pids = Vec::new();
+        for _ in 0..20 {
+            thread::sleep(Duration::from_millis(1000));
+            match rp.hand_over() {
+                Some(pid) => pids.push(pid),
+                None => break,
+            }
+        }
+        pids
+    });
+    assert_eq!(pids.len(), 20, "hand-overs done; log:\n{}", rp.log());
+    out.assert_whole(200, "500 calls through 20 hand-overs");
+    assert!(info_without_ttls(&rp).contains("active sessions: 500"));
+    println!(
+        "500 calls, 20 hand-overs in {:?}: longest silence at a receiver {:?}",
+        out.elapsed,
+        out.max_gap()
+    );
+}
+
+/// The figures in README.md, "Performance": how long media waits during a
+/// hand-over at 100 and 1000 calls (the longest gap between two arrivals
+/// at any receiver, packets every 20 ms per call and direction at 100
+/// calls, every 100 ms at 1000), and the CPU the two processes spend, as
+/// they log it. Run alone, in release, on an otherwise idle machine:
+/// `cargo test --release --test handover -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_the_media_gap_of_a_hand_over() {
+    raise_nofile(16384);
+    let block = ports(4000);
+    for (n, interval) in [(100, 20), (1000, 100)] {
+        let rp = big_daemon(block.range(), &[]);
+        let media = Media {
+            calls: calls(&rp, "gap", n),
+        };
+        let interval = Duration::from_millis(interval);
+        let (out, new) = media.run(80, interval, || {
+            thread::sleep(interval * 40);
+            rp.hand_over()
+        });
+        new.unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
+        out.assert_whole(80, "measured calls");
+        let log = rp.log();
+        let old = log
+            .lines()
+            .find(|l| l.contains("handed over"))
+            .unwrap_or_default();
+        let new = log
+            .lines()
+            .find(|l| l.contains("took over"))
+            .unwrap_or_default();
+        println!(
+            "{n} calls, a packet every {interval:?} per direction: longest gap {:?}\n  old: {old}\n  new: {new}",
+            out.max_gap()
+        );
+        drop(rp);
+    }
+}
