@@ -348,6 +348,77 @@ mod tests {
     }
 
     #[test]
+    fn a_state_comes_back_whole() {
+        use crate::rtpp_defines::ControlSpec;
+        use crate::rtpp_session::StreamIds;
+        let cfg = Config {
+            port_min: 40300,
+            port_max: 40399,
+            ..Config::default()
+        };
+        let mut rng = Random::with_seed(3);
+        let ports = PortTable::new(cfg.port_min, cfg.port_max, &mut rng);
+        let mut daemon = Daemon::new(Poller::with_limit(1000), ports);
+        daemon.counters.commands_received = 42;
+        let spec = ControlSpec::Udp("127.0.0.1:0".parse().unwrap());
+        let mut control = Control::open(&spec).unwrap();
+        assert!(control.register(&mut daemon.poller));
+        let mut sessions = Sessions::new();
+        let now = Instant::now();
+        let ids = StreamIds {
+            call_id: b"call",
+            from_tag: b"ftag",
+            to_tag: None,
+        };
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let id = sessions.create(&ids, ByParty::both(ip), now, &mut daemon);
+        let port = sessions.open_leg(id, Party::Caller, None, &mut daemon).unwrap();
+        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let s = sessions.get_mut(id).unwrap();
+        s.streams[Stream::Rtp].peers[Party::Caller].addr = Some(peer);
+        s.streams[Stream::Rtp].peers[Party::Caller].latched = true;
+        s.last_rx[Party::Callee] = now - std::time::Duration::from_secs(7);
+
+        let mut w = Writer::new(now);
+        let given = Given {
+            control: &control,
+            metrics: None,
+            daemon: &daemon,
+            sessions: &sessions,
+        };
+        encode(&given, &mut w);
+        let fds = w.fds.iter().map(|&fd| nix::unistd::dup(fd).unwrap()).collect();
+        let fds = fds_of(fds);
+        let later = now + std::time::Duration::from_millis(3);
+        let taken = match decode(&w.bytes, fds, &cfg, later) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(taken.old_pid, std::process::id());
+        assert_eq!(taken.daemon.counters.commands_received, 42);
+        assert_eq!(taken.sessions.active(), 1);
+        let back = taken.sessions.get(id).unwrap();
+        assert_eq!(&*back.call_id, b"call");
+        assert_eq!(back.port(Party::Caller), port);
+        let p = &back.streams[Stream::Rtp].peers[Party::Caller];
+        assert_eq!((p.addr, p.latched), (Some(peer), true));
+        assert_eq!(later - back.last_rx[Party::Callee], std::time::Duration::from_secs(7));
+        assert_eq!(taken.daemon.ports.free_pairs(), taken.daemon.ports.total_pairs() - 1);
+        // Every descriptor is named once: one more is refused.
+        let mut extra = vec![nix::unistd::dup(w.fds[0]).unwrap()];
+        extra.extend(w.fds.iter().map(|&fd| nix::unistd::dup(fd).unwrap()));
+        assert!(decode(&w.bytes, fds_of(extra), &cfg, later).is_err());
+    }
+
+    fn fds_of(raw: Vec<std::os::fd::RawFd>) -> Vec<OwnedFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: fresh dups, owned by nothing else.
+        raw.into_iter()
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .collect()
+    }
+
+    #[test]
     fn garbage_is_refused() {
         let cfg = Config::default();
         for bytes in [&b""[..], b"RTPPSTAT", b"RTPPSTAT\x01\0\0\0\xff\xff"] {
