@@ -590,3 +590,49 @@ fn measure_the_media_gap_of_a_hand_over() {
         drop(rp);
     }
 }
+
+/// The shipped unit's ExecReload= command, run as systemd would run it
+/// (its `$$` made `$`, MAINPID in the environment), against a daemon whose
+/// pidfile stands in for /run/rtpproxy/rtpproxy.pid: it returns 0 once a
+/// new process took over, and fails when none can.
+#[test]
+fn the_units_reload_command_waits_for_the_new_process() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd/rtpproxy.service"),
+    )
+    .expect("unit");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecReload=/bin/sh -c "))
+        .expect("ExecReload= runs sh -c");
+    let script = line.trim_matches('\'').replace("$$", "$");
+    let dir = TempDir::new("unit");
+    let (rp, bin) = daemon_from_copy(&dir, ports(20).range());
+    let pidfile = rp.dir().join("rtpproxy.pid");
+    let script = script.replace("/run/rtpproxy/rtpproxy.pid", &pidfile.display().to_string());
+    let reload = |pid: u32| {
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .env("MAINPID", pid.to_string())
+            .output()
+            .expect("run the reload command")
+    };
+    let old = rp.live_pid().expect("pid");
+    let out = reload(old);
+    assert!(
+        out.status.success(),
+        "{}; log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rp.log()
+    );
+    let new = rp.live_pid().expect("a new pid");
+    assert_ne!(new, old);
+    assert!(!common::pid_alive(old));
+
+    install_script(&bin, "#!/bin/sh\nexit 3\n");
+    let out = reload(new);
+    assert!(!out.status.success(), "the reload command did not fail");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pid {new} serves on")));
+    assert_eq!(rp.live_pid(), Some(new));
+}

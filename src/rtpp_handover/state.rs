@@ -372,7 +372,9 @@ mod tests {
         };
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let id = sessions.create(&ids, ByParty::both(ip), now, &mut daemon);
-        let port = sessions.open_leg(id, Party::Caller, None, &mut daemon).unwrap();
+        let port = sessions
+            .open_leg(id, Party::Caller, None, &mut daemon)
+            .unwrap();
         let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let s = sessions.get_mut(id).unwrap();
         s.streams[Stream::Rtp].peers[Party::Caller].addr = Some(peer);
@@ -387,7 +389,11 @@ mod tests {
             sessions: &sessions,
         };
         encode(&given, &mut w);
-        let fds = w.fds.iter().map(|&fd| nix::unistd::dup(fd).unwrap()).collect();
+        let fds = w
+            .fds
+            .iter()
+            .map(|&fd| nix::unistd::dup(fd).unwrap())
+            .collect();
         let fds = fds_of(fds);
         let later = now + std::time::Duration::from_millis(3);
         let taken = match decode(&w.bytes, fds, &cfg, later) {
@@ -402,8 +408,14 @@ mod tests {
         assert_eq!(back.port(Party::Caller), port);
         let p = &back.streams[Stream::Rtp].peers[Party::Caller];
         assert_eq!((p.addr, p.latched), (Some(peer), true));
-        assert_eq!(later - back.last_rx[Party::Callee], std::time::Duration::from_secs(7));
-        assert_eq!(taken.daemon.ports.free_pairs(), taken.daemon.ports.total_pairs() - 1);
+        assert_eq!(
+            later - back.last_rx[Party::Callee],
+            std::time::Duration::from_secs(7)
+        );
+        assert_eq!(
+            taken.daemon.ports.free_pairs(),
+            taken.daemon.ports.total_pairs() - 1
+        );
         // Every descriptor is named once: one more is refused.
         let mut extra = vec![nix::unistd::dup(w.fds[0]).unwrap()];
         extra.extend(w.fds.iter().map(|&fd| nix::unistd::dup(fd).unwrap()));
