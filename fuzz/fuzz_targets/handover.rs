@@ -7,7 +7,7 @@
 #![no_main]
 
 use std::net::{TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -38,9 +38,8 @@ fn originals() -> &'static Vec<RawFd> {
         if let Ok(f) = std::fs::File::open("/dev/null") {
             fds.push(OwnedFd::from(f));
         }
-        let raw = fds.iter().map(|f| f.as_raw_fd()).collect();
-        std::mem::forget(fds);
-        raw
+        // Kept open for the whole run: only their numbers are kept.
+        fds.into_iter().map(IntoRawFd::into_raw_fd).collect()
     })
 }
 
