@@ -334,16 +334,7 @@ fn run_loop(
     let mut nofile = rtpproxy::rtpp_util::NofileWatch::new();
     let mut clock = Clock::new();
     while !life.shutdown.stop_requested() {
-        let shutdown = &life.shutdown;
-        if shutdown.drain_requested() && !daemon.draining {
-            daemon.draining = true;
-            rtpp_log!(
-                Warn,
-                "draining: no new sessions from now on, exiting when the last of {} ends",
-                sessions.active()
-            );
-        }
-        if daemon.draining && sessions.active() == 0 {
+        if drained(&life.shutdown, sessions, daemon) {
             break;
         }
         let notify_check = daemon.notifier.as_ref().and_then(Notifier::next_check);
@@ -407,6 +398,20 @@ fn run_loop(
         }
         hand_over(servers, sessions, daemon, life, now);
     }
+}
+
+/// SIGUSR1 (or a drain carried over by a hand-over): true once the last
+/// session ended.
+fn drained(shutdown: &Shutdown, sessions: &Sessions, daemon: &mut Daemon) -> bool {
+    if shutdown.drain_requested() && !daemon.draining {
+        daemon.draining = true;
+        rtpp_log!(
+            Warn,
+            "draining: no new sessions from now on, exiting when the last of {} ends",
+            sessions.active()
+        );
+    }
+    daemon.draining && sessions.active() == 0
 }
 
 /// SIGUSR2: starts a hand-over, or takes the next step of one under way.

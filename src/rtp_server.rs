@@ -394,7 +394,7 @@ impl crate::rtpp_handover::wire::Carry for Player {
             sent: r.u64()?,
             finished: r.bool()?,
         };
-        if p.anchor_packet > p.sent || p.offset % frame_len != 0 {
+        if p.anchor_packet > p.sent || !p.offset.is_multiple_of(frame_len) {
             return refuse("inconsistent player");
         }
         match load_frames(&p.source, frame_len) {
