@@ -640,3 +640,32 @@ fn the_units_reload_command_waits_for_the_new_process() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pid {new} serves on")));
     assert_eq!(rp.live_pid(), Some(new));
 }
+
+/// One HTTP scrape of `--metrics`: the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to --metrics");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: rtpproxy\r\n\r\n")
+        .expect("request");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn stream_control_and_metrics_listeners_are_carried() {
+    let ctl = format!("tcp:127.0.0.1:{}", port());
+    let metrics = format!("127.0.0.1:{}", port());
+    let rp = common::controlled_by(&ctl, ports(20).range(), &["--metrics", &metrics]);
+    let call = Call::setup(&rp, "tcp", "", "", ("ftag", "ttag"));
+    assert!(scrape(&metrics).contains("rtpproxy_sessions_created_total 1"));
+    rp.hand_over()
+        .unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
+    assert!(rp.command("I").contains("active sessions: 1"));
+    let body = scrape(&metrics);
+    assert!(body.contains("rtpproxy_sessions_created_total 1"), "{body}");
+    call.caller.send(call.to_caller_leg, &rtp_packet(1, 0));
+    assert!(call.callee.recv().is_some(), "media after the hand-over");
+}
