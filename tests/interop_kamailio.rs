@@ -918,7 +918,7 @@ fn kamailio_relay_set_keeps_its_calls_through_a_hand_over() {
         format!("udp:127.0.0.1:{}", port()),
     ];
     for url in &urls {
-        run.start_relay(url, ports(100));
+        run.start_relay(url, ports(60));
     }
     let kamailio = port();
     let (callee, first_caller, second_caller) = (Endpoint::new(), Endpoint::new(), Endpoint::new());

@@ -82,7 +82,7 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("record", 17200, 18399),
     ("notify", 18400, 19399),
     ("hardening", 19400, 20599),
-    ("interop_kamailio", 20600, 21799),
+    ("interop_kamailio", 20600, 21959),
     ("play", 23000, 23399),
     ("resize", 23400, 24099),
     ("operator", 24100, 24699),
