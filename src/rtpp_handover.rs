@@ -82,8 +82,11 @@ impl Relaunch {
                 _ => argv0,
             }
         } else {
-            // Found on $PATH: the kernel's idea of it is the file's path.
-            std::env::current_exe().unwrap_or(argv0)
+            // Found on $PATH: the same lookup again, so a symlink there
+            // (to a versioned file) is followed afresh at the hand-over.
+            on_path(&argv0)
+                .or_else(|| std::env::current_exe().ok())
+                .unwrap_or(argv0)
         };
         let args = argv
             .map(|a| a.to_string_lossy().into_owned())
@@ -91,6 +94,18 @@ impl Relaunch {
             .collect();
         Relaunch { exe, args, cwd }
     }
+}
+
+/// Where the shell found `name` on $PATH: the first executable file.
+fn on_path(name: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// A hand-over under way, seen from the old process.
