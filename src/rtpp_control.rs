@@ -411,8 +411,19 @@ impl Control {
     pub fn register(&mut self, poller: &mut Poller) -> bool {
         let fd = match &mut self.kind {
             Kind::Udp(s, _) => s.as_raw_fd(),
-            Kind::Unix(UnixControl { acceptor, .. })
-            | Kind::Stream(StreamControl { acceptor, .. }) => {
+            Kind::Unix(UnixControl { acceptor, clients }) => {
+                if !acceptor.register_places(poller) {
+                    return false;
+                }
+                // Clients a hand-over brought in take their places.
+                for (client, &place) in clients.iter().zip(&acceptor.places) {
+                    if let Some(c) = client {
+                        poller.set_fd(place, c.conn.as_raw_fd());
+                    }
+                }
+                acceptor.listener.as_raw_fd()
+            }
+            Kind::Stream(StreamControl { acceptor, .. }) => {
                 if !acceptor.register_places(poller) {
                     return false;
                 }
@@ -632,8 +643,9 @@ const CARRIED_REPLIES_MAX: usize = REPLY_CACHE_MAX;
 /// What a hand-over carries of the control socket (doc/PROTOCOL.md,
 /// "Hand-over"): the listening or UDP socket itself, so commands queued on
 /// it wait for the new process, and the UDP reply cache, so a proxy's
-/// retransmission is answered and not run twice. Accepted clients are not
-/// carried: their connections close and the proxy sends again.
+/// retransmission is answered and not run twice. The unix socket's accepted
+/// clients are carried too, with what they sent so far; a stream socket's
+/// clients are not: their connections close and the client sends again.
 impl Control {
     pub fn handover_put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
         match &self.kind {
@@ -641,6 +653,7 @@ impl Control {
                 w.u8(0);
                 w.fd(&u.acceptor.listener.as_raw_fd());
                 w.put(&u.acceptor.path);
+                put_unix_clients(&u.clients, w);
             }
             Kind::Udp(sock, cache) => {
                 w.u8(1);
@@ -686,7 +699,7 @@ impl Control {
                 let kind = match (tag, &path) {
                     (0, Some(_)) => Kind::Unix(UnixControl {
                         acceptor,
-                        clients: (0..MAX_CLIENTS).map(|_| None).collect(),
+                        clients: take_unix_clients(r)?,
                     }),
                     (0, None) => return refuse("unix control socket without a path"),
                     _ => Kind::Stream(StreamControl::new(acceptor)),
@@ -718,6 +731,48 @@ impl Control {
             Kind::Udp(..) => {}
         }
     }
+}
+
+fn put_unix_clients(clients: &[Option<Client>], w: &mut crate::rtpp_handover::wire::Writer) {
+    let carried: Vec<(usize, &Client)> = clients
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, c.as_ref()?)))
+        .filter(|(_, c)| matches!(c.conn, Conn::Unix(_)))
+        .collect();
+    w.len(carried.len());
+    for (i, c) in carried {
+        w.len(i);
+        w.fd(&c.conn.as_raw_fd());
+        w.bytes(&c.buf);
+        w.put(&c.deadline);
+    }
+}
+
+fn take_unix_clients(
+    r: &mut crate::rtpp_handover::wire::Reader<'_>,
+) -> crate::rtpp_handover::wire::WireResult<Vec<Option<Client>>> {
+    use crate::rtpp_handover::wire::{check_socket, refuse};
+    let mut clients: Vec<Option<Client>> = (0..MAX_CLIENTS).map(|_| None).collect();
+    let n = r.len(MAX_CLIENTS, 16)?;
+    for _ in 0..n {
+        let i = r.u32()? as usize;
+        let fd = r.fd()?;
+        check_socket(&fd, nix::sys::socket::SockType::Stream, None)?;
+        let buf = r.bytes(MAX_COMMAND_LEN)?.to_vec();
+        let deadline = r.take()?;
+        match clients.get_mut(i) {
+            Some(slot @ None) => {
+                *slot = Some(Client {
+                    conn: Conn::Unix(UnixStream::from(fd)),
+                    buf,
+                    deadline,
+                });
+            }
+            _ => return refuse(format!("control client place {i} out of range or taken")),
+        }
+    }
+    Ok(clients)
 }
 
 fn take_cache(

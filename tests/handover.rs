@@ -669,3 +669,28 @@ fn stream_control_and_metrics_listeners_are_carried() {
     call.caller.send(call.to_caller_leg, &rtp_packet(1, 0));
     assert!(call.callee.recv().is_some(), "media after the hand-over");
 }
+
+#[test]
+fn a_unix_client_connected_before_the_hand_over_gets_its_reply() {
+    use std::io::{Read, Write};
+    let (m, mm) = ports(20).range();
+    let (m, mm) = (m.to_string(), mm.to_string());
+    let rp = Rtpproxy::start(&["-l", "127.0.0.1", "-m", &m, "-M", &mm, "-d", "INFO"]);
+    let path = rp.control_path().expect("unix control").to_path_buf();
+    let mut early = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    early
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    // Connected, nothing sent yet: the old process accepted the client and
+    // waits for its command, which goes to the new one.
+    thread::sleep(Duration::from_millis(200));
+    rp.hand_over()
+        .unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
+    early.write_all(b"VF 20040107").expect("write the command");
+    early
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    let mut reply = String::new();
+    let _ = early.read_to_string(&mut reply);
+    assert_eq!(reply.trim(), "1", "log:\n{}", rp.log());
+}
