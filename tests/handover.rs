@@ -694,3 +694,61 @@ fn a_unix_client_connected_before_the_hand_over_gets_its_reply() {
     let _ = early.read_to_string(&mut reply);
     assert_eq!(reply.trim(), "1", "log:\n{}", rp.log());
 }
+
+#[test]
+fn re_packetized_audio_goes_on_whole() {
+    let rp = udp(port(), ports(20).range(), &[]);
+    let caller = Peer::new("127.0.0.1");
+    let callee = Peer::new("127.0.0.1");
+    common::port_of(&rp.command(&format!("Uz40 rs 127.0.0.1 {} ft", caller.port())));
+    let l = rp.command(&format!("L rs 127.0.0.1 {} ft tt", callee.port()));
+    let to = common::reply_addr(&l, "127.0.0.1");
+    // 100 packets of 20 ms G.711, each payload byte telling its place.
+    let audio: Vec<u8> = (0..100 * 160).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let (got, new) = thread::scope(|s| {
+        let h = s.spawn(|| {
+            thread::sleep(Duration::from_millis(1000));
+            rp.hand_over()
+        });
+        let reader = s.spawn(|| {
+            let mut got = Vec::new();
+            while let Some((d, _)) = callee.recv_within(400) {
+                got.push(d);
+            }
+            got
+        });
+        let start = Instant::now();
+        for (i, chunk) in audio.chunks(160).enumerate() {
+            let due = start + Duration::from_millis(20) * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+            let mut p = vec![0x80, 0];
+            p.extend_from_slice(&(i as u16).to_be_bytes());
+            p.extend_from_slice(&(i as u32 * 160).to_be_bytes());
+            p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            p.extend_from_slice(chunk);
+            caller.send(to, &p);
+        }
+        (reader.join().expect("reader"), h.join().expect("hand-over"))
+    });
+    new.unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
+    let out: Vec<u8> = got.iter().flat_map(|p| p[12..].to_vec()).collect();
+    assert_eq!(
+        out.len(),
+        audio.len(),
+        "{} packets out; log:\n{}",
+        got.len(),
+        rp.log()
+    );
+    assert!(out == audio, "the audio came out changed");
+    assert!(got.iter().all(|p| p.len() == 12 + 320), "not 40 ms packets");
+    for (k, p) in got.iter().enumerate().skip(1) {
+        let (seq, prev) = (u16::from_be_bytes([p[2], p[3]]), &got[k - 1]);
+        assert_eq!(
+            seq,
+            u16::from_be_bytes([prev[2], prev[3]]).wrapping_add(1),
+            "packet {k}"
+        );
+    }
+}
