@@ -383,7 +383,8 @@ impl Successor {
                 "a state of {want_bytes} bytes and {want_fds} descriptors refused"
             ));
         }
-        let mut bytes = Vec::with_capacity(want_bytes as usize);
+        // Grown as the pieces come: the announced size alone buys little.
+        let mut bytes = Vec::with_capacity((want_bytes as usize).min(16 << 20));
         while bytes.len() < want_bytes as usize || fds.len() < want_fds {
             let n = recv_message(&self.sock, &mut buf, Some(&mut fds), deadline)?;
             match buf.get(..n) {

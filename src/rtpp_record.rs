@@ -729,8 +729,9 @@ pub(crate) mod test_support {
     }
 }
 
-/// Buffers larger than this are not believed of a hand-over's bytes.
-const CARRIED_BUFFER_MAX: usize = 1 << 20;
+/// Buffers larger than a recording ever gets are not believed of a
+/// hand-over's bytes: each costs its capacity up front.
+const CARRIED_BUFFER_MAX: usize = BUFFER_SIZE;
 
 /// A recording as a hand-over carries it (doc/PROTOCOL.md, "Hand-over"):
 /// the open file itself, whose offset the two processes share, and the

@@ -370,7 +370,9 @@ impl<T: Carry> Carry for Vec<T> {
     }
     fn take(r: &mut Reader<'_>) -> WireResult<Self> {
         let n = r.len(ITEMS_MAX, 1)?;
-        let mut items = Vec::with_capacity(n);
+        // Grown as items prove to be there: a count alone buys no memory
+        // beyond a small start.
+        let mut items = Vec::with_capacity(n.min(64));
         for _ in 0..n {
             items.push(T::take(r)?);
         }
