@@ -108,13 +108,7 @@ fn run(cfg: &Config, relaunch: &Relaunch) -> Result<(), String> {
     } else {
         inherited_fds()
     };
-    let run_as = match &cfg.run_user {
-        Some(u) => Some(
-            resolve_run_as(u, cfg.run_group.as_deref())
-                .map_err(|e| format!("invalid value for -u: {e}"))?,
-        ),
-        None => None,
-    };
+    let run_as = run_as(cfg)?;
     check_identity(cfg, run_as.as_ref())?;
     // Checked again when the file is written; checked now so that a
     // second instance fails before it touches any socket.
@@ -183,13 +177,7 @@ fn run(cfg: &Config, relaunch: &Relaunch) -> Result<(), String> {
 /// written before the old one is told to go. Until then a failure exits
 /// without touching anything: it all still belongs to the old process.
 fn run_successor(cfg: &Config, relaunch: &Relaunch, fd: i32) -> Result<(), String> {
-    let run_as = match &cfg.run_user {
-        Some(u) => Some(
-            resolve_run_as(u, cfg.run_group.as_deref())
-                .map_err(|e| format!("invalid value for -u: {e}"))?,
-        ),
-        None => None,
-    };
+    let run_as = run_as(cfg)?;
     check_identity(cfg, run_as.as_ref())?;
     let shutdown = Shutdown::install()?;
     open_log(cfg);
@@ -247,6 +235,17 @@ fn run_successor(cfg: &Config, relaunch: &Relaunch, fd: i32) -> Result<(), Strin
     };
     serve_until_the_end(cfg, servers, taken.sessions, taken.daemon, &mut life);
     Ok(())
+}
+
+/// `-u`: the account to run as, looked up.
+fn run_as(cfg: &Config) -> Result<Option<rtpproxy::rtpp_util::RunAs>, String> {
+    cfg.run_user
+        .as_ref()
+        .map(|u| {
+            resolve_run_as(u, cfg.run_group.as_deref())
+                .map_err(|e| format!("invalid value for -u: {e}"))
+        })
+        .transpose()
 }
 
 /// A new process's pidfile, and then the switch to `-u` (a no-op when the
