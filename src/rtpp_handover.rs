@@ -64,14 +64,15 @@ pub struct Relaunch {
     /// which names the replaced file after a package upgrade).
     pub exe: PathBuf,
     /// The command line, without the program name.
-    pub args: Vec<String>,
+    pub args: Vec<std::ffi::OsString>,
     /// Where it was started: relative paths are relative to that.
     pub cwd: Option<PathBuf>,
 }
 
 impl Relaunch {
-    /// The binary and arguments of this process, with relative paths made
-    /// absolute now (the daemon later works in `/`).
+    /// The binary and arguments of this process, the binary's path made
+    /// absolute now; the arguments run again from the same directory (the
+    /// daemon itself later works in `/`).
     pub fn of_this_process() -> Relaunch {
         let mut argv = std::env::args_os();
         let argv0 = argv.next().map(PathBuf::from).unwrap_or_default();
@@ -88,9 +89,9 @@ impl Relaunch {
                 .or_else(|| std::env::current_exe().ok())
                 .unwrap_or(argv0)
         };
+        let internal = format!("--{HANDOVER_FD_OPTION}");
         let args = argv
-            .map(|a| a.to_string_lossy().into_owned())
-            .filter(|a| !a.starts_with(&format!("--{HANDOVER_FD_OPTION}")))
+            .filter(|a| !a.to_string_lossy().starts_with(&internal))
             .collect();
         Relaunch { exe, args, cwd }
     }
