@@ -263,7 +263,7 @@ def quality():
 
 
 def session():
-    s = u32(0) + lp(b"call") + lp(b"ftag") + u8(0)
+    s = lp(b"call") + lp(b"ftag") + u8(0)
     s += ip4([127, 0, 0, 1]) * 2
     s += u8(1) + u16(21960) + ip4([127, 0, 0, 1]) + u32(0) + u32(1) + u8(0)
     for _ in range(2):  # RTP, RTCP

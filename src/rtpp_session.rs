@@ -1004,55 +1004,41 @@ pub struct CarriedLeg {
 }
 
 impl Sessions {
-    /// Puts a session that came in a hand-over back in its place `id`, its
+    /// Adds a session that came in a hand-over at the end of the table, its
     /// legs into the poll set (their ports are taken out of the free list
     /// by the caller, all at once).
     /// Its recordings become this process's own only with
     /// [`Sessions::adopt_recordings`], once the whole state is in.
     pub fn restore(
         &mut self,
-        id: SessionId,
         mut s: Session,
         legs: ByParty<Option<CarriedLeg>>,
         daemon: &mut Daemon,
-    ) -> Result<(), String> {
-        let at = id.0 as usize;
-        if self.slab.get(at).is_some_and(Option::is_some)
-            || at > crate::rtpp_handover::wire::ITEMS_MAX
-        {
-            return Err(format!("session place {at} given twice or out of range"));
-        }
+    ) -> Result<SessionId, String> {
+        let id = SessionId(self.slab.len() as u32);
         let [caller, callee] = legs.into_array();
         for (party, leg) in [(Party::Caller, caller), (Party::Callee, callee)] {
             if let Some(l) = leg {
                 s.legs[party] = Some(register_leg(id, party, l, daemon)?);
             }
         }
-        if self.slab.len() <= at {
-            self.slab.resize_with(at + 1, || None);
-        }
         self.by_call.entry(s.call_id.clone()).or_default().push(id);
         let timed = s.is_timed();
-        self.slab[at] = Some(s);
+        self.slab.push(Some(s));
         self.active += 1;
         if timed {
             self.mark_timed(id);
         }
-        Ok(())
+        Ok(id)
     }
 
-    /// Makes the recordings of every restored session this process's own,
-    /// and lists the free places once every session is in.
+    /// Makes the recordings of every restored session this process's own.
     pub fn adopt_recordings(&mut self) {
         for s in self.slab.iter_mut().flatten() {
             for rec in s.recorders_mut() {
                 rec.adopt();
             }
         }
-        self.free_ids = (0..self.slab.len() as u32)
-            .rev()
-            .filter(|&i| self.slab[i as usize].is_none())
-            .collect();
     }
 }
 

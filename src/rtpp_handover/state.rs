@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use super::wire::{check_udp, refuse, Carry, Reader, WireResult, Writer};
 use crate::rtpp_control::Control;
-use crate::rtpp_defines::{ByParty, ByStream, Config, Pair, PairKey, Party, SessionId, Stream};
+use crate::rtpp_defines::{ByParty, ByStream, Config, Pair, PairKey, Party, Stream};
 use crate::rtpp_metrics::http::MetricsServer;
 use crate::rtpp_network::PortTable;
 use crate::rtpp_poll::Poller;
@@ -114,8 +114,9 @@ pub fn encode(given: &Given<'_>, w: &mut Writer) {
         None => w.u8(0),
     }
     w.len(given.sessions.active());
-    for (id, s) in given.sessions.iter() {
-        w.u32(id.0);
+    // In table order, which `I` lists them in; the new process numbers
+    // them afresh, so no carried number can make its table sparse.
+    for (_, s) in given.sessions.iter() {
         put_session(s, w);
     }
 }
@@ -246,7 +247,6 @@ fn take_sessions(r: &mut Reader<'_>, cfg: &Config, daemon: &mut Daemon) -> WireR
     let mut sessions = Sessions::new();
     let mut ports = HashSet::new();
     for _ in 0..n {
-        let id = SessionId(r.u32()?);
         let (session, legs) = take_session(r, cfg, daemon)?;
         for l in legs.iter().flatten() {
             if !ports.insert(l.port) {
@@ -254,7 +254,7 @@ fn take_sessions(r: &mut Reader<'_>, cfg: &Config, daemon: &mut Daemon) -> WireR
             }
         }
         sessions
-            .restore(id, session, legs, daemon)
+            .restore(session, legs, daemon)
             .map_err(super::wire::WireError)?;
     }
     if !daemon.ports.claim_all(&ports) {
