@@ -235,8 +235,8 @@ put("latch", "asymmetric", bytes([2, 0xC0, 0, 1, 0, 4, 2, 0x40, 0, 8]))
 
 # --- handover: a state as rtpp_handover::state writes it ------------------
 # Descriptors are indexes into the fuzz target's list: 0 and 1 UDP sockets
-# on 21960/21961, 2 an unbound-elsewhere UDP socket, 3 a TCP listener,
-# 4 /dev/null.
+# on 127.0.0.1:21960/21961 (a leg), 2 a UDP socket (the control socket),
+# 3 a TCP listener on 127.0.0.1:21962 (--metrics), 4 a regular file (-A).
 def u8(v): return struct.pack("<B", v)
 def u16(v): return struct.pack("<H", v)
 def u32(v): return struct.pack("<I", v)
@@ -278,9 +278,10 @@ def session():
 state = b"RTPPSTAT" + u32(1) + u32(12345)
 state += u64(1) * 8 + f64(1.5) + u64(2) * 14 + f64(0) + u64(0) * 12
 state += u8(0) + u64(0) * (15 * 34) + histogram(9) + histogram(8) + histogram(7) + f64(0)
-state += u8(0) * 3
+state += u8(1) + u8(1) + u32(4) + lp(b"/tmp/rtpp-fuzz-handover.acct")  # -A
+state += u8(0) * 2  # no -n, no --hep
 state += u8(1) + u32(2) + u8(0) + u32(0)  # UDP control, empty reply cache
-state += u8(0)  # no metrics listener
+state += u8(1) + u32(3) + ip4([127, 0, 0, 1]) + u16(21962)  # --metrics
 state += u32(1) + session()
 put("handover", "one-session", state)
 put("handover", "header-only", b"RTPPSTAT" + u32(1) + u32(12345))

@@ -1,9 +1,11 @@
 //! The hand-over state decoder (`rtpp_handover::state::decode`): a new
 //! process must never trust the old one's bytes blindly. Arbitrary bytes,
-//! with a few real descriptors beside them (UDP sockets on the fuzz
-//! target's reserved media ports, a TCP listener, a file), must give a
-//! state or a refusal, never a panic, a hang or an allocation the bytes
-//! did not pay for.
+//! with a few real descriptors beside them, must give a state or a
+//! refusal, never a panic, a hang or an allocation the bytes did not pay
+//! for. The descriptors are those the seed `one-session`
+//! (`fuzz/make_corpus.py`) names: UDP sockets on 127.0.0.1:21960 and
+//! 21961, a UDP socket, a TCP listener on 127.0.0.1:21962, a regular file;
+//! the ports are the target's reserved ones (tests/common/mod.rs).
 #![no_main]
 
 use std::net::{TcpListener, UdpSocket};
@@ -32,10 +34,11 @@ fn originals() -> &'static Vec<RawFd> {
         if let Ok(s) = UdpSocket::bind("127.0.0.1:0") {
             fds.push(OwnedFd::from(s));
         }
-        if let Ok(l) = TcpListener::bind("127.0.0.1:0") {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", PORT_MIN + 2)) {
             fds.push(OwnedFd::from(l));
         }
-        if let Ok(f) = std::fs::File::open("/dev/null") {
+        let acct = std::env::temp_dir().join("rtpp-fuzz-handover.acct");
+        if let Ok(f) = std::fs::File::create(acct) {
             fds.push(OwnedFd::from(f));
         }
         // Kept open for the whole run: only their numbers are kept.

@@ -437,4 +437,55 @@ mod tests {
             assert!(decode(bytes, Vec::new(), &cfg, Instant::now()).is_err());
         }
     }
+
+    /// The fuzz target's seed (`fuzz/make_corpus.py`) is a whole state, so
+    /// the fuzzer starts from one: decoded with descriptors like the
+    /// target's, its ports moved to free ones.
+    #[test]
+    fn the_fuzz_seed_is_a_whole_state() {
+        use std::net::{TcpListener, UdpSocket};
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/handover/one-session"
+        );
+        let mut bytes = std::fs::read(path).unwrap();
+        let (rtp, rtcp, port) = loop {
+            let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let p = a.local_addr().unwrap().port();
+            if p % 2 == 0 && p < u16::MAX {
+                if let Ok(b) = UdpSocket::bind(("127.0.0.1", p + 1)) {
+                    break (a, b, p);
+                }
+            }
+        };
+        let metrics = TcpListener::bind("127.0.0.1:0").unwrap();
+        let m = metrics.local_addr().unwrap().port();
+        let mut move_port = |from: u16, to: u16, after: u8| {
+            let mut needle = vec![after];
+            needle.extend_from_slice(&from.to_le_bytes());
+            let at = bytes.windows(3).position(|w| w == needle).unwrap();
+            bytes[at + 1..at + 3].copy_from_slice(&to.to_le_bytes());
+        };
+        move_port(21960, port, 1);
+        move_port(21962, m, 1);
+        let dir = crate::test_support::TempDir::new("seed");
+        let acct = std::fs::File::create(dir.path().join("acct")).unwrap();
+        let fds = vec![
+            OwnedFd::from(rtp),
+            OwnedFd::from(rtcp),
+            OwnedFd::from(UdpSocket::bind("127.0.0.1:0").unwrap()),
+            OwnedFd::from(metrics),
+            OwnedFd::from(acct),
+        ];
+        let cfg = Config {
+            port_min: port,
+            port_max: port + 1,
+            ..Config::default()
+        };
+        let taken = match decode(&bytes, fds, &cfg, Instant::now()) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(taken.sessions.active(), 1);
+    }
 }
