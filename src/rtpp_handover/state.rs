@@ -452,7 +452,7 @@ mod tests {
         let (rtp, rtcp, port) = loop {
             let a = UdpSocket::bind("127.0.0.1:0").unwrap();
             let p = a.local_addr().unwrap().port();
-            if p % 2 == 0 && p < u16::MAX {
+            if p.is_multiple_of(2) && p < u16::MAX {
                 if let Ok(b) = UdpSocket::bind(("127.0.0.1", p + 1)) {
                     break (a, b, p);
                 }
