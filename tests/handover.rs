@@ -396,7 +396,7 @@ fn a_prompt_plays_on_from_where_it_was() {
 /// replaces), with UDP control and the given media range.
 fn daemon_from_copy(dir: &TempDir, range: (u16, u16)) -> (Rtpproxy, std::path::PathBuf) {
     let bin = dir.join("rtpproxy");
-    std::fs::copy(common::bin_path(), &bin).expect("copy the binary");
+    copy_by_cp(&common::bin_path(), &bin);
     let (m, mm) = (range.0.to_string(), range.1.to_string());
     let ctl = format!("udp:127.0.0.1:{}", port());
     let args = [
@@ -418,10 +418,25 @@ fn daemon_from_copy(dir: &TempDir, range: (u16, u16)) -> (Rtpproxy, std::path::P
 /// renamed over the running file.
 fn install_script(bin: &Path, script: &str) {
     use std::os::unix::fs::PermissionsExt;
+    let source = bin.with_extension("src");
+    std::fs::write(&source, script).expect("write script");
     let aside = bin.with_extension("new");
-    std::fs::write(&aside, script).expect("write script");
+    copy_by_cp(&source, &aside);
     std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::fs::rename(&aside, bin).expect("install script");
+}
+
+/// Copies a file that is to be run with cp(1): were this process to write
+/// it, a daemon another test thread forks at that moment would hold it
+/// open for writing until its exec, and running the file would fail with
+/// ETXTBSY.
+fn copy_by_cp(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cp {} {}", from.display(), to.display());
 }
 
 /// The old daemon still serves after a failed hand-over: same pid, media
