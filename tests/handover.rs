@@ -770,3 +770,26 @@ fn re_packetized_audio_goes_on_whole() {
         );
     }
 }
+
+#[test]
+fn the_notification_connection_is_carried() {
+    let addr = format!("127.0.0.1:{}", port());
+    let mut listener = LineListener::tcp(&addr);
+    let target = format!("tcp:{addr}");
+    let rp = udp(port(), ports(20).range(), &["-T", "2", "-n", &target]);
+    common::port_of(&rp.command(&format!("U one 127.0.0.1 4000 ftag ttag {target} one")));
+    let first = listener
+        .line_within(Duration::from_secs(6))
+        .unwrap_or_else(|| panic!("no first notification; log:\n{}", rp.log()));
+    assert_eq!(first, "one\n");
+    let before = listener.peers();
+    assert_eq!(before.len(), 1);
+    common::port_of(&rp.command(&format!("U two 127.0.0.1 4002 ftag ttag {target} two")));
+    rp.hand_over()
+        .unwrap_or_else(|| panic!("no hand-over; log:\n{}", rp.log()));
+    let second = listener
+        .line_within(Duration::from_secs(6))
+        .unwrap_or_else(|| panic!("no notification after the hand-over; log:\n{}", rp.log()));
+    assert_eq!(second, "two\n");
+    assert_eq!(listener.peers(), before, "the daemon connected again");
+}
