@@ -231,3 +231,57 @@ put("wav", "rifx", b"RIFX" + w[4:])
 put("latch", "prefill_then_stranger", bytes([2, 0x80, 0, 0, 1, 5, 3, 100, 0, 9]))
 put("latch", "resignal_window", bytes([0, 0, 2, 0x85, 1, 9, 3, 255, 3, 255, 3, 255, 3, 255, 0, 10]))
 put("latch", "asymmetric", bytes([2, 0xC0, 0, 1, 0, 4, 2, 0x40, 0, 8]))
+
+
+# --- handover: a state as rtpp_handover::state writes it ------------------
+# Descriptors are indexes into the fuzz target's list: 0 and 1 UDP sockets
+# on 127.0.0.1:21960/21961 (a leg), 2 a UDP socket (the control socket),
+# 3 a TCP listener on 127.0.0.1:21962 (--metrics), 4 a regular file (-A).
+def u8(v): return struct.pack("<B", v)
+def u16(v): return struct.pack("<H", v)
+def u32(v): return struct.pack("<I", v)
+def u64(v): return struct.pack("<Q", v)
+def f64(v): return struct.pack("<d", v)
+def lp(b): return u32(len(b)) + b
+def ip4(a): return u8(4) + bytes(a)
+
+
+def peer(addr=None):
+    out = (u8(1) + ip4([127, 0, 0, 1]) + u16(addr)) if addr else u8(0)
+    return out + u8(addr is not None) + u8(0) * 2 + u8(0) * 3 + u64(3) + u64(516)
+
+
+def histogram(n):
+    return b"".join(f64(i) for i in range(n)) + u64(0) * n + u64(0) + f64(0)
+
+
+def quality():
+    rtp = u8(0) + u64(0) * 5 + u8(0) + u16(0) + u32(8000) + u8(1) + u8(0) + u8(0)
+    rtp += u64(0) * 4 + f64(0) * 2 + u64(0) + u8(0) + u64(0) * 2
+    rtcp = u64(0) * 2 + u8(0) * 4 + u64(0) + u64(0) * 3 + u32(0) + u64(0) * 2
+    return rtp + rtcp
+
+
+def session():
+    s = lp(b"call") + lp(b"ftag") + u8(0)
+    s += ip4([127, 0, 0, 1]) * 2
+    s += u8(1) + u16(21960) + ip4([127, 0, 0, 1]) + u32(0) + u32(1) + u8(0)
+    for _ in range(2):  # RTP, RTCP
+        s += peer(4000) + peer() + u64(3) * 3 + u8(0) * 2
+    s += u8(1) + u8(0) * 2 + u8(0) * 2
+    s += struct.pack("<q", -5 * 10**9) * 2 + struct.pack("<q", -9 * 10**9)
+    s += u8(0) * 2 + u8(0) + u8(0) * 2 + u8(0) * 2 + u64(0) + u64(0) * 9
+    s += (u64(0) * 6 + u8(0)) * 2 + u8(0) * 2 + quality() * 2
+    return s
+
+
+state = b"RTPPSTAT" + u32(1) + u32(12345)
+state += u64(1) * 8 + f64(1.5) + u64(2) * 14 + f64(0) + u64(0) * 12
+state += u8(0) + u64(0) * (15 * 34) + histogram(9) + histogram(8) + histogram(7) + f64(0)
+state += u8(1) + u8(1) + u32(4) + lp(b"/tmp/rtpp-fuzz-handover.acct")  # -A
+state += u8(0) * 2  # no -n, no --hep
+state += u8(1) + u32(2) + u8(0) + u32(0)  # UDP control, empty reply cache
+state += u8(1) + u32(3) + ip4([127, 0, 0, 1]) + u16(21962)  # --metrics
+state += u32(1) + session()
+put("handover", "one-session", state)
+put("handover", "header-only", b"RTPPSTAT" + u32(1) + u32(12345))

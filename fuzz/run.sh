@@ -19,7 +19,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || {
 }
 export RUSTC_BOOTSTRAP=1
 # FUZZ_TARGETS picks some (e.g. FUZZ_TARGETS="latch wav"); default all.
-targets=${FUZZ_TARGETS:-command rtp latch recording wav framing http rtcp}
+targets=${FUZZ_TARGETS:-command rtp latch recording wav framing http rtcp handover}
 # -a: debug assertions and overflow checks, so arithmetic that wraps in a
 # release build is a crash here.
 build_log=$(mktemp "${TMPDIR:-/tmp}/rtpp-fuzz-build.XXXXXX")

@@ -19,7 +19,8 @@
 //! scoring it), `rtpp_notify` sends timeout and DTMF notifications,
 //! `rtpp_account` writes per-call accounting, `rtpp_hep` sends quality
 //! reports and RTCP to a Homer collector, `rtpp_metrics` serves the
-//! Prometheus metrics, and
+//! Prometheus metrics, `rtpp_handover` hands the running state to a new
+//! process (SIGUSR2), and
 //! `g711`/`wav` and the optional codec modules serve `makeann` and
 //! `extractaudio`.
 
@@ -42,6 +43,7 @@ pub(crate) mod rtpp_copy;
 pub mod rtpp_daemon;
 pub mod rtpp_defines;
 pub mod rtpp_dtmf;
+pub mod rtpp_handover;
 pub mod rtpp_hep;
 pub mod rtpp_metrics;
 pub mod rtpp_mos;

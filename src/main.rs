@@ -13,16 +13,21 @@ use rtpproxy::rtpp_command::exec::{execute, Context};
 use rtpproxy::rtpp_command::{parse, Reply};
 use rtpproxy::rtpp_control::{Control, Origin};
 use rtpproxy::rtpp_daemon::{
-    check_identity, check_pidfile, detach, finish_start_up, secure_control_socket, show_control,
-    start_line, Shutdown,
+    check_identity, check_pidfile, detach, drop_to, finish_start_up, open_log,
+    secure_control_socket, show_control, start_line, PidFile, Shutdown,
 };
 use rtpproxy::rtpp_defines::{
     Config, NotifyTarget, BATCH_MIN_SOCKETS, BATCH_WINDOW, CPROTOVER, IDLE_POLL_INTERVAL,
     NOTIFY_CAP, PROTO_CAPS, RTCP_POLL_INTERVAL, TIMETICK,
 };
+use rtpproxy::rtpp_handover::wire::Writer;
+use rtpproxy::rtpp_handover::{
+    cpu_used, log_failure, state, Hello, Pending, Relaunch, Successor, STATE_VERSION,
+};
 use rtpproxy::rtpp_log::Level;
 use rtpproxy::rtpp_log::{escape, show};
 use rtpproxy::rtpp_metrics::http::MetricsServer;
+use rtpproxy::rtpp_poll::Owner;
 
 use rtpproxy::rtpp_hep::HepSender;
 use rtpproxy::rtpp_network::{PortTable, RecvBatch};
@@ -43,6 +48,9 @@ const LOGGED_COMMAND_MAX: usize = 200;
 const FINAL_DRAIN: Duration = Duration::from_millis(100);
 
 fn main() -> ExitCode {
+    // Before anything can change the working directory: what a hand-over
+    // starts again.
+    let relaunch = Relaunch::of_this_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cfg = match parse_args(&args) {
         Ok(Action::Run(cfg)) => cfg,
@@ -64,7 +72,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match run(&cfg) {
+    let result = match cfg.handover_fd {
+        Some(fd) => run_successor(&cfg, &relaunch, fd),
+        None => run(&cfg, &relaunch),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rtpproxy: {e}");
@@ -89,20 +101,14 @@ fn print_protocol_versions() {
 /// Start-up in the classic order, then the loop until a signal ends it.
 /// Everything that can fail is done before the daemon reports to the
 /// shell that started it, so a zero exit status means it is serving.
-fn run(cfg: &Config) -> Result<(), String> {
+fn run(cfg: &Config, relaunch: &Relaunch) -> Result<(), String> {
     // Taken before anything is opened: whatever is open now was inherited.
     let inherited = if cfg.foreground {
         Vec::new()
     } else {
         inherited_fds()
     };
-    let run_as = match &cfg.run_user {
-        Some(u) => Some(
-            resolve_run_as(u, cfg.run_group.as_deref())
-                .map_err(|e| format!("invalid value for -u: {e}"))?,
-        ),
-        None => None,
-    };
+    let run_as = run_as(cfg)?;
     check_identity(cfg, run_as.as_ref())?;
     // Checked again when the file is written; checked now so that a
     // second instance fails before it touches any socket.
@@ -127,7 +133,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         return Err("invalid value for -L: too few open files for the control socket".into());
     }
     secure_control_socket(&control, run_as.as_ref())?;
-    let mut servers = Servers {
+    let servers = Servers {
         control,
         metrics: open_metrics(cfg, &mut poller)?,
     };
@@ -150,24 +156,147 @@ fn run(cfg: &Config) -> Result<(), String> {
     daemon.accounting = accounting;
     daemon.notifier = notifier(cfg);
     daemon.hep = hep;
-    let mut sessions = Sessions::new();
+    let sessions = Sessions::new();
     rtpp_log!(Info, "{}", start_line(cfg, run_as.as_ref()));
     if let Some(report) = report {
         report.ok();
     }
+    let mut life = Life {
+        relaunch,
+        shutdown,
+        pidfile,
+        handover: None,
+        token: None,
+    };
+    serve_until_the_end(cfg, servers, sessions, daemon, &mut life);
+    Ok(())
+}
 
-    run_loop(cfg, &mut servers, &mut sessions, &mut daemon, &shutdown);
+/// The new process of a hand-over (doc/PROTOCOL.md, "Hand-over"): what
+/// `run` opens arrives from the old process instead; the pidfile is
+/// written before the old one is told to go. Until then a failure exits
+/// without touching anything: it all still belongs to the old process.
+fn run_successor(cfg: &Config, relaunch: &Relaunch, fd: i32) -> Result<(), String> {
+    let run_as = run_as(cfg)?;
+    check_identity(cfg, run_as.as_ref())?;
+    let shutdown = Shutdown::install()?;
+    open_log(cfg);
+    raise_open_files_limit(cfg)?;
+    let link = Successor::connect(fd)?;
+    let (bytes, fds) = link.receive()?;
+    let started = Instant::now();
+    let mut taken = match state::decode(&bytes, fds, cfg, started) {
+        Ok(t) => t,
+        Err(e) => {
+            link.refuse(&e.0);
+            rtpp_log!(Err, "hand-over refused: {e}");
+            // Without unwinding: nothing decoded may act on what the old
+            // process still owns.
+            std::process::exit(1);
+        }
+    };
+    let pidfile = match take_over_pidfile(cfg, taken.old_pid, run_as.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            link.refuse(&e);
+            rtpp_log!(Err, "hand-over refused: {e}");
+            std::process::exit(1);
+        }
+    };
+    taken.adopt();
+    if let Err(e) = link.ready() {
+        // The old process is gone or about to be: this one serves.
+        rtpp_log!(
+            Warn,
+            "hand-over: the old process did not hear we are ready: {e}"
+        );
+    }
+    drop(link);
+    rtpp_log!(
+        Info,
+        "rtpproxy {} took over {} sessions from pid {} (pid {}, {:.1} ms, cpu {:.1} ms since exec)",
+        env!("CARGO_PKG_VERSION"),
+        taken.sessions.active(),
+        taken.old_pid,
+        std::process::id(),
+        started.elapsed().as_secs_f64() * 1000.0,
+        cpu_used().as_secs_f64() * 1000.0
+    );
+    let servers = Servers {
+        control: taken.control,
+        metrics: taken.metrics,
+    };
+    let mut life = Life {
+        relaunch,
+        shutdown,
+        pidfile,
+        handover: None,
+        token: None,
+    };
+    serve_until_the_end(cfg, servers, taken.sessions, taken.daemon, &mut life);
+    Ok(())
+}
 
-    match shutdown.signal() {
+/// `-u`: the account to run as, looked up.
+fn run_as(cfg: &Config) -> Result<Option<rtpproxy::rtpp_util::RunAs>, String> {
+    cfg.run_user
+        .as_ref()
+        .map(|u| {
+            resolve_run_as(u, cfg.run_group.as_deref())
+                .map_err(|e| format!("invalid value for -u: {e}"))
+        })
+        .transpose()
+}
+
+/// A new process's pidfile, and then the switch to `-u` (a no-op when the
+/// old process had made it already).
+fn take_over_pidfile(
+    cfg: &Config,
+    old: u32,
+    run_as: Option<&rtpproxy::rtpp_util::RunAs>,
+) -> Result<Option<PidFile>, String> {
+    let pidfile = cfg
+        .pid_file
+        .as_deref()
+        .map(|p| PidFile::take_over(p, old))
+        .transpose()?;
+    drop_to(run_as)?;
+    Ok(pidfile)
+}
+
+/// The loop, then the orderly end: queued media relayed, every session
+/// ended with its records, sockets and pidfile removed.
+fn serve_until_the_end(
+    cfg: &Config,
+    mut servers: Servers,
+    mut sessions: Sessions,
+    mut daemon: Daemon,
+    life: &mut Life<'_>,
+) {
+    run_loop(cfg, &mut servers, &mut sessions, &mut daemon, life);
+    match life.shutdown.signal() {
         0 => rtpp_log!(Info, "drained: the last session ended, exiting"),
         sig => rtpp_log!(Info, "got signal {sig}, exiting"),
+    }
+    if let Some(p) = life.handover.take() {
+        p.abandon();
     }
     relay_queued_media(cfg, &mut sessions, &mut daemon);
     sessions.end_all(EndReason::Shutdown, &mut daemon);
     drop(servers);
-    drop(pidfile);
+    drop(life.pidfile.take());
     rtpp_log!(Info, "rtpproxy ended");
-    Ok(())
+}
+
+/// What the loop needs of the daemon's life besides the state it serves:
+/// the signals, the pidfile, and a hand-over under way.
+struct Life<'a> {
+    relaunch: &'a Relaunch,
+    shutdown: Shutdown,
+    pidfile: Option<PidFile>,
+    handover: Option<Pending>,
+    /// The hand-over socket's place in the poll set.
+    token: Option<rtpproxy::rtpp_poll::Token>,
 }
 
 /// The sockets the loop serves besides media: the control socket, and the
@@ -198,29 +327,27 @@ fn run_loop(
     servers: &mut Servers,
     sessions: &mut Sessions,
     daemon: &mut Daemon,
-    shutdown: &Shutdown,
+    life: &mut Life<'_>,
 ) {
     let mut batch = RecvBatch::new();
     let mut changes = PollChanges::with_capacity(1024);
     let mut nofile = rtpproxy::rtpp_util::NofileWatch::new();
     let mut clock = Clock::new();
-    while !shutdown.stop_requested() {
-        if shutdown.drain_requested() && !daemon.draining {
-            daemon.draining = true;
-            rtpp_log!(
-                Warn,
-                "draining: no new sessions from now on, exiting when the last of {} ends",
-                sessions.active()
-            );
-        }
-        if daemon.draining && sessions.active() == 0 {
+    while !life.shutdown.stop_requested() {
+        if drained(&life.shutdown, sessions, daemon) {
             break;
         }
         let notify_check = daemon.notifier.as_ref().and_then(Notifier::next_check);
-        let wake = [servers.next_deadline(), sessions.next_due(), notify_check]
-            .into_iter()
-            .flatten()
-            .fold(clock.next_wake(&daemon.poller), Instant::min);
+        let handover_check = life.handover.as_ref().map(|p| p.deadline);
+        let wake = [
+            servers.next_deadline(),
+            sessions.next_due(),
+            notify_check,
+            handover_check,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(clock.next_wake(&daemon.poller), Instant::min);
         let Some(ready) = clock.poll(&mut daemon.poller, wake) else {
             continue;
         };
@@ -269,7 +396,121 @@ fn run_loop(
         if let Some(m) = servers.metrics.as_mut() {
             m.serve(daemon, sessions, now);
         }
+        hand_over(servers, sessions, daemon, life, now);
     }
+}
+
+/// SIGUSR1 (or a drain carried over by a hand-over): true once the last
+/// session ended.
+fn drained(shutdown: &Shutdown, sessions: &Sessions, daemon: &mut Daemon) -> bool {
+    if shutdown.drain_requested() && !daemon.draining {
+        daemon.draining = true;
+        rtpp_log!(
+            Warn,
+            "draining: no new sessions from now on, exiting when the last of {} ends",
+            sessions.active()
+        );
+    }
+    daemon.draining && sessions.active() == 0
+}
+
+/// SIGUSR2: starts a hand-over, or takes the next step of one under way.
+/// On success the process exits here, leaving everything open to the new
+/// one; on failure it says why once and goes on serving.
+fn hand_over(
+    servers: &Servers,
+    sessions: &Sessions,
+    daemon: &mut Daemon,
+    life: &mut Life<'_>,
+    now: Instant,
+) {
+    if life.shutdown.take_handover_request() {
+        if let Some(p) = &life.handover {
+            rtpp_log!(Warn, "hand-over to pid {} already under way", p.pid());
+        } else {
+            match Pending::start(life.relaunch, now) {
+                Ok(p) => {
+                    rtpp_log!(
+                        Info,
+                        "handing over to a new process (pid {}) of {}",
+                        p.pid(),
+                        life.relaunch.exe.display()
+                    );
+                    life.token =
+                        daemon
+                            .poller
+                            .register(p.fd(), Owner::Handover, Cadence::EveryPass);
+                    life.handover = Some(p);
+                }
+                Err(e) => log_failure(None, &e),
+            }
+        }
+    }
+    let Some(p) = life.handover.as_mut() else {
+        return;
+    };
+    let ready = life.token.is_some_and(|t| daemon.poller.is_ready(t));
+    if !ready && now < p.deadline {
+        return;
+    }
+    let outcome = match p.hello(now) {
+        Ok(Hello::Waiting) => return,
+        Ok(Hello::Version(STATE_VERSION)) => transfer(servers, sessions, daemon, p),
+        Ok(Hello::Version(v)) => Err(format!(
+            "it reads state version {v}, this process writes version {STATE_VERSION}"
+        )),
+        Err(e) => Err(e),
+    };
+    if let Some(t) = life.token.take() {
+        daemon.poller.deregister(t);
+    }
+    let Some(p) = life.handover.take() else {
+        return;
+    };
+    let pid = p.pid();
+    match outcome {
+        Ok((wall, cpu)) => {
+            rtpp_log!(
+                Info,
+                "handed over {} sessions to pid {pid} in {:.1} ms (cpu {:.1} ms), exiting",
+                sessions.active(),
+                wall.as_secs_f64() * 1000.0,
+                cpu.as_secs_f64() * 1000.0
+            );
+            // Without unwinding: every socket, file and the pidfile now
+            // belong to the new process.
+            std::process::exit(0);
+        }
+        Err(e) => {
+            p.abandon();
+            if let Some(pidfile) = life.pidfile.as_mut() {
+                pidfile.restore();
+            }
+            log_failure(Some(pid), &e);
+        }
+    }
+}
+
+/// Encodes and sends the state; how long media waited, and the CPU time
+/// this process spent on it.
+fn transfer(
+    servers: &Servers,
+    sessions: &Sessions,
+    daemon: &Daemon,
+    p: &mut Pending,
+) -> Result<(Duration, Duration), String> {
+    let frozen = Instant::now();
+    let cpu = cpu_used();
+    let mut w = Writer::new(frozen);
+    let given = state::Given {
+        control: &servers.control,
+        metrics: servers.metrics.as_ref(),
+        daemon,
+        sessions,
+    };
+    state::encode(&given, &mut w);
+    p.transfer(&w.bytes, &w.fds)?;
+    Ok((frozen.elapsed(), cpu_used().saturating_sub(cpu)))
 }
 
 /// Polls a set on a slower clock than every pass (`rtpp_poll`), without

@@ -630,6 +630,80 @@ fn grace_end(arrival: Instant, duration: u32, target: u32) -> Instant {
     later(arrival, duration.saturating_add(duration.min(target)))
 }
 
+// Carried across a hand-over (doc/PROTOCOL.md, "Hand-over"): the queued
+// inputs with their unsent audio, packed, so nothing queued is lost and
+// the output numbering goes on. The stores are made afresh for the
+// target, and a slot that would not fit them is refused.
+crate::rtpp_handover::wire::carry_fields!(Sent {
+    upto,
+    arrival,
+    duration
+});
+
+impl crate::rtpp_handover::wire::Carry for Resizer {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        w.u32(self.target_ms);
+        w.len(self.slots.len());
+        for s in &self.slots {
+            let audio = self.audio.get(s.off..s.off + s.rem).unwrap_or_default();
+            w.put(&(s.timeline, s.ssrc, s.payload_type, s.seq));
+            w.put(&(s.ts, s.end, s.next, s.marker, s.joinable));
+            w.put(&s.arrival);
+            w.bytes(audio);
+        }
+        w.u32(self.timeline);
+        w.put(&self.stream);
+        w.put(&self.sent);
+        w.put(&self.out_seq);
+        w.u64(self.late);
+        w.u64(self.dropped);
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        use crate::rtpp_handover::wire::refuse;
+        let target_ms = r.u32()?;
+        let mut z = Resizer::new(target_ms);
+        if z.target_ms != target_ms {
+            return refuse(format!("re-packetizer target {target_ms} ms"));
+        }
+        let n = r.len(z.slot_cap, 16)?;
+        for _ in 0..n {
+            let (timeline, ssrc, payload_type, seq) = r.take()?;
+            let (ts, end, next, marker, joinable) = r.take()?;
+            let arrival = r.take()?;
+            let audio = r.bytes(z.audio.len())?;
+            let off = z.tail;
+            let Some(store) = z.audio.get_mut(off..off + audio.len()) else {
+                return refuse("re-packetizer queue larger than its store");
+            };
+            store.copy_from_slice(audio);
+            z.tail += audio.len();
+            z.slots.push(Slot {
+                timeline,
+                ssrc,
+                payload_type,
+                seq,
+                ts,
+                end,
+                next,
+                off,
+                rem: audio.len(),
+                marker,
+                joinable,
+                arrival,
+            });
+        }
+        z.timeline = r.u32()?;
+        z.stream = r.take()?;
+        z.sent = r.take()?;
+        z.out_seq = r.take()?;
+        z.late = r.u64()?;
+        z.dropped = r.u64()?;
+        Ok(z)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::rtp::{frame_size, RTP_HEADER_LEN};
+use crate::rtpp_log;
 
 /// Largest prompt file loaded; prompts are seconds of speech, so anything
 /// bigger is a mistake that would otherwise pin that much memory per player.
@@ -112,6 +113,8 @@ pub enum Next {
 
 /// One prompt being played to one party.
 pub struct Player {
+    /// The file the prompt was read from: a hand-over reads it again.
+    source: PathBuf,
     payload_type: u8,
     /// The prompt, whole frames only (never empty).
     prompt: Box<[u8]>,
@@ -169,6 +172,7 @@ impl Player {
             match load_frames(&path, frame_len) {
                 Ok(frames) => {
                     return Ok(Player {
+                        source: path,
                         payload_type,
                         prompt: frames,
                         frame_len,
@@ -345,6 +349,70 @@ fn load_frames(path: &Path, frame_len: usize) -> Result<Box<[u8]>, Unusable> {
         return Err(Unusable::Unreadable);
     }
     Ok(data.into_boxed_slice())
+}
+
+/// A player as a hand-over carries it: where it is in its prompt and its
+/// schedule, not the audio, which the new process reads from the same
+/// file again (doc/PROTOCOL.md, "Hand-over").
+impl crate::rtpp_handover::wire::Carry for Player {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        w.put(&self.source);
+        w.u8(self.payload_type);
+        w.u32(self.ssrc);
+        w.u16(self.seq);
+        w.u32(self.ts);
+        w.put(&self.offset);
+        w.put(&self.plays_left);
+        w.put(&self.anchor);
+        w.u64(self.anchor_packet);
+        w.u64(self.sent);
+        w.bool(self.finished);
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        use crate::rtpp_handover::wire::refuse;
+        let source: PathBuf = r.take()?;
+        let payload_type = r.u8()?;
+        let Some((frame_len, samples)) = frame_size(payload_type) else {
+            return refuse(format!("prompt of payload type {payload_type}"));
+        };
+        let mut p = Player {
+            source,
+            payload_type,
+            prompt: vec![0; frame_len].into(),
+            frame_len,
+            samples_per_packet: samples,
+            ptime_us: u64::from(samples) * 125,
+            ssrc: r.u32()?,
+            seq: r.u16()?,
+            ts: r.u32()?,
+            offset: r.take()?,
+            plays_left: r.take()?,
+            anchor: r.take()?,
+            anchor_packet: r.u64()?,
+            sent: r.u64()?,
+            finished: r.bool()?,
+        };
+        if p.anchor_packet > p.sent || !p.offset.is_multiple_of(frame_len) {
+            return refuse("inconsistent player");
+        }
+        match load_frames(&p.source, frame_len) {
+            Ok(frames) if p.offset < frames.len() => p.prompt = frames,
+            _ => {
+                // Changed or gone since: the prompt ends here rather than
+                // playing something else from the middle.
+                rtpp_log!(
+                    Warn,
+                    "prompt {} changed during the hand-over; stopped",
+                    p.source.display()
+                );
+                p.offset = 0;
+                p.finished = true;
+            }
+        }
+        Ok(p)
+    }
 }
 
 #[cfg(test)]

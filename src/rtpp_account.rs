@@ -336,6 +336,39 @@ impl AccountFile {
     }
 }
 
+// Carried across a hand-over (doc/PROTOCOL.md, "Hand-over"): the open
+// file, so records go on into the same file even when its directory is
+// no longer writable by the daemon's account.
+impl crate::rtpp_handover::wire::Carry for AccountFile {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        match &self.file {
+            Some(f) => {
+                w.u8(1);
+                w.fd(f);
+            }
+            None => w.u8(0),
+        }
+        w.put(&self.path);
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        let file = match r.u8()? {
+            0 => None,
+            1 => {
+                let fd = r.fd()?;
+                crate::rtpp_handover::wire::check_file(&fd)?;
+                Some(File::from(fd))
+            }
+            v => return crate::rtpp_handover::wire::refuse(format!("bad accounting tag {v}")),
+        };
+        Ok(AccountFile {
+            file,
+            path: r.take()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -255,6 +255,30 @@ impl RtpAnalyzer {
     }
 }
 
+// Carried whole across a hand-over (doc/PROTOCOL.md, "Hand-over"). An
+// epoch's numbers stay far from overflow in any real stream; bytes that
+// say otherwise are refused rather than trusted with arithmetic.
+crate::rtpp_handover::wire::carry_fields!(RtpaStats {
+    nsent,
+    nrcvd,
+    ndups,
+    nlost,
+    perrs,
+});
+crate::rtpp_handover::wire::carry_fields!(Epoch {
+    ssrc,
+    min,
+    max,
+    offset,
+    unique,
+    dups,
+    seen,
+} check |e| {
+    const BOUND: i64 = 1 << 48;
+    e.min <= e.max && e.min > -BOUND && e.max < BOUND && e.offset.abs() < BOUND
+});
+crate::rtpp_handover::wire::carry_fields!(RtpAnalyzer { done, perrs, epoch });
+
 #[cfg(test)]
 mod tests {
     use super::*;

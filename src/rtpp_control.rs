@@ -411,8 +411,19 @@ impl Control {
     pub fn register(&mut self, poller: &mut Poller) -> bool {
         let fd = match &mut self.kind {
             Kind::Udp(s, _) => s.as_raw_fd(),
-            Kind::Unix(UnixControl { acceptor, .. })
-            | Kind::Stream(StreamControl { acceptor, .. }) => {
+            Kind::Unix(UnixControl { acceptor, clients }) => {
+                if !acceptor.register_places(poller) {
+                    return false;
+                }
+                // Clients a hand-over brought in take their places.
+                for (client, &place) in clients.iter().zip(&acceptor.places) {
+                    if let Some(c) = client {
+                        poller.set_fd(place, c.conn.as_raw_fd());
+                    }
+                }
+                acceptor.listener.as_raw_fd()
+            }
+            Kind::Stream(StreamControl { acceptor, .. }) => {
                 if !acceptor.register_places(poller) {
                     return false;
                 }
@@ -624,6 +635,159 @@ fn read_client(client: &mut Client) -> bool {
             Err(_) => return true,
         }
     }
+}
+
+/// Most replies a hand-over's cache may hold; the cache's own bound.
+const CARRIED_REPLIES_MAX: usize = REPLY_CACHE_MAX;
+
+/// What a hand-over carries of the control socket (doc/PROTOCOL.md,
+/// "Hand-over"): the listening or UDP socket itself, so commands queued on
+/// it wait for the new process, and the UDP reply cache, so a proxy's
+/// retransmission is answered and not run twice. The unix socket's accepted
+/// clients are carried too, with what they sent so far; a stream socket's
+/// clients are not: their connections close and the client sends again.
+impl Control {
+    pub fn handover_put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        match &self.kind {
+            Kind::Unix(u) => {
+                w.u8(0);
+                w.fd(&u.acceptor.listener.as_raw_fd());
+                w.put(&u.acceptor.path);
+                put_unix_clients(&u.clients, w);
+            }
+            Kind::Udp(sock, cache) => {
+                w.u8(1);
+                w.fd(sock);
+                w.put(&sock.local_addr().ok());
+                w.len(cache.order.len());
+                for (at, key) in &cache.order {
+                    let reply = cache.replies.get(key).map(|r| &r[..]).unwrap_or_default();
+                    w.put(at);
+                    w.put(&key.0);
+                    w.bytes(&key.1);
+                    w.bytes(reply);
+                }
+            }
+            Kind::Stream(s) => {
+                w.u8(2);
+                w.fd(&s.acceptor.listener.as_raw_fd());
+                w.put(&s.acceptor.path);
+            }
+        }
+    }
+
+    /// The control socket from a hand-over's bytes, and the unix socket
+    /// file it listens on: given back with [`Control::adopt`] only once
+    /// the whole state is taken, so a refused hand-over never removes the
+    /// old process's socket file.
+    pub fn handover_take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<(Control, Option<PathBuf>)> {
+        use crate::rtpp_handover::wire::{check_socket, refuse};
+        use nix::sys::socket::SockType;
+        let tag = r.u8()?;
+        let fd = r.fd()?;
+        let (kind, path) = match tag {
+            0 | 2 => {
+                let path: Option<PathBuf> = r.take()?;
+                check_socket(&fd, SockType::Stream, None)?;
+                let listener = match &path {
+                    Some(_) => Listener::Unix(UnixListener::from(fd)),
+                    None => Listener::Tcp(TcpListener::from(fd)),
+                };
+                let acceptor = Acceptor::new(listener, None);
+                let kind = match (tag, &path) {
+                    (0, Some(_)) => Kind::Unix(UnixControl {
+                        acceptor,
+                        clients: take_unix_clients(r)?,
+                    }),
+                    (0, None) => return refuse("unix control socket without a path"),
+                    _ => Kind::Stream(StreamControl::new(acceptor)),
+                };
+                (kind, path)
+            }
+            1 => {
+                let bound: Option<SocketAddr> = r.take()?;
+                check_socket(&fd, SockType::Datagram, bound)?;
+                (Kind::Udp(UdpSocket::from(fd), take_cache(r)?), None)
+            }
+            v => return refuse(format!("bad control socket kind {v}")),
+        };
+        let control = Control {
+            kind,
+            socket: None,
+            buf: vec![0; MAX_COMMAND_LEN],
+            reply: Vec::with_capacity(1024),
+        };
+        Ok((control, path))
+    }
+
+    /// Makes the carried control socket this process's own: its socket
+    /// file is removed when this process exits.
+    pub fn adopt(&mut self, path: Option<PathBuf>) {
+        match &mut self.kind {
+            Kind::Unix(u) => u.acceptor.path = path,
+            Kind::Stream(s) => s.acceptor.path = path,
+            Kind::Udp(..) => {}
+        }
+    }
+}
+
+fn put_unix_clients(clients: &[Option<Client>], w: &mut crate::rtpp_handover::wire::Writer) {
+    let carried: Vec<(usize, &Client)> = clients
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, c.as_ref()?)))
+        .filter(|(_, c)| matches!(c.conn, Conn::Unix(_)))
+        .collect();
+    w.len(carried.len());
+    for (i, c) in carried {
+        w.len(i);
+        w.fd(&c.conn.as_raw_fd());
+        w.bytes(&c.buf);
+        w.put(&c.deadline);
+    }
+}
+
+fn take_unix_clients(
+    r: &mut crate::rtpp_handover::wire::Reader<'_>,
+) -> crate::rtpp_handover::wire::WireResult<Vec<Option<Client>>> {
+    use crate::rtpp_handover::wire::{check_socket, refuse};
+    let mut clients: Vec<Option<Client>> = (0..MAX_CLIENTS).map(|_| None).collect();
+    let n = r.len(MAX_CLIENTS, 16)?;
+    for _ in 0..n {
+        let i = r.u32()? as usize;
+        let fd = r.fd()?;
+        check_socket(&fd, nix::sys::socket::SockType::Stream, None)?;
+        let buf = r.bytes(MAX_COMMAND_LEN)?.to_vec();
+        let deadline = r.take()?;
+        match clients.get_mut(i) {
+            Some(slot @ None) => {
+                *slot = Some(Client {
+                    conn: Conn::Unix(UnixStream::from(fd)),
+                    buf,
+                    deadline,
+                });
+            }
+            _ => return refuse(format!("control client place {i} out of range or taken")),
+        }
+    }
+    Ok(clients)
+}
+
+fn take_cache(
+    r: &mut crate::rtpp_handover::wire::Reader<'_>,
+) -> crate::rtpp_handover::wire::WireResult<ReplyCache> {
+    let mut cache = ReplyCache::default();
+    let n = r.len(CARRIED_REPLIES_MAX, 16)?;
+    for _ in 0..n {
+        let at: Instant = r.take()?;
+        let from: SocketAddr = r.take()?;
+        let cookie = r.bytes(MAX_COMMAND_LEN)?;
+        let reply = r.bytes(REPLY_CACHE_MAX_BYTES)?;
+        cache.put(from, cookie, reply, at);
+    }
+    Ok(cache)
 }
 
 #[cfg(test)]

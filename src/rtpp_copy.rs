@@ -120,6 +120,29 @@ impl RemoteCopy {
     }
 }
 
+// Carried across a hand-over (doc/PROTOCOL.md, "Hand-over") with its
+// socket, so the copy goes on from the same source port.
+impl crate::rtpp_handover::wire::Carry for RemoteCopy {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        w.fd(&self.socket);
+        w.put(&self.rtp);
+        w.put(&self.rtcp);
+        w.u64(self.errors.get());
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        let fd = r.fd()?;
+        crate::rtpp_handover::wire::check_udp(&fd, None)?;
+        Ok(RemoteCopy {
+            socket: UdpSocket::from(fd),
+            rtp: r.take()?,
+            rtcp: r.take()?,
+            errors: Cell::new(r.u64()?),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

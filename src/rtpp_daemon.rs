@@ -130,11 +130,39 @@ pub fn finish_start_up(
 ) -> Result<(Option<PidFile>, Shutdown), String> {
     let shutdown = Shutdown::install()?;
     let pidfile = cfg.pid_file.as_deref().map(PidFile::create).transpose()?;
+    drop_to(run_as)?;
+    Ok((pidfile, shutdown))
+}
+
+/// The switch to `-u`; nothing to do when already that account (a new
+/// process of a hand-over).
+pub fn drop_to(run_as: Option<&RunAs>) -> Result<(), String> {
     if let Some(run_as) = run_as {
         drop_privileges(run_as)
             .map_err(|e| format!("can't switch to user {}: {e}", run_as.user))?;
     }
-    Ok((pidfile, shutdown))
+    Ok(())
+}
+
+/// Opens the log as [`detach`] would, without going to the background: a
+/// new process of a hand-over stays where the old one put it (see
+/// doc/PROTOCOL.md, "Hand-over").
+pub fn open_log(cfg: &Config) {
+    let level = cfg.log_level.unwrap_or(if cfg.foreground {
+        Level::Dbug
+    } else {
+        Level::Warn
+    });
+    if cfg.foreground {
+        rtpp_log::open_stderr(level);
+        return;
+    }
+    let facility = cfg
+        .log_facility
+        .as_deref()
+        .and_then(rtpp_log::parse_facility)
+        .unwrap_or(syslog::Facility::LOG_DAEMON);
+    rtpp_log::open_syslog(level, facility);
 }
 
 /// Stays in the foreground logging to stderr, or goes to the background
@@ -322,6 +350,55 @@ impl PidFile {
     }
 }
 
+impl PidFile {
+    /// Writes this process's pid into the pidfile a daemon handing over
+    /// to it (`old`) wrote: refused when it names another live process.
+    /// Written aside and renamed over, so a reader never finds the file
+    /// missing or half written.
+    pub fn take_over(path: &Path, old: u32) -> Result<PidFile, String> {
+        if let Some(pid) = pidfile_owner(path).filter(|&p| u32::try_from(p).ok() != Some(old)) {
+            return Err(format!(
+                "pidfile {} names running process {pid}, not the one handing over",
+                path.display()
+            ));
+        }
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(".new");
+        let aside = PathBuf::from(aside);
+        let _ = std::fs::remove_file(&aside);
+        let written = std::fs::File::create_new(&aside)
+            .and_then(|mut f| {
+                writeln!(f, "{}", std::process::id())?;
+                f.metadata()
+            })
+            .and_then(|meta| std::fs::rename(&aside, path).map(|()| meta));
+        match written {
+            Ok(meta) => Ok(PidFile {
+                path: path.to_path_buf(),
+                written: (meta.dev(), meta.ino()),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&aside);
+                Err(format!("can't write pidfile {}: {e}", path.display()))
+            }
+        }
+    }
+
+    /// Writes this process's pid again, after a hand-over failed late
+    /// (the new process may have written its own before it died).
+    pub fn restore(&mut self) {
+        let pid = std::process::id().to_string();
+        let current = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if current.trim() == pid {
+            return;
+        }
+        if let Ok(taken) = PidFile::take_over(&self.path, 0) {
+            self.written = taken.written;
+            std::mem::forget(taken);
+        }
+    }
+}
+
 /// Fails, naming the process, when the pidfile at `path` names a live
 /// process other than this one. A missing, unreadable-as-a-pid or stale
 /// pidfile is fine: it is taken over.
@@ -374,17 +451,22 @@ pub struct Shutdown {
     signal: Arc<AtomicUsize>,
     /// SIGUSR1: stop taking new sessions, exit when the last one ends.
     drain: Arc<AtomicBool>,
+    /// SIGUSR2: hand everything over to a new process of the binary.
+    handover: Arc<AtomicBool>,
 }
 
 impl Shutdown {
-    fn install() -> Result<Shutdown, String> {
+    pub fn install() -> Result<Shutdown, String> {
         use nix::sys::signal::{signal, SigHandler, Signal};
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let shutdown = Shutdown {
             stop: Arc::new(AtomicBool::new(false)),
             signal: Arc::new(AtomicUsize::new(0)),
             drain: Arc::new(AtomicBool::new(false)),
+            handover: Arc::new(AtomicBool::new(false)),
         };
+        signal_hook::flag::register(signal_hook::consts::SIGUSR2, Arc::clone(&shutdown.handover))
+            .map_err(|e| format!("can't install signal handler: {e}"))?;
         signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&shutdown.drain))
             .map_err(|e| format!("can't install signal handler: {e}"))?;
         for sig in [SIGTERM, SIGINT, SIGHUP] {
@@ -409,6 +491,11 @@ impl Shutdown {
     /// Whether USR1 arrived.
     pub fn drain_requested(&self) -> bool {
         self.drain.load(Ordering::Relaxed)
+    }
+
+    /// Whether USR2 arrived since the last call.
+    pub fn take_handover_request(&self) -> bool {
+        self.handover.swap(false, Ordering::Relaxed)
     }
 
     /// The signal that ended the loop (0 if none did).

@@ -212,6 +212,8 @@ pub struct Config {
     pub hep_rtcp: bool,
     /// `--metrics`: where `GET /metrics` is served.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Internal: started by a daemon handing over, its end of the pair.
+    pub handover_fd: Option<i32>,
 }
 
 impl Default for Config {
@@ -246,6 +248,7 @@ impl Default for Config {
             hep: None,
             hep_rtcp: false,
             metrics: None,
+            handover_fd: None,
         }
     }
 }
@@ -378,6 +381,11 @@ impl<K: PairKey, T> Pair<K, T> {
         T: Clone,
     {
         Pair::from_fn(|_| value.clone())
+    }
+
+    /// The two values, in key order, owned.
+    pub fn into_array(self) -> [T; 2] {
+        self.items
     }
 
     /// The values, in key order.

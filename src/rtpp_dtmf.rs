@@ -226,6 +226,22 @@ impl EventPacket {
     }
 }
 
+// Carried whole across a hand-over (doc/PROTOCOL.md, "Hand-over").
+crate::rtpp_handover::wire::carry_fields!(Slot {
+    used,
+    timestamp,
+    digit,
+    duration,
+    reported,
+});
+crate::rtpp_handover::wire::carry_fields!(DtmfCatcher {
+    tag,
+    payload_type,
+    hide,
+    slots,
+    next,
+} check |c| c.next < HISTORY && c.payload_type <= 127);
+
 #[cfg(test)]
 mod tests {
     use super::*;

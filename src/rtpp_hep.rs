@@ -549,6 +549,37 @@ fn seconds(d: Duration) -> String {
     format!("{}.{:06}", d.as_secs(), d.subsec_micros())
 }
 
+// Carried across a hand-over (doc/PROTOCOL.md, "Hand-over"): the same
+// connected socket and its counts.
+impl crate::rtpp_handover::wire::Carry for HepSender {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        w.fd(&self.socket);
+        w.put(&self.target.addr);
+        w.u32(self.target.capture_id);
+        w.put(&(self.mirror_rtcp, self.sent, self.dropped));
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        let fd = r.fd()?;
+        crate::rtpp_handover::wire::check_udp(&fd, None)?;
+        let target = HepTarget {
+            addr: r.take()?,
+            capture_id: r.u32()?,
+        };
+        let (mirror_rtcp, sent, dropped) = r.take()?;
+        Ok(HepSender {
+            socket: UdpSocket::from(fd),
+            target,
+            mirror_rtcp,
+            datagram: Vec::with_capacity(MAX_DATAGRAM),
+            json: Vec::with_capacity(RTCP_JSON_CAPACITY),
+            sent,
+            dropped,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,6 +231,15 @@ impl PortTable {
         None
     }
 
+    /// Takes the pairs of `ports` out of the free list, as a hand-over
+    /// brings them in use; false when one of them is not free (or not in
+    /// the range), which a consistent hand-over never sends.
+    pub fn claim_all(&mut self, ports: &std::collections::HashSet<u16>) -> bool {
+        let before = self.free.len();
+        self.free.retain(|p| !ports.contains(p));
+        before - self.free.len() == ports.len()
+    }
+
     /// Returns a pair to the table.
     pub fn release(&mut self, port: u16) {
         self.free.push_back(port);

@@ -594,6 +594,144 @@ fn send_flags() -> MsgFlags {
     MsgFlags::MSG_DONTWAIT
 }
 
+// Carried across a hand-over (doc/PROTOCOL.md, "Hand-over"): every target
+// in its place (sessions name them by index), with its connection and the
+// lines still owed to the peer, so the listener sees no reconnect.
+impl crate::rtpp_handover::wire::Carry for Destination {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        match self {
+            Destination::Unix(path) => {
+                w.u8(0);
+                w.put(path);
+            }
+            Destination::Tcp { remote, local } => {
+                w.u8(1);
+                w.put(&std::net::SocketAddr::V4(*remote));
+                w.put(&local.map(std::net::IpAddr::V4));
+            }
+        }
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        use crate::rtpp_handover::wire::refuse;
+        use std::net::{IpAddr, SocketAddr};
+        match r.u8()? {
+            0 => Ok(Destination::Unix(r.take()?)),
+            1 => match (r.take::<SocketAddr>()?, r.take::<Option<IpAddr>>()?) {
+                (SocketAddr::V4(remote), None) => Ok(Destination::Tcp {
+                    remote,
+                    local: None,
+                }),
+                (SocketAddr::V4(remote), Some(IpAddr::V4(l))) => Ok(Destination::Tcp {
+                    remote,
+                    local: Some(l),
+                }),
+                _ => refuse("notification target not IPv4"),
+            },
+            v => refuse(format!("bad notification target kind {v}")),
+        }
+    }
+}
+
+impl crate::rtpp_handover::wire::Carry for TargetId {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        w.put(&self.0);
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        Ok(TargetId(r.take()?))
+    }
+}
+
+impl crate::rtpp_handover::wire::Carry for Channel {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        w.put(&self.to);
+        match &self.conn {
+            Some(c) => {
+                w.u8(1);
+                w.fd(&c.fd);
+                w.put(&c.connecting);
+            }
+            None => w.u8(0),
+        }
+        w.bytes(self.buf.get(self.head..).unwrap_or_default());
+        w.put(&self.lines.iter().copied().collect::<Vec<usize>>());
+        w.put(&self.partial);
+        w.put(&(self.sent, self.dropped, self.outage_drops, self.stall_drops));
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        use crate::rtpp_handover::wire::{check_socket, refuse};
+        let to = r.take()?;
+        let conn = match r.u8()? {
+            0 => None,
+            1 => {
+                let fd = r.fd()?;
+                check_socket(&fd, nix::sys::socket::SockType::Stream, None)?;
+                Some(Conn {
+                    fd,
+                    connecting: r.take()?,
+                })
+            }
+            v => return refuse(format!("bad notification connection tag {v}")),
+        };
+        let buf = r.bytes(BUFFER_LIMIT)?.to_vec();
+        let lines: Vec<usize> = r.take()?;
+        let partial: usize = r.take()?;
+        let total = lines.iter().try_fold(0usize, |a, &n| a.checked_add(n));
+        if total != Some(buf.len())
+            || lines.contains(&0)
+            || partial >= lines.first().map_or(1, |&n| n)
+        {
+            return refuse("inconsistent notification queue");
+        }
+        let (sent, dropped, outage_drops, stall_drops) = r.take()?;
+        Ok(Channel {
+            to,
+            conn,
+            buf,
+            head: 0,
+            lines: lines.into(),
+            partial,
+            sent,
+            dropped,
+            outage_drops,
+            stall_drops,
+        })
+    }
+}
+
+impl crate::rtpp_handover::wire::Carry for Notifier {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        w.put(&self.channels);
+        w.put(&self.fixed);
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        let channels: Vec<Channel> = r.take()?;
+        let fixed: usize = r.take()?;
+        if fixed > channels.len() || channels.len() - fixed > MAX_SELF_TARGETS {
+            return crate::rtpp_handover::wire::refuse("too many notification targets");
+        }
+        Ok(Notifier {
+            channels,
+            fixed,
+            checked: Instant::now(),
+        })
+    }
+}
+
+impl Notifier {
+    /// Whether `id` names one of the targets.
+    pub fn has_target(&self, id: TargetId) -> bool {
+        id.0 < self.channels.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

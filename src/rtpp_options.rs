@@ -76,6 +76,9 @@ fn options() -> Options {
         "hep-rtcp",
         "with --hep, mirror each RTCP report relayed",
     );
+    // Internal, left out of the usage text: a daemon handing over passes
+    // it to the new process (doc/PROTOCOL.md, "Hand-over").
+    o.optopt("", "handover-fd", "internal: hand-over socket", "FD");
     o.optmulti(
         "",
         "metrics",
@@ -134,6 +137,14 @@ pub fn parse_args(args: &[String]) -> Result<Action, String> {
     run_as_option(&m, &mut cfg)?;
     output_options(&m, &mut cfg)?;
     hep_options(&m, &mut cfg)?;
+    if let Some(fd) = m.opt_str("handover-fd") {
+        cfg.handover_fd = Some(
+            fd.parse::<i32>()
+                .ok()
+                .filter(|&fd| fd > 2)
+                .ok_or_else(|| format!("invalid value for --handover-fd: {fd}"))?,
+        );
+    }
     Ok(Action::Run(Box::new(cfg)))
 }
 

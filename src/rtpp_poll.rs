@@ -59,6 +59,8 @@ pub enum Owner {
     Control(usize),
     /// The metrics listener (0) or a scraper's place (1 and up).
     Metrics(usize),
+    /// The socket of a hand-over under way (the new process's hello).
+    Handover,
     /// A media socket: packets on it come from `party` on `stream`.
     Media {
         session: SessionId,

@@ -742,6 +742,80 @@ fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
+// Carried whole across a hand-over (doc/PROTOCOL.md, "Hand-over"), so
+// `Q` and the accounting record cover the whole call. A clock rate beyond
+// any codec's would overflow the jitter arithmetic: refused.
+impl crate::rtpp_handover::wire::Carry for ClockSource {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        w.u8(*self as u8);
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        match r.u8()? {
+            0 => Ok(ClockSource::None),
+            1 => Ok(ClockSource::Static),
+            2 => Ok(ClockSource::Inferred),
+            3 => Ok(ClockSource::Assumed),
+            v => crate::rtpp_handover::wire::refuse(format!("bad clock source {v}")),
+        }
+    }
+}
+crate::rtpp_handover::wire::carry_fields!(SeqState {
+    ssrc,
+    max_seq,
+    cycles,
+    base,
+    bad_seq,
+    probation,
+    received,
+});
+crate::rtpp_handover::wire::carry_fields!(JitterState {
+    pt,
+    other_run,
+    rate,
+    source,
+    learn,
+    transit,
+    j,
+    sum,
+    max,
+    samples,
+    done_sum_ms,
+    done_max_ms,
+    done_samples,
+} check |j| j.rate <= 1_000_000 && j.pt.is_none_or(|p| p <= 127));
+crate::rtpp_handover::wire::carry_fields!(RtpQuality {
+    seq,
+    expected_done,
+    received_done,
+    dups,
+    reordered,
+    ssrc_changes,
+    jitter,
+    origin,
+    last_ns,
+    max_gap_ns,
+});
+crate::rtpp_handover::wire::carry_fields!(SrSeen {
+    ssrc,
+    ntp_middle,
+    at
+});
+crate::rtpp_handover::wire::carry_fields!(RtcpMeter {
+    packets,
+    errors,
+    srs,
+    next_sr,
+    reports,
+    fraction_sum,
+    jitter_sum,
+    cumulative_lost,
+    rtt_samples,
+    rtt_sum_us,
+} check |m| m.next_sr < SR_KEPT);
+crate::rtpp_handover::wire::carry_fields!(QualityMeter { rtp, rtcp });
+
 #[cfg(test)]
 mod tests {
     use super::*;

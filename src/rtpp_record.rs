@@ -729,6 +729,92 @@ pub(crate) mod test_support {
     }
 }
 
+/// Buffers larger than a recording ever gets are not believed of a
+/// hand-over's bytes: each costs its capacity up front.
+const CARRIED_BUFFER_MAX: usize = BUFFER_SIZE;
+
+/// A recording as a hand-over carries it (doc/PROTOCOL.md, "Hand-over"):
+/// the open file itself, whose offset the two processes share, and the
+/// packets buffered but not yet written, which the new process writes.
+/// It arrives "closed": until the new process owns the whole state,
+/// dropping it must neither write nor move anything; [`RecordFile::adopt`]
+/// makes it live.
+impl crate::rtpp_handover::wire::Carry for RecordFile {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        match &self.file {
+            Some(f) => {
+                w.u8(1);
+                w.fd(f);
+            }
+            None => w.u8(0),
+        }
+        w.u8(match self.format {
+            RecordFormat::Adhoc => 0,
+            RecordFormat::Pcap => 1,
+        });
+        w.len(self.buf.capacity());
+        w.bytes(&self.buf);
+        w.put(&self.path);
+        w.put(&self.destination);
+        w.u16(self.ip_id);
+        w.u64(self.skipped);
+        w.bool(self.stopped);
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        use crate::rtpp_handover::wire::{check_file, refuse};
+        let file = match r.u8()? {
+            0 => None,
+            1 => {
+                let fd = r.fd()?;
+                check_file(&fd)?;
+                Some(File::from(fd))
+            }
+            v => return refuse(format!("bad recording file tag {v}")),
+        };
+        let format = match r.u8()? {
+            0 => RecordFormat::Adhoc,
+            1 => RecordFormat::Pcap,
+            v => return refuse(format!("bad recording format {v}")),
+        };
+        let capacity = r.u32()? as usize;
+        if capacity > CARRIED_BUFFER_MAX {
+            return refuse(format!("recording buffer of {capacity} bytes"));
+        }
+        let capacity = capacity.max(MAX_HEADER_LEN + 2048);
+        let held = r.bytes(capacity)?;
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(held);
+        let path: PathBuf = r.take()?;
+        let destination: Option<(PathBuf, String)> = r.take()?;
+        if destination
+            .as_ref()
+            .is_some_and(|(_, name)| !is_single_component(name))
+        {
+            return refuse("recording destination is not a file name");
+        }
+        Ok(RecordFile {
+            file,
+            format,
+            buf,
+            path,
+            destination,
+            ip_id: r.u16()?,
+            skipped: r.u64()?,
+            stopped: r.bool()?,
+            closed: true,
+        })
+    }
+}
+
+impl RecordFile {
+    /// Makes a recording that arrived in a hand-over this process's own.
+    pub(crate) fn adopt(&mut self) {
+        self.closed = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::test_support::{at, record, v4, TempDir, RTP};

@@ -1089,6 +1089,87 @@ fn release_leg(leg: &Leg, daemon: &mut Daemon) {
     daemon.ports.release(leg.port);
 }
 
+/// A leg as a hand-over carries it: its sockets, not yet in the poll set.
+pub struct CarriedLeg {
+    pub port: u16,
+    pub ip: IpAddr,
+    pub sockets: ByStream<UdpSocket>,
+}
+
+impl Sessions {
+    /// Adds a session that came in a hand-over at the end of the table, its
+    /// legs into the poll set (their ports are taken out of the free list
+    /// by the caller, all at once).
+    /// Its recordings become this process's own only with
+    /// [`Sessions::adopt_recordings`], once the whole state is in.
+    pub fn restore(
+        &mut self,
+        mut s: Session,
+        legs: ByParty<Option<CarriedLeg>>,
+        daemon: &mut Daemon,
+    ) -> Result<SessionId, String> {
+        let id = SessionId(self.slab.len() as u32);
+        let [caller, callee] = legs.into_array();
+        for (party, leg) in [(Party::Caller, caller), (Party::Callee, callee)] {
+            if let Some(l) = leg {
+                s.legs[party] = Some(register_leg(id, party, l, daemon)?);
+            }
+        }
+        self.by_call.entry(s.call_id.clone()).or_default().push(id);
+        let timed = s.is_timed();
+        self.slab.push(Some(s));
+        self.active += 1;
+        if timed {
+            self.mark_timed(id);
+        }
+        Ok(id)
+    }
+
+    /// Makes the recordings of every restored session this process's own.
+    pub fn adopt_recordings(&mut self) {
+        for s in self.slab.iter_mut().flatten() {
+            for rec in s.recorders_mut() {
+                rec.adopt();
+            }
+        }
+    }
+}
+
+/// Registers a carried leg's sockets with the poller.
+fn register_leg(
+    id: SessionId,
+    party: Party,
+    leg: CarriedLeg,
+    daemon: &mut Daemon,
+) -> Result<Leg, String> {
+    let mut register = |stream: Stream, cadence: Cadence| {
+        let owner = Owner::Media {
+            session: id,
+            party,
+            stream,
+        };
+        daemon
+            .poller
+            .register(leg.sockets[stream].as_raw_fd(), owner, cadence)
+    };
+    // Polled on their own cadences at first: what this process knows of
+    // a socket's rhythm and silence starts with the hand-over.
+    let rtp = register(Stream::Rtp, home(Stream::Rtp));
+    let rtcp = register(Stream::Rtcp, home(Stream::Rtcp));
+    match (rtp, rtcp) {
+        (Some(rtp), Some(rtcp)) => Ok(Leg {
+            port: leg.port,
+            ip: leg.ip,
+            sockets: leg.sockets,
+            tokens: ByStream::new(rtp, rtcp),
+            pacing: Pacing::default(),
+            rtcp_read: None,
+            touched: Instant::now(),
+        }),
+        _ => Err("too few open files for the carried sessions (-L)".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -549,3 +549,81 @@ impl Daemon {
         self.received_before = Some((now, received));
     }
 }
+
+// Carried across a hand-over (doc/PROTOCOL.md, "Hand-over"), so `G` and
+// the metrics go on counting from where the old process stopped.
+crate::rtpp_handover::wire::carry_fields!(MosBands {
+    good,
+    fair,
+    poor,
+    bad
+});
+crate::rtpp_handover::wire::carry_fields!(Counters {
+    sessions_created,
+    sessions_destroyed,
+    sessions_timeout,
+    sessions_complete,
+    sessions_no_rtp,
+    sessions_oneway_rtp,
+    sessions_no_rtcp,
+    sessions_oneway_rtcp,
+    total_duration,
+    players_created,
+    players_destroyed,
+    packets_received,
+    packets_relayed,
+    packets_dropped,
+    packets_played,
+    resizer_in,
+    resizer_out,
+    resizer_discard,
+    commands_received,
+    commands_succeeded,
+    commands_failed,
+    commands_repeated,
+    replies_sent,
+    packets_in_rate,
+    rtpa,
+    mos_bands,
+    rtcp_errors,
+    hep_sent,
+    hep_dropped,
+});
+
+impl<const N: usize> crate::rtpp_handover::wire::Carry for Histogram<N> {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        w.put(&self.bounds);
+        w.put(&self.buckets);
+        w.u64(self.count);
+        w.f64(self.sum);
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        Ok(Histogram {
+            bounds: r.take()?,
+            buckets: r.take()?,
+            count: r.u64()?,
+            sum: r.f64()?,
+        })
+    }
+}
+
+crate::rtpp_handover::wire::carry_fields!(Metrics {
+    commands,
+    mos,
+    loss,
+    jitter,
+    started,
+});
+crate::rtpp_handover::wire::carry_fields!(PacketCounts {
+    received,
+    relayed,
+    dropped,
+    played,
+    resizer_in,
+    resizer_out,
+    resizer_discard,
+    players_created,
+    players_destroyed,
+});

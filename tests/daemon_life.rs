@@ -811,6 +811,12 @@ fn packaged_settings_agree() {
         "-d must come before $RTPPROXY_OPTS: {exec}"
     );
 
+    let reload = line("ExecReload=");
+    assert!(
+        reload.contains("kill -USR2 \"$$old\"") && reload.contains("/run/rtpproxy/rtpproxy.pid"),
+        "ExecReload= must hand over (SIGUSR2) and wait on the PIDFile=: {reload}"
+    );
+
     let sock = "-s unix:/run/rtpproxy/rtpproxy.sock";
     assert!(unit.contains(&format!("Environment=\"RTPPROXY_OPTS={sock}\"")));
     let defaults = read("contrib/default/rtpproxy");

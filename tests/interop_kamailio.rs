@@ -16,7 +16,10 @@
 //!   `-r` directory holds both directions of every call afterwards;
 //! - with two relays in one set, new calls move to one relay when the other
 //!   dies or drains (SIGUSR1), and the calls running on a draining relay
-//!   keep every packet until they end, after which it exits by itself.
+//!   keep every packet until they end, after which it exits by itself;
+//! - with two relays in one set handing over to new processes (SIGUSR2)
+//!   while calls run, every call completes with its media and its `Q` at
+//!   BYE covering the whole call.
 //!
 //! Two more tests drive the relay's other features through Kamailio:
 //! `rtpproxy_stream2uac()` / `rtpproxy_stop_stream2uac()` (`P`, `S`) with
@@ -896,6 +899,88 @@ fn kamailio_relay_set_spreads_calls_and_survives_a_dead_relay() {
             "{url0} created {created} sessions; {} first calls and {SECOND} later ones expected",
             before.len()
         ));
+    }
+}
+
+/// Hand-over (SIGUSR2) with two relays in one Kamailio set: while calls
+/// run on both, each relay in turn hands everything over to a new process
+/// of its binary. Every call completes, keeps its media both ways through
+/// the hand-overs, and the `Q` Kamailio sends at BYE, answered by the new
+/// processes, covers the whole call; calls placed afterwards are served by
+/// the new processes, whose counters went on from the old ones'.
+#[test]
+fn kamailio_relay_set_keeps_its_calls_through_a_hand_over() {
+    const FIRST: u64 = 6;
+    const SECOND: u64 = 4;
+    let mut run = Run::new("interop-handover");
+    let urls = [
+        format!("udp:127.0.0.1:{}", port()),
+        format!("udp:127.0.0.1:{}", port()),
+    ];
+    for url in &urls {
+        run.start_relay(url, ports(60));
+    }
+    let kamailio = port();
+    let (callee, first_caller, second_caller) = (Endpoint::new(), Endpoint::new(), Endpoint::new());
+    run.start_kamailio(
+        kamailio,
+        callee.sip,
+        first_caller.sip,
+        &format!("{}=1 {}=1", urls[0], urls[1]),
+    );
+    let callee = run.start_callee(callee, FIRST + SECOND);
+    let first = run.start_caller("caller-1", first_caller, kamailio, FIRST, 10);
+    run.watch_until(
+        "the first calls to carry media",
+        Duration::from_secs(6),
+        |run| {
+            let flowing = run
+                .media
+                .values()
+                .filter(|m| m.from_offerer > 0 && m.from_answerer > 0)
+                .count();
+            flowing as u64 == FIRST
+        },
+    );
+    let before: BTreeMap<String, CallMedia> = run.media.clone();
+    for relay in 0..urls.len() {
+        let old = run.relays[relay].proxy.live_pid();
+        match run.relays[relay].proxy.hand_over() {
+            Some(new) if Some(new) != old => {}
+            _ => run.fail(&format!("relay {relay} did not hand over")),
+        }
+    }
+    let second = run.start_caller("caller-2", second_caller, kamailio, SECOND, 10);
+    run.watch_until_done(&[first, second, callee], SIPP_DEADLINE);
+    for sipp in [first, second, callee] {
+        run.expect_all_calls_completed(sipp);
+    }
+    let first_calls = run.expect_sdp_names_relay(first, "ANSWER");
+    let second_calls = run.expect_sdp_names_relay(second, "ANSWER");
+    let all: BTreeSet<String> = first_calls.union(&second_calls).cloned().collect();
+    run.expect_media_both_ways(&all);
+    for (call, then) in &before {
+        let now = &run.media[call];
+        if now.from_offerer <= then.from_offerer || now.from_answerer <= then.from_answerer {
+            run.fail(&format!(
+                "{call}: media stopped at the hand-over ({}/{} packets then, {}/{} later)",
+                then.from_offerer, then.from_answerer, now.from_offerer, now.from_answerer
+            ));
+        }
+    }
+    run.expect_bye_statistics(&all);
+    run.expect_no_sessions_left();
+    let created: u64 = run.last_counts.iter().map(|c| c.0).sum();
+    if created != FIRST + SECOND {
+        run.fail(&format!(
+            "the new processes count {created} sessions created; {} calls were placed",
+            FIRST + SECOND
+        ));
+    }
+    for relay in &run.relays {
+        if !relay.proxy.log().contains("took over") {
+            run.fail("a relay's log has no hand-over");
+        }
     }
 }
 

@@ -35,9 +35,17 @@
 #      upgrade does: status is 0 and stop stops it.
 #   6. the packaged layout (root and RTPP_TEST_USER): start creates the
 #      pidfile's missing directory with mode 0755 and gives it to the user,
-#      the daemon runs as that user; after a drain the daemon removes its
-#      pidfile and control socket from that directory and status answers
-#      3; the same after start and stop.
+#      the daemon runs as that user; reload hands it over to a new process
+#      that runs as that user too and rewrote the pidfile; after a drain
+#      the daemon removes its pidfile and control socket from that
+#      directory and status answers 3; the same after start and stop.
+#   7. reload and upgrade (SIGUSR2, a hand-over): reload when stopped
+#      answers 7; reload of a running daemon answers 0 once the pidfile
+#      names a new live daemon, the old one is gone and the control socket
+#      is still there; upgrade after the binary was replaced starts the new
+#      file (its /proc/PID/exe is no longer "(deleted)"); with a binary
+#      that exits at once, upgrade fails and the old daemon, still named
+#      by the pidfile, goes on running.
 #
 # Exits 0 when every check passed, 1 with a message otherwise.  The
 # daemons, the sleep and the temporary directory are cleaned up in every
@@ -325,6 +333,69 @@ upgrade_checks() {
 	unset run_daemon
 }
 
+# Hand over through the script ($1: reload or upgrade) and check that a
+# new daemon took over from pid $2; sets started to the new pid.
+hand_over_ok() {
+	run_init "$1"
+	rc=$?
+	[ "$rc" -eq 0 ] || fail "$1 answered $rc"
+	p=$(cat "${run_pidfile:-$tmp/pid}" 2>/dev/null)
+	started_pids="$started_pids $p"
+	case $p in
+	'' | *[!0-9]*) fail "pidfile holds '$p' after $1" ;;
+	esac
+	[ "$p" != "$2" ] || fail "$1 left pid $2 in the pidfile"
+	alive "$p" || fail "pid $p from the pidfile is not running after $1"
+	wait_gone "$2" "$1"
+	started=$p
+}
+
+# 7. Reload and upgrade: a hand-over to a new process of the binary.
+reload_checks() {
+	run_init reload
+	rc=$?
+	[ "$rc" -eq 7 ] || fail "reload when stopped answered $rc, not 7"
+	mkdir -p "$tmp/bin" || fail "cannot create $tmp/bin"
+	cp "$daemon" "$tmp/bin/rtpproxy" || fail "cannot copy the daemon"
+	run_daemon=$tmp/bin/rtpproxy
+	start_daemon_ok "start before reload"
+	hand_over_ok reload "$started"
+	[ -S "$tmp/ctl.sock" ] || fail "no control socket after reload"
+	expect_status 0 "after reload"
+
+	if ! cp "$daemon" "$tmp/bin/rtpproxy.new" ||
+		! mv -f "$tmp/bin/rtpproxy.new" "$tmp/bin/rtpproxy"; then
+		fail "cannot replace the copy of the daemon"
+	fi
+	hand_over_ok upgrade "$started"
+	case $(readlink "/proc/$started/exe") in
+	*" (deleted)") fail "upgrade did not start the new binary" ;;
+	esac
+
+	pid1=$started
+	if ! printf '#!/bin/sh\nexit 3\n' >"$tmp/bin/rtpproxy.new" ||
+		! chmod 0755 "$tmp/bin/rtpproxy.new" ||
+		! mv -f "$tmp/bin/rtpproxy.new" "$tmp/bin/rtpproxy"; then
+		fail "cannot install the failing binary"
+	fi
+	RELOAD_TIMEOUT=8 run_init upgrade && fail "upgrade to a binary that" \
+		"exits at once answered 0"
+	alive "$pid1" || fail "the old daemon died when the upgrade failed"
+	[ "$(cat "$tmp/pid" 2>/dev/null)" = "$pid1" ] ||
+		fail "the pidfile no longer names the old daemon"
+	[ -S "$tmp/ctl.sock" ] || fail "the failed upgrade removed the" \
+		"control socket"
+	if ! cp "$daemon" "$tmp/bin/rtpproxy.new" ||
+		! mv -f "$tmp/bin/rtpproxy.new" "$tmp/bin/rtpproxy"; then
+		fail "cannot put the daemon back"
+	fi
+	run_init stop
+	rc=$?
+	[ "$rc" -eq 0 ] || fail "stop after the hand-overs answered $rc"
+	wait_gone "$pid1" "stop after the hand-overs"
+	unset run_daemon
+}
+
 # 6. The packaged layout: pidfile and control socket in a runtime
 # directory the script creates for the user the daemon runs as.
 layout_checks() {
@@ -345,6 +416,14 @@ layout_checks() {
 	duid=$(sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$pid1/status")
 	[ "$duid" = "$uid" ] || fail "the daemon runs as uid $duid, not $uid"
 	expect_status 0 "with RTPPROXY_USER=$user"
+
+	# The new process needs no root: it runs as the user from the start.
+	hand_over_ok reload "$pid1"
+	pid1=$started
+	duid=$(sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$pid1/status")
+	[ "$duid" = "$uid" ] || fail "the new daemon runs as uid $duid, not $uid"
+	[ -S "$rundir/ctl.sock" ] || fail "no control socket after reload" \
+		"(RTPPROXY_USER=$user)"
 
 	run_init drain
 	rc=$?
@@ -402,6 +481,7 @@ for mode in $modes; do
 	stale_checks
 	foreign_checks
 	upgrade_checks
+	reload_checks
 	[ "$layout" = yes ] && layout_checks
 done
 

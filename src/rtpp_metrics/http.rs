@@ -387,6 +387,36 @@ pub fn response(decision: Decision, body: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(text.as_bytes());
 }
 
+/// The listener as a hand-over carries it (doc/PROTOCOL.md, "Hand-over"):
+/// connections queued on it wait there for the new process; a scrape in
+/// progress is cut and the scraper asks again.
+impl crate::rtpp_handover::wire::Carry for MetricsServer {
+    fn put(&self, w: &mut crate::rtpp_handover::wire::Writer) {
+        w.fd(&self.listener);
+        w.put(&self.addr);
+    }
+    fn take(
+        r: &mut crate::rtpp_handover::wire::Reader<'_>,
+    ) -> crate::rtpp_handover::wire::WireResult<Self> {
+        let fd = r.fd()?;
+        let addr = r.take()?;
+        crate::rtpp_handover::wire::check_socket(
+            &fd,
+            nix::sys::socket::SockType::Stream,
+            Some(addr),
+        )?;
+        Ok(MetricsServer {
+            listener: TcpListener::from(fd),
+            addr,
+            socket: None,
+            places: Vec::new(),
+            scrapers: (0..MAX_SCRAPERS).map(|_| None).collect(),
+            paused_until: None,
+            body: String::new(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -136,6 +136,19 @@ impl Peer {
     }
 }
 
+// Carried whole across a hand-over (doc/PROTOCOL.md, "Hand-over").
+crate::rtpp_handover::wire::carry_fields!(Peer {
+    addr,
+    latched,
+    untrusted,
+    asymmetric,
+    update_until,
+    signalled,
+    reclaim_until,
+    packets,
+    bytes,
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,12 +66,13 @@ impl Drop for TempDir {
 /// ranges, control ports, SIP ports, a peer's fixed port) comes from its
 /// binary's share through [`ports`], so the tests of one binary, which run
 /// in parallel, never meet, and two binaries never share a port even when
-/// run at the same time. The shares lie in 10000-27999: above the
+/// run at the same time. The shares lie in 10000-32767: above the
 /// well-known and registered service ports a test machine may run (SIP's
-/// 5060, ...), below the media ports of the soak test (28000-31999) and of
-/// the benchmark (30000 and up), and below the kernel's ephemeral ports
-/// (32768 and up on Linux), which the tests' own sockets bound to port 0
-/// get. They stay clear of [`RESERVED`]. A new test binary that needs
+/// 5060, ...), and below the kernel's ephemeral ports (32768 and up on
+/// Linux), which the tests' own sockets bound to port 0 get. The
+/// hand-over tests' share, 28000-31999, is the one the soak test's and
+/// the benchmark's media ports (30000 and up) also use: neither runs with
+/// the test suite. They stay clear of [`RESERVED`]. A new test binary that needs
 /// ports gets a line here; the compile-time check below refuses shares
 /// that overlap.
 pub const PORT_SHARES: &[(&str, u16, u16)] = &[
@@ -81,7 +82,7 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("record", 17200, 18399),
     ("notify", 18400, 19399),
     ("hardening", 19400, 20599),
-    ("interop_kamailio", 20600, 21799),
+    ("interop_kamailio", 20600, 21959),
     ("play", 23000, 23399),
     ("resize", 23400, 24099),
     ("operator", 24100, 24699),
@@ -92,6 +93,7 @@ pub const PORT_SHARES: &[(&str, u16, u16)] = &[
     ("extensions", 27600, 27999),
     ("hep", 22400, 22599),
     ("metrics", 22600, 22799),
+    ("handover", 28000, 31999),
 ];
 
 /// Ports no test may use: (first, last, whose).
@@ -103,9 +105,9 @@ pub const RESERVED: &[(u16, u16, &str)] = &[
 ];
 
 const PORTS_FROM: u16 = 10000;
-const PORTS_TO: u16 = 27999;
+const PORTS_TO: u16 = 32767;
 
-/// Compile-time check of [`PORT_SHARES`]: inside 10000-27999, even first
+/// Compile-time check of [`PORT_SHARES`]: inside 10000-32767, even first
 /// ports, no overlap with each other or with [`RESERVED`].
 const _: () = {
     const fn overlap(a: (u16, u16), b: (u16, u16)) -> bool {
@@ -273,7 +275,25 @@ impl Rtpproxy {
         }
     }
 
+    /// Like `start`, running the binary at `bin` (a copy, which a test
+    /// may replace under the running daemon).
+    pub fn start_from(bin: &Path, args: &[&str]) -> Rtpproxy {
+        match Rtpproxy::try_start_with(bin, None, args, true) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     fn try_start_as(
+        cwd: Option<&Path>,
+        args: &[&str],
+        add_pidfile: bool,
+    ) -> Result<Rtpproxy, String> {
+        Rtpproxy::try_start_with(&bin_path(), cwd, args, add_pidfile)
+    }
+
+    fn try_start_with(
+        bin: &Path,
         cwd: Option<&Path>,
         args: &[&str],
         add_pidfile: bool,
@@ -301,7 +321,7 @@ impl Rtpproxy {
         }
         let log_path = dir.path().join("stderr.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let mut command = Command::new(bin_path());
+        let mut command = Command::new(bin);
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
@@ -467,10 +487,52 @@ impl Rtpproxy {
     }
 }
 
+impl Rtpproxy {
+    /// The process serving now: the one started, or after a hand-over
+    /// (SIGUSR2) the one its pidfile names, when that process's command
+    /// line names this daemon's temp dir (so a reused pid is never taken
+    /// for it).
+    pub fn live_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.join("rtpproxy.pid")).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let dir = self.dir.path().display().to_string();
+        let ours = String::from_utf8_lossy(&cmdline).contains(&dir);
+        (ours && pid_alive(pid)).then_some(pid)
+    }
+
+    /// Sends SIGUSR2 and waits (bounded) until the pidfile names a new
+    /// live process that answers `V`: its pid, or None when the old one
+    /// is still the one serving after 10 s.
+    pub fn hand_over(&self) -> Option<u32> {
+        let old = self.live_pid()?;
+        signal(old, "USR2");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(new) = self.live_pid().filter(|&p| p != old) {
+                if wait_pid_gone(old, Duration::from_secs(5))
+                    && self
+                        .try_command_within(b"V", Duration::from_secs(1))
+                        .is_some()
+                {
+                    return Some(new);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+}
+
 impl Drop for Rtpproxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A process that took over by SIGUSR2 is not our child.
+        if let Some(pid) = self.live_pid().filter(|&p| p != self.child.id()) {
+            signal(pid, "KILL");
+            wait_pid_gone(pid, Duration::from_secs(5));
+        }
     }
 }
 
