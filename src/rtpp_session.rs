@@ -1049,36 +1049,17 @@ fn bind_leg(
         return None;
     }
     let (port, rtp, rtcp) = daemon.ports.allocate_pair(ip, tos)?;
-    let sockets = ByStream::new(rtp, rtcp);
-    let mut register = |stream: Stream, cadence: Cadence| {
-        let owner = Owner::Media {
-            session: id,
-            party,
-            stream,
-        };
-        daemon
-            .poller
-            .register(sockets[stream].as_raw_fd(), owner, cadence)
-    };
-    let rtp_token = register(Stream::Rtp, home(Stream::Rtp));
-    let rtcp_token = register(Stream::Rtcp, home(Stream::Rtcp));
-    let (Some(rtp_token), Some(rtcp_token)) = (rtp_token, rtcp_token) else {
-        // Not reached while has_room held; undone all the same.
-        for token in [rtp_token, rtcp_token].into_iter().flatten() {
-            daemon.poller.deregister(token);
-        }
-        daemon.ports.release(port);
-        return None;
-    };
-    Some(Leg {
+    let carried = CarriedLeg {
         port,
         ip,
-        sockets,
-        tokens: ByStream::new(rtp_token, rtcp_token),
-        pacing: Pacing::default(),
-        rtcp_read: None,
-        touched: Instant::now(),
-    })
+        sockets: ByStream::new(rtp, rtcp),
+    };
+    // Not refused while has_room held; the port is given back all the same.
+    let leg = register_leg(id, party, carried, daemon).ok();
+    if leg.is_none() {
+        daemon.ports.release(port);
+    }
+    leg
 }
 
 /// Takes a leg's sockets out of the poll sets and gives its ports back.
@@ -1135,14 +1116,16 @@ impl Sessions {
     }
 }
 
-/// Registers a carried leg's sockets with the poller.
+/// Puts a leg's sockets in the poll sets, each on its stream's own cadence
+/// (a carried leg too: what this process knows of a socket's rhythm and
+/// silence starts now); on failure none stays registered.
 fn register_leg(
     id: SessionId,
     party: Party,
     leg: CarriedLeg,
     daemon: &mut Daemon,
 ) -> Result<Leg, String> {
-    let mut register = |stream: Stream, cadence: Cadence| {
+    let mut register = |stream: Stream| {
         let owner = Owner::Media {
             session: id,
             party,
@@ -1150,24 +1133,24 @@ fn register_leg(
         };
         daemon
             .poller
-            .register(leg.sockets[stream].as_raw_fd(), owner, cadence)
+            .register(leg.sockets[stream].as_raw_fd(), owner, home(stream))
     };
-    // Polled on their own cadences at first: what this process knows of
-    // a socket's rhythm and silence starts with the hand-over.
-    let rtp = register(Stream::Rtp, home(Stream::Rtp));
-    let rtcp = register(Stream::Rtcp, home(Stream::Rtcp));
-    match (rtp, rtcp) {
-        (Some(rtp), Some(rtcp)) => Ok(Leg {
-            port: leg.port,
-            ip: leg.ip,
-            sockets: leg.sockets,
-            tokens: ByStream::new(rtp, rtcp),
-            pacing: Pacing::default(),
-            rtcp_read: None,
-            touched: Instant::now(),
-        }),
-        _ => Err("too few open files for the carried sessions (-L)".into()),
-    }
+    let (rtp, rtcp) = (register(Stream::Rtp), register(Stream::Rtcp));
+    let (Some(rtp), Some(rtcp)) = (rtp, rtcp) else {
+        for token in [rtp, rtcp].into_iter().flatten() {
+            daemon.poller.deregister(token);
+        }
+        return Err("too few open files for the carried sessions (-L)".into());
+    };
+    Ok(Leg {
+        port: leg.port,
+        ip: leg.ip,
+        sockets: leg.sockets,
+        tokens: ByStream::new(rtp, rtcp),
+        pacing: Pacing::default(),
+        rtcp_read: None,
+        touched: Instant::now(),
+    })
 }
 
 #[cfg(test)]

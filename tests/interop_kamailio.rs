@@ -450,6 +450,42 @@ impl Run {
         self.fail(&format!("sipp still running after {limit:?}"));
     }
 
+    /// Waits (6 s at most) until `calls` calls carry media both ways.
+    fn wait_for_media_on(&mut self, calls: u64) {
+        self.watch_until(
+            "the first calls to carry media",
+            Duration::from_secs(6),
+            |run| {
+                let flowing = run
+                    .media
+                    .values()
+                    .filter(|m| m.from_offerer > 0 && m.from_answerer > 0)
+                    .count();
+                flowing as u64 == calls
+            },
+        );
+    }
+
+    /// Fails unless each call in `then` relayed more both ways since;
+    /// `what` says what happened in between ("stopped at ...").
+    fn expect_media_went_on(&mut self, then: &BTreeMap<String, CallMedia>, what: &str) {
+        for (call, earlier) in then {
+            let now = &self.media[call];
+            if now.from_offerer <= earlier.from_offerer
+                || now.from_answerer <= earlier.from_answerer
+            {
+                let line = format!(
+                    "{call}: media {what} ({}/{} packets then, {}/{} later)",
+                    earlier.from_offerer,
+                    earlier.from_answerer,
+                    now.from_offerer,
+                    now.from_answerer
+                );
+                self.fail(&line);
+            }
+        }
+    }
+
     /// Samples until `ready` holds, or fails after `limit`.
     fn watch_until(&mut self, what: &str, limit: Duration, ready: impl Fn(&Run) -> bool) {
         let deadline = Instant::now() + limit;
@@ -820,18 +856,7 @@ fn kamailio_relay_set_spreads_calls_and_survives_a_dead_relay() {
     let first = run.start_caller("caller-1", first_caller, kamailio, FIRST, 10);
 
     // All first calls up, with media both ways, before a relay dies.
-    run.watch_until(
-        "the first calls to carry media",
-        Duration::from_secs(6),
-        |run| {
-            let flowing = run
-                .media
-                .values()
-                .filter(|m| m.from_offerer > 0 && m.from_answerer > 0)
-                .count();
-            flowing as u64 == FIRST
-        },
-    );
+    run.wait_for_media_on(FIRST);
     let before = run.calls_on(survivor);
     let on_victim = run.calls_on(victim);
     if before.is_empty() || on_victim.is_empty() {
@@ -880,15 +905,7 @@ fn kamailio_relay_set_spreads_calls_and_survives_a_dead_relay() {
 
     // The survivor's running calls kept their media through the other
     // relay's death and relayed nearly all of it by their BYE.
-    for (call, then) in &at_kill {
-        let now = &run.media[call];
-        if now.from_offerer <= then.from_offerer || now.from_answerer <= then.from_answerer {
-            run.fail(&format!(
-                "{call}: media on {url0} stopped when {url1} died ({}/{} packets then, {}/{} later)",
-                then.from_offerer, then.from_answerer, now.from_offerer, now.from_answerer
-            ));
-        }
-    }
+    run.expect_media_went_on(&at_kill, &format!("on {url0} stopped when {url1} died"));
     let survivor_calls: BTreeSet<String> = before.union(&second_calls).cloned().collect();
     run.expect_bye_statistics(&survivor_calls);
 
@@ -930,18 +947,7 @@ fn kamailio_relay_set_keeps_its_calls_through_a_hand_over() {
     );
     let callee = run.start_callee(callee, FIRST + SECOND);
     let first = run.start_caller("caller-1", first_caller, kamailio, FIRST, 10);
-    run.watch_until(
-        "the first calls to carry media",
-        Duration::from_secs(6),
-        |run| {
-            let flowing = run
-                .media
-                .values()
-                .filter(|m| m.from_offerer > 0 && m.from_answerer > 0)
-                .count();
-            flowing as u64 == FIRST
-        },
-    );
+    run.wait_for_media_on(FIRST);
     let before: BTreeMap<String, CallMedia> = run.media.clone();
     for relay in 0..urls.len() {
         let old = run.relays[relay].proxy.live_pid();
@@ -959,15 +965,7 @@ fn kamailio_relay_set_keeps_its_calls_through_a_hand_over() {
     let second_calls = run.expect_sdp_names_relay(second, "ANSWER");
     let all: BTreeSet<String> = first_calls.union(&second_calls).cloned().collect();
     run.expect_media_both_ways(&all);
-    for (call, then) in &before {
-        let now = &run.media[call];
-        if now.from_offerer <= then.from_offerer || now.from_answerer <= then.from_answerer {
-            run.fail(&format!(
-                "{call}: media stopped at the hand-over ({}/{} packets then, {}/{} later)",
-                then.from_offerer, then.from_answerer, now.from_offerer, now.from_answerer
-            ));
-        }
-    }
+    run.expect_media_went_on(&before, "stopped at the hand-over");
     run.expect_bye_statistics(&all);
     run.expect_no_sessions_left();
     let created: u64 = run.last_counts.iter().map(|c| c.0).sum();
@@ -1020,18 +1018,7 @@ fn kamailio_moves_new_calls_off_a_draining_relay() {
     );
     let callee = run.start_callee(callee, FIRST + SECOND);
     let first = run.start_caller("caller-1", first_caller, kamailio, FIRST, 10);
-    run.watch_until(
-        "the first calls to carry media",
-        Duration::from_secs(6),
-        |run| {
-            let flowing = run
-                .media
-                .values()
-                .filter(|m| m.from_offerer > 0 && m.from_answerer > 0)
-                .count();
-            flowing as u64 == FIRST
-        },
-    );
+    run.wait_for_media_on(FIRST);
     let on_survivor = run.calls_on(survivor);
     let on_drained = run.calls_on(drained);
     if on_survivor.is_empty() || on_drained.is_empty() {
@@ -1116,15 +1103,10 @@ fn kamailio_moves_new_calls_off_a_draining_relay() {
     }
 
     // The calls on the draining relay kept their media to the end.
-    for (call, then) in &at_signal {
-        let now = &run.media[call];
-        if now.from_offerer <= then.from_offerer || now.from_answerer <= then.from_answerer {
-            run.fail(&format!(
-                "{call}: media on {url1} stopped when it began to drain ({}/{} packets then, {}/{} later)",
-                then.from_offerer, then.from_answerer, now.from_offerer, now.from_answerer
-            ));
-        }
-    }
+    run.expect_media_went_on(
+        &at_signal,
+        &format!("on {url1} stopped when it began to drain"),
+    );
     let survivor_calls: BTreeSet<String> = on_survivor.union(&second_calls).cloned().collect();
     run.expect_bye_statistics(&survivor_calls);
 
