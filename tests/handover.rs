@@ -397,20 +397,9 @@ fn a_prompt_plays_on_from_where_it_was() {
 fn daemon_from_copy(dir: &TempDir, range: (u16, u16)) -> (Rtpproxy, std::path::PathBuf) {
     let bin = dir.join("rtpproxy");
     copy_by_cp(&common::bin_path(), &bin);
-    let (m, mm) = (range.0.to_string(), range.1.to_string());
-    let ctl = format!("udp:127.0.0.1:{}", port());
-    let args = [
-        "-s",
-        &ctl,
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &m,
-        "-M",
-        &mm,
-        "-d",
-        "INFO",
-    ];
+    let mut args = vec!["-s".to_string(), format!("udp:127.0.0.1:{}", port())];
+    args.extend(common::loopback_args(range, &[]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     (Rtpproxy::start_from(&bin, &args), bin)
 }
 
@@ -518,21 +507,9 @@ fn raise_nofile(want: u64) {
 
 /// A daemon for `n` calls: unix control (no port), `-L` raised.
 fn big_daemon(range: (u16, u16), extra: &[&str]) -> Rtpproxy {
-    let (m, mm) = (range.0.to_string(), range.1.to_string());
-    let mut args = vec![
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &m,
-        "-M",
-        &mm,
-        "-d",
-        "INFO",
-        "-L",
-        "16384",
-    ];
-    args.extend_from_slice(extra);
-    Rtpproxy::start(&args)
+    let mut args = common::loopback_args(range, &["-L", "16384"]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Rtpproxy::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]

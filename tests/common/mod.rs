@@ -542,25 +542,25 @@ pub fn udp(port: u16, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
     controlled_by(&format!("udp:127.0.0.1:{port}"), range, extra)
 }
 
+/// The options most tests start a daemon with: IPv4 loopback, media ports
+/// `range`, INFO logging, then `extra`.
+pub fn loopback_args(range: (u16, u16), extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["-l", "127.0.0.1", "-m"].map(String::from).into();
+    args.push(range.0.to_string());
+    args.push("-M".into());
+    args.push(range.1.to_string());
+    args.extend(["-d", "INFO"].map(String::from));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 /// Starts the daemon on IPv4 loopback with the control socket `spec`
 /// (`udp:`, `tcp:`, `unix:`, ...), media ports `range` and INFO logging,
 /// plus `extra` options.
 pub fn controlled_by(spec: &str, range: (u16, u16), extra: &[&str]) -> Rtpproxy {
-    let (m, mm) = (range.0.to_string(), range.1.to_string());
-    let mut args = vec![
-        "-s",
-        spec,
-        "-l",
-        "127.0.0.1",
-        "-m",
-        &m,
-        "-M",
-        &mm,
-        "-d",
-        "INFO",
-    ];
-    args.extend_from_slice(extra);
-    Rtpproxy::start(&args)
+    let mut args = vec!["-s".to_string(), spec.to_string()];
+    args.extend(loopback_args(range, extra));
+    Rtpproxy::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The account tests run the daemon as with `-u`.
